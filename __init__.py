@@ -1,0 +1,1 @@
+"""heteropass: a graph compiler for PyTorch and ONNX models on CPUs and GPUs."""

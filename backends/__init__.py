@@ -1,0 +1,1 @@
+"""Backends: code generation and execution of partitions."""

@@ -1,0 +1,93 @@
+"""Normalization, softmax and pooling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .registry import Attr, register
+
+
+@register("batch_norm", ["x", "mean", "var", "weight?", "bias?"], {"eps": Attr("float", 1e-5)}, kind="norm")
+def batch_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, *, eps: float) -> torch.Tensor:
+    """Inference batch norm over dim 1 with running statistics."""
+    return F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
+
+
+@register("layer_norm", ["x", "weight?", "bias?"],
+          {"normalized_shape": Attr("ints"), "eps": Attr("float", 1e-5)}, kind="norm")
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
+               normalized_shape: tuple[int, ...], eps: float) -> torch.Tensor:
+    """Normalize over the trailing `normalized_shape` dims, then scale and shift."""
+    return F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+@register("rms_norm", ["x", "weight?"],
+          {"normalized_shape": Attr("ints"), "eps": Attr("float", None, optional=True)}, kind="norm")
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, *, normalized_shape: tuple[int, ...],
+             eps: float | None) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the trailing dims (eps none: dtype's epsilon)."""
+    return F.rms_norm(x, normalized_shape, weight, eps)
+
+
+@register("group_norm", ["x", "weight?", "bias?"], {"groups": Attr("int"), "eps": Attr("float", 1e-5)},
+          kind="norm")
+def group_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
+               groups: int, eps: float) -> torch.Tensor:
+    return F.group_norm(x, groups, weight, bias, eps)
+
+
+@register("softmax", ["x"], {"dim": Attr("int")}, kind="softmax")
+def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.softmax(x, dim)
+
+
+@register("log_softmax", ["x"], {"dim": Attr("int")}, kind="softmax")
+def log_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.log_softmax(x, dim)
+
+
+_POOL_ATTRS = {"kernel": Attr("ints"), "stride": Attr("ints", ()), "padding": Attr("ints", (0,)),
+               "ceil_mode": Attr("bool", False)}
+
+
+def _pool_fn(kind: str, rank: int):  # type: ignore[no-untyped-def]
+    table = {"max": {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d},
+             "avg": {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d},
+             "adaptive_avg": {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d},
+             "adaptive_max": {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}}
+    try:
+        return table[kind][rank]
+    except KeyError:
+        raise ValueError(f"{kind} pooling over {rank} spatial dims is not supported") from None
+
+
+@register("max_pool", ["x"], {**_POOL_ATTRS, "dilation": Attr("ints", (1,))}, kind="pool")
+def max_pool(x: torch.Tensor, *, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
+             dilation: tuple[int, ...], ceil_mode: bool) -> torch.Tensor:
+    """Max pooling over len(kernel) trailing dims; empty stride means stride = kernel."""
+    fn = _pool_fn("max", len(kernel))
+    return fn(x, kernel, stride or kernel, padding, dilation, ceil_mode)
+
+
+@register("avg_pool", ["x"], {**_POOL_ATTRS, "count_include_pad": Attr("bool", True),
+                              "divisor_override": Attr("int", None, optional=True)}, kind="pool")
+def avg_pool(x: torch.Tensor, *, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
+             ceil_mode: bool, count_include_pad: bool, divisor_override: int | None) -> torch.Tensor:
+    """Average pooling over len(kernel) trailing dims; empty stride means stride = kernel."""
+    fn = _pool_fn("avg", len(kernel))
+    if len(kernel) == 1:
+        return fn(x, kernel, stride or kernel, padding, ceil_mode, count_include_pad)
+    return fn(x, kernel, stride or kernel, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+@register("adaptive_avg_pool", ["x"], {"output_size": Attr("ints")}, kind="pool")
+def adaptive_avg_pool(x: torch.Tensor, *, output_size: tuple[int, ...]) -> torch.Tensor:
+    """Average pooling to a fixed output size over len(output_size) trailing dims."""
+    return _pool_fn("adaptive_avg", len(output_size))(x, output_size)
+
+
+@register("adaptive_max_pool", ["x"], {"output_size": Attr("ints")}, kind="pool")
+def adaptive_max_pool(x: torch.Tensor, *, output_size: tuple[int, ...]) -> torch.Tensor:
+    return _pool_fn("adaptive_max", len(output_size))(x, output_size)

@@ -1,0 +1,84 @@
+"""The dump format: one line per node, types inline, device once placed.
+
+    graph mlp(%x: f32[8,16]) -> (f32[8,32]) {
+      const %fc.weight: f32[32,16]
+      const %c0: f32[] = 0.5
+      %0: f32[8,32] = linear(%x, %fc.weight)
+      %1: f32[8,32] = mul(%0, %c0)                      @cpu
+      return %1
+    }
+
+Constants print by name and type; only tiny ones (scalars, short vectors) also print their value.
+Attributes equal to the op's default are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .graph import Graph, Node, Value
+from .ops import get_op
+from .types import DType
+
+INLINE_CONST_LIMIT = 8
+_DEVICE_COLUMN = 56
+
+
+def format_attr_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, DType):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_attr_value(v) for v in value) + "]"
+    raise TypeError(f"cannot print attribute value {value!r}")
+
+
+def format_attrs(node: Node) -> str:
+    schema = get_op(node.op).attrs
+    shown = [f"{k}={format_attr_value(v)}" for k, v in node.attrs.items()
+             if k not in schema or schema[k].required or schema[k].default != v]
+    return " {" + ", ".join(shown) + "}" if shown else ""
+
+
+def format_node(node: Node) -> str:
+    outs = ", ".join(f"%{v.name}: {v.type}" for v in node.outputs)
+    args = ", ".join(f"%{v.name}" for v in node.inputs)
+    text = f"{outs} = {node.op}({args}){format_attrs(node)}"
+    if node.device is not None:
+        text = f"{text.ljust(_DEVICE_COLUMN)} @{node.device}"
+    return text
+
+
+def format_constant(value: Value) -> str:
+    text = f"const %{value.name}: {value.type}"
+    assert value.const is not None
+    if value.const.numel() <= INLINE_CONST_LIMIT and value.const.device.type != "meta":
+        text += " = " + format_attr_value(value.const.tolist())
+    return text
+
+
+def format_graph(graph: Graph, header: str | None = None) -> str:
+    params = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
+    results = ", ".join(str(v.type) for v in graph.outputs)
+    lines = [f"# {header}"] if header else []
+    lines.append(f"graph {graph.name}({params}) -> ({results}) {{")
+    lines += [f"  {format_constant(v)}" for v in graph.constants.values()]
+    lines += [f"  {format_node(n)}" for n in graph.nodes]
+    lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Property-based testing kit for heteropass passes and backends."""
