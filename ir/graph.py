@@ -174,11 +174,17 @@ class Graph:
             self._names.discard(value.name)
         node.graph = None
 
+    def remove_constant(self, value: Value) -> None:
+        """Remove a constant nothing reads."""
+        if value.uses or self.is_output(value):
+            raise ValueError(f"cannot remove constant %{value.name}: it is still used")
+        del self.constants[value.name]
+        self._names.discard(value.name)
+
     def remove_unused_constants(self) -> int:
-        unused = [name for name, v in self.constants.items() if not v.uses and v not in self.outputs]
-        for name in unused:
-            del self.constants[name]
-            self._names.discard(name)
+        unused = [v for v in self.constants.values() if not v.uses and not self.is_output(v)]
+        for value in unused:
+            self.remove_constant(value)
         return len(unused)
 
     def is_output(self, value: Value) -> bool:

@@ -18,6 +18,9 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+import torch
+
 from .graph import Graph, Node, Value
 from .ops import get_op
 from .types import DType
@@ -68,8 +71,18 @@ def format_constant(value: Value) -> str:
     text = f"const %{value.name}: {value.type}"
     assert value.const is not None
     if value.const.numel() <= INLINE_CONST_LIMIT and value.const.device.type != "meta":
-        text += " = " + format_attr_value(value.const.tolist())
+        text += " = " + format_attr_value(_shortest(value.const))
     return text
+
+
+def _shortest(tensor: torch.Tensor) -> Any:
+    """Tensor data as nested lists whose floats print in the fewest digits that still read back
+    to the same value in the tensor's own precision (f32 0.1 prints as 0.1, not 0.10000000149)."""
+    if not tensor.is_floating_point() or tensor.dtype == torch.float64:
+        return tensor.tolist()
+    scalar = np.float16 if tensor.dtype == torch.float16 else np.float32
+    data = tensor.to(torch.float32).numpy().astype(scalar)
+    return np.vectorize(lambda v: float(str(scalar(v))), otypes=[object])(data).tolist()
 
 
 def format_graph(graph: Graph, header: str | None = None) -> str:

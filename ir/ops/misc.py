@@ -34,9 +34,10 @@ def arange(start: float, end: float, step: float, dtype: DType) -> torch.Tensor:
 
 
 def resolve_target(target: str) -> Any:
-    """The callable behind a target name: `aten.foo.default` or a dotted Python path."""
-    if target.startswith("aten.") or target.startswith("prims."):
-        namespace, rest = target.split(".", 1)
+    """The callable behind a target name: a registered op `<namespace>.<op>.<overload>` (aten,
+    prims or a user library's custom op) or a dotted Python path."""
+    namespace, _, rest = target.partition(".")
+    if rest.count(".") == 1 and namespace in _op_namespaces():
         obj: Any = getattr(torch.ops, namespace)
         for part in rest.split("."):
             obj = getattr(obj, part)
@@ -46,6 +47,11 @@ def resolve_target(target: str) -> Any:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError):
         raise ValueError(f"cannot resolve opaque target {target!r}") from None
+
+
+def _op_namespaces() -> set[str]:
+    """Namespaces of registered operators (aten, prims, and custom libraries loaded so far)."""
+    return {name.split("::")[0] for name in torch._C._dispatch_get_all_op_names()}
 
 
 def encode_call(args: tuple, kwargs: dict[str, Any]) -> tuple[list[Any], str]:

@@ -1,0 +1,112 @@
+"""`heteropass.compile`: import a model, run the pass pipeline, build the executable module."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backends.base import Backend
+from .backends.executable import Executable, build_executable
+from .ir import Graph, format_graph
+from .ir.torch_importer import TorchProgram, import_module
+from .passes.base import PassContext
+from .passes.instruments import dump_dir_from_env, instruments_for
+from .passes.manager import PassManager, PipelineResult
+from .passes.pipelines import default_pipeline
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that steers a compilation. `disable` names passes to skip (kebab-case)."""
+
+    opt_level: int = 2
+    dump_dir: str | None = None
+    strict: bool = False
+    disable: tuple[str, ...] = ()
+    print_after_all: bool = False
+    print_after_change: bool = False
+    verify_each: bool = False
+    check_each: bool = False
+
+
+def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend] | None = None
+             ) -> tuple[PipelineResult, Executable]:
+    """Run the default pipeline of `options.opt_level` on `graph` and build its executable.
+
+    With a dump folder, the graph with its device placement goes there as `placed.ir` and the
+    emitted module as `module.py`, next to the IR dumps of the passes.
+    """
+    ctx = PassContext(opt_level=options.opt_level, disabled=frozenset(options.disable))
+    instruments = instruments_for(dump_dir=options.dump_dir, print_after_all=options.print_after_all,
+                                  print_after_change=options.print_after_change,
+                                  verify_each=options.verify_each, check_each=options.check_each)
+    result = PassManager(default_pipeline(options.opt_level), ctx, instruments).run(graph)
+    executable = build_executable(result.graph, backends)
+    if options.dump_dir:
+        placement = ", ".join(f"{p.name} ({len(p.nodes)} nodes @{p.backend.device})" for p in executable.partitions)
+        header = f"after partitioning: {len(executable.partitions)} partition(s): {placement}"
+        Path(options.dump_dir, "placed.ir").write_text(format_graph(result.graph, header=header))
+        Path(options.dump_dir, "module.py").write_text(executable.code)
+    return result, executable
+
+
+class CompiledModule:
+    """A compiled model: call it like the model. `graph` is the optimized IR, `code` the emitted
+    module's source, `report` what each pass did and how long it took."""
+
+    def __init__(self, program: TorchProgram, pipeline: PipelineResult, executable: Executable,
+                 options: CompileOptions, import_ms: float) -> None:
+        self.program = program
+        self.pipeline = pipeline
+        self.executable = executable
+        self.options = options
+        self.import_ms = import_ms
+
+    @property
+    def graph(self) -> Graph:
+        return self.pipeline.graph
+
+    @property
+    def code(self) -> str:
+        return self.executable.code
+
+    @property
+    def dump_dir(self) -> str | None:
+        return self.options.dump_dir
+
+    @property
+    def report(self) -> str:
+        return self.pipeline.summary_text()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flat = self.program.flatten_inputs(args, kwargs)
+        return self.program.unflatten_outputs(self.executable(*flat))
+
+
+def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
+            example_kwargs: dict[str, Any] | None = None, opt_level: int = 2, dump_dir: str | None = None,
+            strict: bool = False, disable: Sequence[str] = (), backends: Sequence[Backend] | None = None,
+            print_after_all: bool = False, print_after_change: bool = False, verify_each: bool = False,
+            check_each: bool = False) -> CompiledModule:
+    """Compile `model` for inputs shaped like `example_inputs` (a tuple of positional arguments).
+
+    `opt_level` 0-3 picks the pipeline; `dump_dir` (or the HETEROPASS_DUMP_DIR environment variable)
+    receives the IR after every pass, `summary.json` and the emitted module; `strict=True` turns ops
+    heteropass does not know into an error instead of a PyTorch fallback.
+    """
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    options = CompileOptions(opt_level=opt_level, dump_dir=dump_dir_from_env(dump_dir), strict=strict,
+                             disable=tuple(disable), print_after_all=print_after_all,
+                             print_after_change=print_after_change, verify_each=verify_each,
+                             check_each=check_each)
+    start = time.perf_counter()
+    program = import_module(model, example_inputs, strict=strict, example_kwargs=example_kwargs)
+    import_ms = (time.perf_counter() - start) * 1e3
+    pipeline, executable = optimize(program.graph, options, backends)
+    return CompiledModule(program, pipeline, executable, options, import_ms)

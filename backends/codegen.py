@@ -1,0 +1,163 @@
+"""Python source generation: identifiers for IR values, attribute literals, and the emitted module.
+
+The emitted module is one `forward` function that calls the partitions' kernels in order:
+
+    def forward(x):
+        \"\"\"Graph mlp, compiled by heteropass.
+
+        (x: f32[8,16]) -> (f32[8,32])
+        \"\"\"
+        # reference_0: reference @cpu, 2 nodes: linear, relu
+        [v1] = reference_0(x)
+        # elementwise_1: elementwise @cpu, 1 node: mul
+        [v2] = elementwise_1(v1)
+        del v1
+        return [v2]
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import keyword
+import linecache
+import math
+import re
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..ir import DType, Graph, Value
+
+if TYPE_CHECKING:
+    from .partition import Partition
+
+_NOT_IDENTIFIER = re.compile(r"\W")
+_COMMENT_WIDTH = 116
+
+
+def python_name(name: str) -> str:
+    """A Python identifier that reads like `name`: `fc1.weight` -> `fc1_weight`, `3` -> `v3`."""
+    ident = _NOT_IDENTIFIER.sub("_", name) or "v"
+    if ident[0].isdigit():
+        ident = "v" + ident
+    return ident
+
+
+class Namer:
+    """Gives each value a distinct identifier, avoiding keywords, builtins and `reserved` names."""
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._taken = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | set(reserved)
+        self._names: dict[Value, str] = {}  # values hash by identity
+
+    def __call__(self, value: Value) -> str:
+        name = self._names.get(value)
+        if name is None:
+            name = self._names[value] = self.reserve(python_name(value.name))
+        return name
+
+    def reserve(self, hint: str) -> str:
+        """Take `hint`, or `hint_1`, `hint_2`, ... when it is taken."""
+        name, suffix = hint, 0
+        while name in self._taken:
+            suffix += 1
+            name = f"{hint}_{suffix}"
+        self._taken.add(name)
+        return name
+
+
+def py_literal(value: Any) -> str:
+    """Python source for an attribute value (numbers, strings, tuples, DType, None)."""
+    if isinstance(value, DType):
+        return f"DType.{value.name}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f'float("{value}")'
+    if isinstance(value, list | tuple):
+        items = [py_literal(v) for v in value]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)
+    raise TypeError(f"no Python literal for attribute value {value!r}")
+
+
+def describe_ops(ops: Sequence[str]) -> str:
+    """`linear, relu, linear` -> `linear x2, relu`: the ops in first-seen order with counts."""
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op] = counts.get(op, 0) + 1
+    return ", ".join(op if n == 1 else f"{op} x{n}" for op, n in counts.items())
+
+
+def comment(text: str, indent: str) -> list[str]:
+    return textwrap.wrap(text, _COMMENT_WIDTH - len(indent), initial_indent=f"{indent}# ",
+                         subsequent_indent=f"{indent}#   ", break_on_hyphens=False)
+
+
+def _module_namer(graph: Graph, kernel_names: Sequence[str]) -> Namer:
+    namer = Namer([*kernel_names, "forward"])
+    for value in graph.inputs:
+        namer(value)
+    return namer
+
+
+def module_constants(graph: Graph, kernel_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The globals `emit_module`'s source needs besides the kernels: constants returned directly."""
+    namer = _module_namer(graph, kernel_names)
+    return {namer(v): v.const for v in graph.outputs if v.const is not None}
+
+
+def emit_module(graph: Graph, partitions: Sequence[Partition], kernel_names: Sequence[str]) -> str:
+    """Source of `forward(<inputs>)`: call each partition's kernel (bound as a global under its
+    `kernel_names` entry) in order, delete each intermediate after its last use, return the outputs.
+    """
+    namer = _module_namer(graph, kernel_names)
+    for value in graph.outputs:
+        if value.const is not None:
+            namer(value)
+    # Graph inputs belong to the caller, who still holds them; deleting them would free nothing.
+    kept = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+    dead_after: list[list[Value]] = [[] for _ in partitions]
+    seen: set[int] = set()
+    for i, part in reversed(list(enumerate(partitions))):
+        for value in part.inputs:
+            if id(value) not in kept and id(value) not in seen:
+                seen.add(id(value))
+                dead_after[i].append(value)
+
+    params = ", ".join(namer(v) for v in graph.inputs)
+    signature = ", ".join(f"{namer(v)}: {v.type}" for v in graph.inputs)
+    results = ", ".join(str(v.type) for v in graph.outputs)
+    lines = [f"def forward({params}):", f'    """Graph {graph.name}, compiled by heteropass.', ""]
+    lines += textwrap.wrap(f"({signature}) -> ({results})", _COMMENT_WIDTH - 4, initial_indent="    ",
+                           subsequent_indent="        ", break_on_hyphens=False)
+    lines.append('    """')
+    for i, (part, kernel) in enumerate(zip(partitions, kernel_names, strict=True)):
+        count = f"{len(part.nodes)} node{'s' if len(part.nodes) != 1 else ''}"
+        ops = describe_ops([n.op for n in part.nodes])
+        lines += comment(f"{kernel}: {part.backend.name} @{part.backend.device}, {count}: {ops}", "    ")
+        call = f"{kernel}({', '.join(namer(v) for v in part.inputs)})"
+        if part.outputs:
+            targets = ", ".join(namer(v) for v in part.outputs)
+            call = f"[{targets}] = {call}" if len(part.outputs) == 1 else f"{targets} = {call}"
+        lines.append(f"    {call}")
+        if dead_after[i]:
+            lines.append(f"    del {', '.join(namer(v) for v in dead_after[i])}")
+    lines.append(f"    return [{', '.join(namer(v) for v in graph.outputs)}]")
+    return "\n".join(lines) + "\n"
+
+
+def load_function(source: str, namespace: dict[str, Any], function: str) -> Callable[..., Any]:
+    """Execute generated `source` in `namespace` and return `function`, with `.source` attached.
+
+    The source is registered with linecache so that tracebacks show its lines.
+    """
+    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+    filename = f"<heteropass {function} {digest}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+    loaded = namespace[function]
+    loaded.source = source
+    return loaded

@@ -1,0 +1,103 @@
+"""Build a callable from a graph: partition it, compile each partition, emit and load the module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..ir import Graph, TensorType
+from .base import Backend
+from .codegen import emit_module, load_function, module_constants, python_name
+from .partition import Partition, partition
+from .reference import ReferenceBackend
+
+
+class InputError(ValueError):
+    """The arguments do not match the graph's inputs; the message names the input."""
+
+
+class Executable:
+    """A compiled graph: call it with the graph's inputs as tensors to get its outputs as a list.
+
+    `module_source` is the emitted module (`forward`), `kernel_sources` maps kernel names to their
+    generated source (for backends that have one), `code` is both together: the whole program.
+    `partitions` says which backend runs which nodes.
+    """
+
+    def __init__(self, forward: Callable[..., list[torch.Tensor]], input_types: Sequence[tuple[str, TensorType]],
+                 code: str, kernel_sources: dict[str, str], partitions: list[Partition]) -> None:
+        self._forward = forward
+        self._input_types = list(input_types)
+        # Fully static signatures take a fast path: dtype identity and shape equality per input.
+        self._static = None
+        if all(t.is_static for _, t in input_types):
+            self._static = [(t.dtype.torch, torch.Size(t.static_shape())) for _, t in input_types]
+        self.module_source = code
+        self.kernel_sources = kernel_sources
+        self.code = "\n\n".join([code.rstrip("\n"), *(src.rstrip("\n") for src in kernel_sources.values())]) + "\n"
+        self.partitions = partitions
+
+    def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        static = self._static
+        if static is None or len(tensors) != len(static):
+            self.check_inputs(tensors)
+        else:
+            for tensor, (dtype, shape) in zip(tensors, static, strict=True):
+                if not isinstance(tensor, torch.Tensor) or tensor.dtype is not dtype or tensor.shape != shape:
+                    self.check_inputs(tensors)
+        return self._forward(*tensors)
+
+    def check_inputs(self, tensors: Sequence[object]) -> None:
+        """Raise `InputError` unless `tensors` match the input types; symbolic dimensions accept any
+        size, but a symbol must have the same size in every input."""
+        expected = self._input_types
+        if len(tensors) != len(expected):
+            names = ", ".join(f"{name}: {t}" for name, t in expected)
+            raise InputError(f"expected {len(expected)} input{'s' if len(expected) != 1 else ''} ({names}), "
+                             f"got {len(tensors)}")
+        bound: dict[str, tuple[int, int, str]] = {}
+        for i, (tensor, (name, expected_type)) in enumerate(zip(tensors, expected, strict=True)):
+            where = f"input {i} '{name}'"
+            if not isinstance(tensor, torch.Tensor):
+                raise InputError(f"{where} expects a tensor {expected_type}, got {type(tensor).__qualname__}")
+            if (tensor.dtype != expected_type.dtype.torch or tensor.dim() != expected_type.rank
+                    or any(isinstance(want, int) and want != size
+                           for want, size in zip(expected_type.shape, tensor.shape, strict=True))):
+                raise InputError(f"{where} expects {expected_type}, got {_describe(tensor)}")
+            for dim, (want, size) in enumerate(zip(expected_type.shape, tensor.shape, strict=True)):
+                if isinstance(want, int):
+                    continue
+                if want not in bound:
+                    bound[want] = (size, i, name)
+                elif bound[want][0] != size:
+                    first_size, first_index, first_name = bound[want]
+                    raise InputError(f"{where} expects {expected_type}, got {_describe(tensor)}: dimension {dim} "
+                                     f"is {want}, bound to {first_size} by input {first_index} '{first_name}'")
+
+    def __repr__(self) -> str:
+        kernels = ", ".join(p.name for p in self.partitions)
+        return f"Executable({kernels})"
+
+
+def _describe(tensor: torch.Tensor) -> str:
+    """The tensor's type as the IR prints it: `f32[8,16]`."""
+    try:
+        return str(TensorType.of(tensor))
+    except TypeError:  # an element type heteropass has no name for
+        return f"{tensor.dtype}[{','.join(map(str, tensor.shape))}]"
+
+
+def build_executable(graph: Graph, backends: Sequence[Backend] | None = None) -> Executable:
+    """Partition `graph` over `backends` (default: the reference backend alone), compile every
+    partition and load the emitted module. Sets each node's `device`."""
+    backends = list(backends) if backends is not None else [ReferenceBackend()]
+    partitions = partition(graph, backends)
+    kernel_names = [python_name(p.name) for p in partitions]
+    kernels = [p.backend.compile(p.subgraph()) for p in partitions]
+    code = emit_module(graph, partitions, kernel_names)
+    namespace = {**dict(zip(kernel_names, kernels, strict=True)), **module_constants(graph, kernel_names)}
+    forward = load_function(code, namespace, "forward")
+    kernel_sources = {name: kernel.source for name, kernel in zip(kernel_names, kernels, strict=True)
+                      if isinstance(getattr(kernel, "source", None), str)}
+    return Executable(forward, [(v.name, v.type) for v in graph.inputs], code, kernel_sources, partitions)

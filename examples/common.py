@@ -1,0 +1,55 @@
+"""Shared steps of the example scripts: compile, check against eager, time, show the dumps."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_leaves
+
+import heteropass as hp
+
+
+def median_ms(fn: Callable[[], Any], repeats: int = 30, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def max_relative_error(actual: Any, expected: Any) -> float:
+    worst = 0.0
+    for a, e in zip(tree_leaves(actual), tree_leaves(expected), strict=True):
+        if isinstance(e, torch.Tensor) and e.is_floating_point():
+            worst = max(worst, ((a - e).abs().max() / e.abs().max().clamp_min(1e-12)).item())
+    return worst
+
+
+def run_example(name: str, model: torch.nn.Module, inputs: tuple[Any, ...], opt_level: int = 2) -> None:
+    torch.set_num_threads(1)
+    dump_dir = Path("dumps") / name
+    start = time.perf_counter()
+    cm = hp.compile(model, inputs, opt_level=opt_level, dump_dir=str(dump_dir))
+    compile_s = time.perf_counter() - start
+    with torch.no_grad():
+        expected = model(*inputs)
+        error = max_relative_error(cm(*inputs), expected)
+        eager = median_ms(lambda: model(*inputs))
+    compiled = median_ms(lambda: cm(*inputs))
+
+    print(f"== {name}: compiled at O{opt_level} in {compile_s:.2f} s "
+          f"({len(cm.graph.nodes)} nodes, {len(cm.graph.constants)} constants)")
+    print(cm.report)
+    print(f"max relative error vs eager: {error:.2e}")
+    print(f"median latency, 1 thread: eager {eager:.3f} ms, heteropass {compiled:.3f} ms "
+          f"({eager / compiled:.2f}x eager)")
+    files = sorted(p.name for p in dump_dir.iterdir())
+    print(f"dumps in {dump_dir}/: {', '.join(files)}")

@@ -1,0 +1,522 @@
+"""Import PyTorch programs into the IR.
+
+`import_module` captures an `nn.Module` with `torch.export` (falling back to
+`torch.fx.symbolic_trace` + `make_fx` when export fails), `import_aten_graph` takes an ATen-level
+FX graph as torch.compile hands it to a backend. Both lower ATen ops through the rule table in
+`aten_lowering`; ops without a rule become `opaque` nodes that call the ATen op.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind, TensorArgument
+
+from .aten_lowering import Lowerer, Unsupported, aten, find_rule
+from .graph import Graph, Value
+from .ops import encode_call
+from .printer import format_node
+from .types import DType, TensorType
+
+
+class TorchImportError(Exception):
+    """The program cannot be imported (symbolic shapes, mutation of inputs, ...)."""
+
+
+class UnsupportedOpError(TorchImportError):
+    """`strict=True` and some ATen ops have no IR mapping; the message lists them with locations."""
+
+
+@dataclass(frozen=True)
+class Literal:
+    """A non-tensor leaf of the model's inputs or outputs, fixed at import time."""
+
+    value: Any
+
+
+@dataclass
+class TorchProgram:
+    """An imported program: the graph, and how the model's call arguments and results map onto it.
+
+    `input_spec` is the pytree structure of `(args, kwargs)` and `input_leaves[i]` says what its
+    i-th leaf is: the index of a graph input, or a `Literal` the import specialized on.
+    `output_leaves` does the same for the leaves of `output_spec` against the graph's outputs.
+    """
+
+    graph: Graph
+    input_spec: pytree.TreeSpec
+    output_spec: pytree.TreeSpec
+    input_leaves: list[int | Literal] = field(default_factory=list)
+    output_leaves: list[int | Literal] = field(default_factory=list)
+
+    def flatten_inputs(self, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> list[torch.Tensor]:
+        """The graph's input tensors for a model call `model(*args, **kwargs)`."""
+        kwargs = _order_like(kwargs or {}, self.input_spec)
+        leaves, spec = pytree.tree_flatten((tuple(args), kwargs))
+        if spec != self.input_spec:
+            raise ValueError(_structure_mismatch(tuple(args), kwargs, self.input_spec))
+        tensors: list[torch.Tensor | None] = [None] * len(self.graph.inputs)
+        for leaf, slot in zip(leaves, self.input_leaves, strict=True):
+            if isinstance(slot, Literal):
+                if not _same_literal(leaf, slot.value):
+                    raise ValueError(f"input {leaf!r} differs from {slot.value!r}, which the import specialized on")
+            else:
+                graph_input = self.graph.inputs[slot]
+                tensors[slot] = leaf if isinstance(leaf, torch.Tensor) else torch.tensor(
+                    leaf, dtype=graph_input.type.dtype.torch)
+        return tensors  # type: ignore[return-value]
+
+    def unflatten_outputs(self, outputs: Sequence[torch.Tensor]) -> Any:
+        """The model's result (tuple, dict, ModelOutput, ...) from the graph's outputs."""
+        leaves = [slot.value if isinstance(slot, Literal) else outputs[slot] for slot in self.output_leaves]
+        return pytree.tree_unflatten(leaves, self.output_spec)
+
+
+def _describe(spec: pytree.TreeSpec) -> str:
+    if spec.is_leaf():
+        return "a tensor or scalar"
+    return f"a {spec.type.__name__} of {spec.num_children} items"
+
+
+def _structure_mismatch(args: tuple, kwargs: dict[str, Any], expected: pytree.TreeSpec) -> str:
+    """Say in words how a call's arguments differ from the ones the program was imported with."""
+    arg_specs, kwarg_spec = expected.children()
+    names = sorted(kwarg_spec.context or [])
+    if len(args) != arg_specs.num_children or sorted(kwargs) != names:
+        return (f"expected {arg_specs.num_children} positional argument(s) and keyword argument(s) {names}, "
+                f"got {len(args)} positional and {sorted(kwargs)}")
+    for i, (arg, arg_spec) in enumerate(zip(args, arg_specs.children(), strict=True)):
+        if pytree.tree_structure(arg) != arg_spec:
+            return f"argument {i} should be {_describe(arg_spec)}, got {type(arg).__name__}"
+    return f"keyword arguments should have structure {kwarg_spec}"
+
+
+def _order_like(kwargs: dict[str, Any], spec: pytree.TreeSpec) -> dict[str, Any]:
+    """Keyword arguments in the order the spec recorded, so equal calls flatten equally."""
+    keys = spec.child(1).context if spec.num_children == 2 else None
+    if keys is not None and set(keys) == set(kwargs):
+        return {k: kwargs[k] for k in keys}
+    return kwargs
+
+
+def _same_literal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+# -- locations and names -----------------------------------------------------------------------
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
+def _location(node: fx.Node) -> str | None:
+    """`file:line in function` of the user's code that made the node (its trace's last frame outside torch)."""
+    frames = [f for f in _FRAME.findall(node.meta.get("stack_trace") or "") if not f[0].startswith(_TORCH_DIR)]
+    if not frames:
+        return None
+    path, line, function = frames[-1]
+    return f"{path}:{line} in {function}"
+
+
+def _sanitize(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.]", "_", name)
+    return name if name and not name[0].isdigit() else f"_{name}"
+
+
+# -- lowering the FX graph ---------------------------------------------------------------------
+
+def _meta_types(node: fx.Node) -> list[TensorType | None] | None:
+    """The output types PyTorch recorded for a node, checking that every size is static."""
+    val = node.meta.get("val")
+    if val is None:
+        return None
+    vals = list(val) if isinstance(val, list | tuple) else [val]
+    types: list[TensorType | None] = []
+    for v in vals:
+        if isinstance(v, torch.Tensor):
+            if not all(isinstance(d, int) for d in v.shape):
+                raise TorchImportError(f"node {node.name} ({node.target}) has symbolic shape {tuple(v.shape)}; "
+                                       "heteropass imports static shapes only")
+            types.append(TensorType.of(v))
+        elif isinstance(v, torch.SymInt | torch.SymFloat | torch.SymBool):
+            raise TorchImportError(f"node {node.name} ({node.target}) computes a symbolic value; "
+                                   "heteropass imports static shapes only")
+        else:
+            types.append(None)
+    return types
+
+
+def _bind(op: torch._ops.OpOverload, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments by schema name, defaults filled in."""
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(op._schema.arguments):
+        if i < len(args) and not arg.kwarg_only:
+            bound[arg.name] = args[i]
+        elif arg.name in kwargs:
+            bound[arg.name] = kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+        else:
+            bound[arg.name] = None
+    return bound
+
+
+@dataclass
+class _Unmapped:
+    target: str
+    location: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = self.location or "unknown location"
+        return f"{self.target} at {where}" + (f" ({self.reason})" if self.reason else "")
+
+
+class _GraphLowering:
+    """Walks an ATen FX graph in order and builds the IR graph."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.lx = Lowerer(graph)
+        self.env: dict[fx.Node, Any] = {}
+        self.unmapped: list[_Unmapped] = []
+
+    def run(self, fx_graph: fx.Graph) -> None:
+        for node in fx_graph.nodes:
+            if node.op == "call_function":
+                self._call(node)
+            elif node.op == "get_attr":
+                raise TorchImportError(f"get_attr node {node.name}: pass module attributes as inputs or constants")
+            elif node.op not in ("placeholder", "output"):
+                raise TorchImportError(f"node {node.name}: unexpected FX opcode {node.op} in an ATen graph")
+
+    def _call(self, node: fx.Node) -> None:
+        if node.target is operator.getitem:
+            source, index = node.args
+            self.env[node] = self.env[source][index]
+            return
+        if not isinstance(node.target, torch._ops.OpOverload):
+            raise TorchImportError(f"node {node.name} calls {node.target}, which is not an ATen op; "
+                                   "only static-shape ATen graphs can be imported")
+        if not node.target._schema.returns:
+            return  # runtime assertions such as aten._assert_tensor_metadata
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), self.env.__getitem__)
+        types = _meta_types(node)
+        self.lx.source = _location(node)
+        self.lx.out_types = [t for t in types if t is not None] if types else None
+        self.lx.used_outputs = {u.args[1] for u in node.users if u.target is operator.getitem}
+        rule = find_rule(node.target)
+        reason = "no lowering rule"
+        if rule is not None:
+            try:
+                result = rule(self.lx, _bind(node.target, args, kwargs))
+            except Unsupported as exc:
+                reason = str(exc)
+            except Exception as exc:
+                raise TorchImportError(f"lowering {node.format_node()} failed: {exc}") from exc
+            else:
+                self._check(node, result, types)
+                self.env[node] = result
+                return
+        self.unmapped.append(_Unmapped(str(node.target), self.lx.source, reason))
+        self.env[node] = self._opaque(node, args, kwargs, types)
+
+    def _opaque(self, node: fx.Node, args: tuple, kwargs: dict[str, Any],
+                types: list[TensorType | None] | None) -> Any:
+        operands, spec = encode_call(args, kwargs)
+        if not all(isinstance(v, Value) for v in operands):
+            raise TorchImportError(f"{node.format_node()}: cannot pass {operands} to an opaque call")
+        output_types = [t for t in types if t is not None] if types is not None else None
+        ir_node = self.graph.add_node("opaque", operands, {"target": str(node.target), "spec": spec},
+                                      output_types=output_types, source=self.lx.source)
+        val = node.meta.get("val")
+        if not isinstance(val, list | tuple):
+            return ir_node.outputs[0] if len(ir_node.outputs) == 1 else tuple(ir_node.outputs)
+        outputs = iter(ir_node.outputs)
+        return tuple(next(outputs) if isinstance(v, torch.Tensor) else None for v in val)
+
+    def _check(self, node: fx.Node, result: Any, types: list[TensorType | None] | None) -> None:
+        """An importer bug shows here, at its node, instead of as wrong numbers later."""
+        if types is None:
+            return
+        values = result if isinstance(result, tuple) else (result,)
+        for value, expected in zip(values, types, strict=False):
+            if value is not None and expected is not None and value.type != expected:
+                producer = format_node(value.producer) if value.producer else f"%{value.name}"
+                raise TorchImportError(f"{node.format_node()} lowered to `{producer}` of type {value.type}, "
+                                       f"but PyTorch computes {expected}")
+
+    def value(self, arg: Any) -> Value | Literal:
+        """A graph output: an IR value, or a literal for non-tensor results."""
+        if isinstance(arg, fx.Node):
+            result = self.env[arg]
+            return result if isinstance(result, Value) else Literal(result)
+        return Literal(arg)
+
+    def finish(self, outputs: Sequence[Value | Literal], strict: bool, what: str) -> list[int | Literal]:
+        """Set the graph outputs, drop dead nodes and constants, report unmapped ops."""
+        slots: list[int | Literal] = []
+        graph_outputs: list[Value] = []
+        for out in outputs:
+            if isinstance(out, Literal):
+                slots.append(out)
+            else:
+                slots.append(len(graph_outputs))
+                graph_outputs.append(out)
+        self.graph.set_outputs(graph_outputs)
+        for ir_node in reversed(list(self.graph.nodes)):
+            if not any(v.uses or self.graph.is_output(v) for v in ir_node.outputs):
+                self.graph.remove_node(ir_node)
+        self.graph.remove_unused_constants()
+        self.graph = _renumbered(self.graph)
+        if self.unmapped:
+            unique = list(dict.fromkeys(str(u) for u in self.unmapped))
+            listing = "\n  ".join(unique)
+            if strict:
+                raise UnsupportedOpError(f"{what}: {len(unique)} ATen op(s) have no IR mapping:\n  {listing}")
+            warnings.warn(f"{what}: {len(unique)} ATen op(s) have no IR mapping and run as opaque PyTorch "
+                          f"calls:\n  {listing}", stacklevel=3)
+        return slots
+
+
+def _renumbered(graph: Graph) -> Graph:
+    """A copy whose node outputs are numbered 0, 1, ... again after dead nodes were dropped."""
+    new = Graph(graph.name)
+    mapping: dict[Value, Value] = {}
+    for v in graph.inputs:
+        mapping[v] = new.add_input(v.name, v.type)
+    for v in graph.constants.values():
+        mapping[v] = new.add_constant(v.name, v.const)  # type: ignore[arg-type]
+    for node in graph.nodes:
+        copy = new.add_node(node.op, [mapping[v] for v in node.inputs], node.attrs,
+                            output_types=[v.type for v in node.outputs], source=node.source)
+        mapping.update(zip(node.outputs, copy.outputs, strict=True))
+    new.set_outputs(mapping[v] for v in graph.outputs)
+    return new
+
+
+# -- torch.export ------------------------------------------------------------------------------
+
+# Ops torch.export would decompose but that the IR represents directly: kept whole so the IR
+# reads like the model (linear, layer_norm, attention) instead of their primitive expansions.
+KEEP_UNDECOMPOSED = (
+    aten.linear.default, aten.matmul.default, aten.layer_norm.default, aten.group_norm.default,
+    aten.rms_norm.default, aten.scaled_dot_product_attention.default,
+    aten._scaled_dot_product_flash_attention_for_cpu.default, aten.softmax.int, aten.log_softmax.int,
+    aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.conv_transpose1d.default,
+    aten.conv_transpose2d.input, aten.conv_transpose3d.input, aten.silu.default, aten.hardswish.default,
+    aten.hardsigmoid.default, aten.mish.default, aten.softplus.default, aten.masked_fill.Scalar,
+    aten.masked_fill.Tensor, aten.tril.default, aten.triu.default, aten.max_pool1d.default,
+    aten.max_pool2d.default, aten.max_pool3d.default, aten.avg_pool1d.default, aten.adaptive_avg_pool1d.default,
+    aten.adaptive_avg_pool2d.default, aten.adaptive_avg_pool3d.default, aten.adaptive_max_pool1d.default,
+    aten.pad.default, aten.stack.default, aten.zeros.default, aten.ones.default, aten.zeros_like.default,
+    aten.ones_like.default, aten.transpose.int, aten.t.default,
+)
+
+
+def decomposition_table() -> dict[Any, Any]:
+    """torch.export's default decompositions minus the ops kept whole (`KEEP_UNDECOMPOSED`)."""
+    table = torch.export.default_decompositions()
+    for op in KEEP_UNDECOMPOSED:
+        table.pop(op, None)
+    return table
+
+
+def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool = False,
+                  example_kwargs: dict[str, Any] | None = None) -> TorchProgram:
+    """Import `model` as called with `example_inputs` (and `example_kwargs`), static shapes.
+
+    Parameters, buffers and tensor constants become graph constants named by their state-dict
+    names; tensor arguments become graph inputs named after the forward's parameters.
+    """
+    args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
+    name = _sanitize(type(model).__name__.lower())
+    try:
+        exported = torch.export.export(model, args, kwargs, strict=False)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        warnings.warn(f"torch.export failed on {type(model).__name__} ({type(exc).__name__}: {reason}); "
+                      "importing through torch.fx.symbolic_trace instead", stacklevel=2)
+        return _import_traced(model, args, kwargs, name, strict)
+    with warnings.catch_warnings():
+        # torch's own run_decompositions trips its LeafSpec deprecation; nothing the user can act on.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        decomposed = exported.run_decompositions(decomposition_table())
+    return _import_exported(decomposed, name, strict)
+
+
+def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool) -> TorchProgram:
+    graph = Graph(name)
+    lowering = _GraphLowering(graph)
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    input_leaves: list[int | Literal] = []
+    for node, spec in zip(placeholders, ep.graph_signature.input_specs, strict=True):
+        if spec.kind is InputKind.USER_INPUT:
+            if isinstance(spec.arg, ConstantArgument):
+                lowering.env[node] = spec.arg.value
+                input_leaves.append(Literal(spec.arg.value))
+            else:
+                input_leaves.append(len(graph.inputs))
+                lowering.env[node] = graph.add_input(_sanitize(spec.arg.name), _placeholder_type(node))
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            tensor = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
+            lowering.env[node] = graph.add_constant(_sanitize(spec.target), tensor)
+        else:
+            raise TorchImportError(f"input {spec.arg.name} of kind {spec.kind.name} is not supported")
+
+    lowering.run(ep.graph)
+    output_node = next(n for n in ep.graph.nodes if n.op == "output")
+    outputs: list[Value | Literal] = []
+    for arg, spec in zip(output_node.args[0], ep.graph_signature.output_specs, strict=True):
+        if spec.kind is OutputKind.USER_INPUT_MUTATION:
+            raise TorchImportError(f"the model mutates its input {spec.target} in place; this is not supported")
+        if spec.kind is OutputKind.USER_OUTPUT:
+            outputs.append(lowering.value(arg) if isinstance(spec.arg, TensorArgument) else Literal(spec.arg.value))
+        # Buffer mutations (e.g. batch-norm statistics in training mode) do not change the results.
+    output_leaves = lowering.finish(outputs, strict, f"import of {name}")
+    return TorchProgram(lowering.graph, ep.call_spec.in_spec, ep.call_spec.out_spec, input_leaves, output_leaves)
+
+
+def _placeholder_type(node: fx.Node) -> TensorType:
+    types = _meta_types(node)
+    if not types or types[0] is None:
+        raise TorchImportError(f"placeholder {node.name} has no recorded tensor type")
+    return types[0]
+
+
+# -- fallback: symbolic_trace + make_fx --------------------------------------------------------
+
+def _import_traced(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any], name: str,
+                   strict: bool) -> TorchProgram:
+    """Trace with symbolic_trace, which proves the Python control flow does not depend on tensor
+    values, then lower that graph to ATen with make_fx on the example inputs."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    try:
+        tracer = fx.Tracer()
+        tracer.record_stack_traces = True
+        traced = fx.GraphModule(model, tracer.trace(model))
+    except Exception as exc:
+        raise TorchImportError(f"neither torch.export nor torch.fx.symbolic_trace can capture "
+                               f"{type(model).__name__}: {exc}") from exc
+    runner = _RunTraced(traced)
+    state = {**dict(runner.named_parameters()), **dict(runner.named_buffers())}
+    leaves, in_spec = pytree.tree_flatten((args, kwargs))
+    tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    signature = inspect.signature(traced.forward)
+    out_spec: list[pytree.TreeSpec] = []
+
+    def flat_forward(*flat: torch.Tensor) -> list[Any]:
+        params = dict(zip(state, flat[:len(state)], strict=True))
+        call_leaves = list(leaves)
+        for slot, tensor in zip(tensor_slots, flat[len(state):], strict=True):
+            call_leaves[slot] = tensor
+        call_args, call_kwargs = pytree.tree_unflatten(call_leaves, in_spec)
+        bound = signature.bind(*call_args, **call_kwargs)
+        bound.apply_defaults()
+        result = torch.func.functional_call(runner, params, tuple(bound.arguments.values()))
+        out_leaves, spec = pytree.tree_flatten(result)
+        out_spec.append(spec)
+        return out_leaves
+
+    with torch.no_grad(), fx.traceback.preserve_node_meta():
+        gm = make_fx(flat_forward)(*state.values(), *(leaves[i] for i in tensor_slots))
+    graph = Graph(name)
+    lowering = _GraphLowering(graph)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    input_names = _argument_names(model, args, kwargs)
+    input_leaves: list[int | Literal] = [Literal(leaf) for leaf in leaves]
+    for node, (state_name, tensor) in zip(placeholders, state.items(), strict=False):
+        lowering.env[node] = graph.add_constant(_sanitize(state_name.removeprefix("traced.")), tensor)
+    for node, slot in zip(placeholders[len(state):], tensor_slots, strict=True):
+        input_leaves[slot] = len(graph.inputs)
+        lowering.env[node] = graph.add_input(input_names[slot], TensorType.of(leaves[slot]))
+    lowering.run(gm.graph)
+    output_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outputs = [lowering.value(arg) for arg in output_node.args[0]]
+    output_leaves = lowering.finish(outputs, strict, f"import of {name}")
+    return TorchProgram(lowering.graph, in_spec, out_spec[-1], input_leaves, output_leaves)
+
+
+class _RunTraced(torch.nn.Module):
+    """Runs a traced module node by node, so make_fx gives each ATen node its source's stack trace."""
+
+    def __init__(self, traced: fx.GraphModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, *args: Any) -> Any:
+        return fx.Interpreter(self.traced).run(*args)
+
+
+def _argument_names(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> list[str]:
+    """A name per leaf of (args, kwargs): the forward parameter's name, plus a path for nested leaves."""
+    params = list(inspect.signature(model.forward).parameters)
+    names = []
+    for path, _ in pytree.tree_flatten_with_path((args, kwargs))[0]:
+        position = path[1]
+        if isinstance(position, pytree.SequenceKey):
+            base = params[position.idx] if position.idx < len(params) else f"arg{position.idx}"
+        else:
+            base = str(getattr(position, "key", position))
+        rest = "".join(f"_{getattr(k, 'idx', getattr(k, 'key', k))}" for k in path[2:])
+        names.append(_sanitize(base + rest))
+    return names
+
+
+# -- ATen graphs from torch.compile ------------------------------------------------------------
+
+def import_aten_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], *, strict: bool = False) -> TorchProgram:
+    """Import an ATen-level FX graph whose placeholders are flat inputs (tensors or Python scalars).
+
+    This is what torch.compile (AOTAutograd) hands a backend: parameters arrive as inputs too.
+    Python scalar inputs become 0-d tensor inputs; symbolic shapes are rejected.
+    """
+    inputs = list(example_inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(inputs):
+        raise TorchImportError(f"the graph has {len(placeholders)} placeholders but {len(inputs)} example inputs")
+    graph = Graph(_sanitize(getattr(gm, "_get_name", lambda: "aten_graph")().lower()))
+    lowering = _GraphLowering(graph)
+    for node, example in zip(placeholders, inputs, strict=True):
+        lowering.env[node] = graph.add_input(_sanitize(node.name), _example_type(node, example))
+    lowering.run(gm.graph)
+    output_node = next(n for n in gm.graph.nodes if n.op == "output")
+    out_leaves, out_spec = pytree.tree_flatten(output_node.args[0])
+    outputs = [lowering.value(arg) for arg in out_leaves]
+    output_leaves = lowering.finish(outputs, strict, f"import of {graph.name}")
+    in_spec = pytree.tree_flatten((tuple(inputs), {}))[1]
+    return TorchProgram(lowering.graph, in_spec, out_spec, list(range(len(inputs))), output_leaves)
+
+
+def _example_type(node: fx.Node, example: Any) -> TensorType:
+    if isinstance(example, torch.SymInt | torch.SymFloat | torch.SymBool):
+        raise TorchImportError(f"input {node.name} is symbolic ({example}); heteropass imports static shapes "
+                               "only (compile with dynamic=False)")
+    if isinstance(example, torch.Tensor):
+        if not all(isinstance(d, int) for d in example.shape):
+            raise TorchImportError(f"input {node.name} has symbolic shape {tuple(example.shape)}; "
+                                   "heteropass imports static shapes only (compile with dynamic=False)")
+        return TensorType.of(example)
+    if isinstance(example, bool):
+        return TensorType((), DType.bool)
+    if isinstance(example, int):
+        return TensorType((), DType.i64)
+    if isinstance(example, float):
+        return TensorType((), DType.f32)
+    raise TorchImportError(f"input {node.name} is a {type(example).__name__}; expected a tensor or a number")

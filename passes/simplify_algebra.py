@@ -1,0 +1,224 @@
+"""Algebraic identities that remove work without changing any value's type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..ir import DType, Graph, Node, Value
+from .base import Pass, PassContext, PassResult
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named rewrite of one node: `apply` returns the value to use instead of the node's single
+    output (possibly built from new nodes inserted before it), or None when it does not match.
+    The walk only accepts a replacement of exactly the node's output type."""
+
+    name: str
+    ops: tuple[str, ...]
+    apply: Callable[[Node], Value | None]
+
+
+def _producer(value: Value, *ops: str) -> Node | None:
+    node = value.producer
+    return node if node is not None and node.op in ops else None
+
+
+def _filled_with(value: Value, scalar: float) -> bool:
+    """True when `value` is a constant whose every element equals `scalar` (of any shape)."""
+    return value.const is not None and bool((value.const == scalar).all())
+
+
+def _drop_identity_operand(scalar: float, sides: Sequence[int]) -> Callable[[Node], Value | None]:
+    """x op c -> x when c is all `scalar`, for c at any of `sides` (operand positions)."""
+
+    def apply(node: Node) -> Value | None:
+        for side in sides:
+            other = node.inputs[1 - side]
+            if _filled_with(node.inputs[side], scalar) and other.type == node.output.type:
+                return other
+        return None
+
+    return apply
+
+
+def _div_by_one(node: Node) -> Value | None:
+    # floor(x / 1) is not x for fractional x; for integers every rounding mode gives x back.
+    if node.attrs["rounding_mode"] is not None and node.inputs[0].type.dtype.is_floating:
+        return None
+    return _drop_identity_operand(1, [1])(node)
+
+
+def _neg_neg(node: Node) -> Value | None:
+    inner = _producer(node.inputs[0], "neg")
+    return inner.inputs[0] if inner is not None else None
+
+
+def _permutation(node: Node) -> tuple[int, ...]:
+    rank = node.inputs[0].type.rank
+    if rank == 0:
+        return ()
+    if node.op == "permute":
+        return tuple(d % rank for d in node.attrs["dims"])
+    perm = list(range(rank))
+    a, b = node.attrs["dim0"] % rank, node.attrs["dim1"] % rank
+    perm[a], perm[b] = perm[b], perm[a]
+    return tuple(perm)
+
+
+def _identity_permute(node: Node) -> Value | None:
+    perm = _permutation(node)
+    return node.inputs[0] if perm == tuple(range(len(perm))) else None
+
+
+def _compose_permutes(node: Node) -> Value | None:
+    """permute(permute(x, p), q) -> permute(x, p∘q), or x when that is the identity."""
+    inner = _producer(node.inputs[0], "transpose", "permute")
+    if inner is None:
+        return None
+    inner_perm = _permutation(inner)
+    perm = tuple(inner_perm[d] for d in _permutation(node))
+    x = inner.inputs[0]
+    if perm == tuple(range(len(perm))):
+        return x
+    assert node.graph is not None
+    return node.graph.add_node("permute", [x], {"dims": perm}, before=node, device=node.device,
+                               source=node.source).output
+
+
+# Ops that only reinterpret the row-major element order under a new shape.
+_VIEWS = ("reshape", "flatten", "squeeze", "unsqueeze")
+
+
+def _reshape_of_view(node: Node) -> Value | None:
+    """reshape(reshape(x)) -> reshape(x), and likewise through flatten/squeeze/unsqueeze."""
+    inner = _producer(node.inputs[0], *_VIEWS)
+    if inner is None:
+        return None
+    assert node.graph is not None
+    return node.graph.add_node("reshape", [inner.inputs[0]], {"shape": node.attrs["shape"]}, before=node,
+                               device=node.device, source=node.source).output
+
+
+def _same_shape(node: Node) -> Value | None:
+    """A reshape/expand/flatten/squeeze whose result has its operand's shape is its operand."""
+    return node.inputs[0]
+
+
+def _squeeze_unsqueeze(node: Node) -> Value | None:
+    # Both are views of the same element order, so equal shapes (checked by the walk) mean equal tensors.
+    inner = _producer(node.inputs[0], "unsqueeze")
+    return inner.inputs[0] if inner is not None else None
+
+
+def _cast_noop(node: Node) -> Value | None:
+    return node.inputs[0] if node.attrs["dtype"] is node.inputs[0].type.dtype else None
+
+
+_FLOATS = (DType.f16, DType.bf16, DType.f32, DType.f64)
+# source -> types that hold every value of the source exactly, so a round trip through them is lossless.
+_EXACT_WIDENING: dict[DType, frozenset[DType]] = {
+    DType.f16: frozenset({DType.f32, DType.f64}),
+    DType.bf16: frozenset({DType.f32, DType.f64}),
+    DType.f32: frozenset({DType.f64}),
+    DType.i8: frozenset({DType.i16, DType.i32, DType.i64, *_FLOATS}),
+    DType.u8: frozenset({DType.i16, DType.i32, DType.i64, *_FLOATS}),
+    DType.i16: frozenset({DType.i32, DType.i64, DType.f32, DType.f64}),
+    DType.i32: frozenset({DType.i64, DType.f64}),
+    DType.bool: frozenset(DType) - {DType.bool},
+}
+
+
+def _cast_round_trip(node: Node) -> Value | None:
+    """cast(cast(x, wide), x.dtype) -> x when `wide` holds every value of x's type exactly."""
+    inner = _producer(node.inputs[0], "cast")
+    if inner is None:
+        return None
+    x = inner.inputs[0]
+    exact = inner.attrs["dtype"] in _EXACT_WIDENING.get(x.type.dtype, frozenset())
+    return x if exact and node.attrs["dtype"] is x.type.dtype else None
+
+
+def _full_slice(node: Node) -> Value | None:
+    # With step 1, an output as long as the input along `dim` can only be the whole dimension.
+    return node.inputs[0] if node.attrs["step"] == 1 else None
+
+
+def _single_concat(node: Node) -> Value | None:
+    return node.inputs[0] if len(node.inputs) == 1 else None
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("mul-by-one", ("mul",), _drop_identity_operand(1, [0, 1])),
+    Rule("add-zero", ("add",), _drop_identity_operand(0, [0, 1])),
+    Rule("sub-zero", ("sub",), _drop_identity_operand(0, [1])),
+    Rule("div-by-one", ("div",), _div_by_one),
+    Rule("pow-one", ("pow",), _drop_identity_operand(1, [1])),
+    Rule("neg-neg", ("neg",), _neg_neg),
+    Rule("identity-permute", ("transpose", "permute"), _identity_permute),
+    Rule("compose-permutes", ("transpose", "permute"), _compose_permutes),
+    Rule("same-shape", ("reshape", "expand", "flatten", "squeeze"), _same_shape),
+    Rule("reshape-of-view", ("reshape",), _reshape_of_view),
+    Rule("squeeze-unsqueeze", ("squeeze",), _squeeze_unsqueeze),
+    Rule("cast-noop", ("cast",), _cast_noop),
+    Rule("cast-round-trip", ("cast",), _cast_round_trip),
+    Rule("full-slice", ("slice",), _full_slice),
+    Rule("single-concat", ("concat",), _single_concat),
+)
+
+
+def _erase_dead(graph: Graph, node: Node) -> None:
+    """Remove `node` and then whatever only it kept alive (producers and constants)."""
+    stack = [node]
+    while stack:
+        dead = stack.pop()
+        if dead.graph is not graph or any(v.uses or graph.is_output(v) for v in dead.outputs):
+            continue
+        operands = list(dead.inputs)
+        graph.remove_node(dead)
+        for value in operands:
+            if value.producer is not None:
+                stack.append(value.producer)
+            elif graph.constants.get(value.name) is value and not value.uses and not graph.is_output(value):
+                graph.remove_constant(value)
+
+
+class SimplifyAlgebraPass(Pass):
+    """Apply the identity rules in `RULES` (x*1, x+0, neg(neg(x)), permute/reshape chains, no-op and
+    round-trip casts, full slices, ...) until none matches, replacing a node only by a value of
+    exactly its type, so broadcasting and type promotion are never lost.
+
+    `x + 0 -> x` treats -0.0 and 0.0 alike (as `torch.equal` does): it turns -0.0 + 0.0 = 0.0
+    into -0.0. Statistics count applications per rule name.
+    """
+
+    name = "simplify-algebra"
+    opt_level = 1
+
+    def __init__(self, rules: Sequence[Rule] = RULES) -> None:
+        self.rules: dict[str, list[Rule]] = {}
+        for rule in rules:
+            for op in rule.ops:
+                self.rules.setdefault(op, []).append(rule)
+
+    def call(self, graph: Graph, ctx: PassContext) -> PassResult:
+        stats: dict[str, int | float] = {}
+        changed = True
+        # Rules read producers and rewrite readers, so a forward walk mostly finishes in one round;
+        # new nodes inserted behind the walk are picked up by the next.
+        while changed:
+            changed = False
+            for node in graph:
+                if node.graph is not graph or len(node.outputs) != 1:
+                    continue
+                for rule in self.rules.get(node.op, ()):
+                    replacement = rule.apply(node)
+                    if replacement is None or replacement.type != node.output.type:
+                        continue
+                    graph.replace_all_uses(node.output, replacement)
+                    _erase_dead(graph, node)
+                    stats[rule.name] = stats.get(rule.name, 0) + 1
+                    changed = True
+                    break
+        return PassResult(graph, bool(stats), stats)

@@ -1,0 +1,26 @@
+"""Shared test configuration: hypothesis profiles and single-threaded torch.
+
+Profiles, chosen with HETEROPASS_HYPOTHESIS_PROFILE:
+- "ci" (default): reproducible (derandomized, no example database), sized for a 2-core machine;
+- "dev": few examples, random seeds, failures replayed from the local database;
+- "thorough": many random examples, for hunting bugs before a release.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+# pytest-xdist runs one worker per core; torch's intra-op threads would oversubscribe them.
+torch.set_num_threads(1)
+
+_SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
+
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=_SLOW_IS_FINE, print_blob=True)
+settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=_SLOW_IS_FINE)
+settings.register_profile("thorough", max_examples=3000, deadline=None, suppress_health_check=_SLOW_IS_FINE,
+                          print_blob=True)
+settings.load_profile(os.environ.get("HETEROPASS_HYPOTHESIS_PROFILE", "ci"))

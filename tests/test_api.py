@@ -1,0 +1,156 @@
+"""`heteropass.compile` end to end on real architectures, dumps, and bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._pytree import tree_leaves
+
+import heteropass as hp
+from heteropass.backends.executable import InputError
+from heteropass.ir.torch_importer import UnsupportedOpError
+from heteropass.testing import models
+
+MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[..., tuple]]] = {
+    "mlp": (models.mlp, models.mlp_inputs),
+    "resnet": (models.resnet_cnn, models.resnet_inputs),
+    "gpt2_style": (models.gpt2_style, models.gpt2_style_inputs),
+    "gpt2_style_sdpa": (lambda: models.gpt2_style(use_sdpa=True), models.gpt2_style_inputs),
+}
+
+
+def assert_close_to_eager(actual: Any, expected: Any, rtol: float = 1e-5) -> None:
+    for a, e in zip(tree_leaves(actual), tree_leaves(expected), strict=True):
+        if isinstance(e, torch.Tensor):
+            assert a.shape == e.shape and a.dtype == e.dtype
+            scale = e.abs().max().clamp_min(1e-12) if e.numel() else 1.0
+            assert ((a - e).abs().max() / scale if e.numel() else 0.0) <= rtol
+        else:
+            assert a == e
+
+
+@pytest.mark.parametrize("opt_level", [0, 2])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_match_eager(name: str, opt_level: int) -> None:
+    make, inputs = MODELS[name]
+    model = make()
+    cm = hp.compile(model, inputs(), opt_level=opt_level)
+    fresh = inputs(seed=7)
+    with torch.no_grad():
+        assert_close_to_eager(cm(*fresh), model(*fresh))
+    assert not any(n.op == "opaque" for n in cm.graph.nodes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hf_gpt2", "hf_bert"])
+def test_transformers_match_eager(name: str) -> None:
+    model, inputs = getattr(models, name)(), getattr(models, f"{name}_inputs")
+    cm = hp.compile(model, inputs(), opt_level=2)
+    fresh = inputs(seed=3)
+    with torch.no_grad():
+        assert_close_to_eager(cm(*fresh), model(*fresh))
+    assert not any(n.op == "opaque" for n in cm.graph.nodes)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_torch_compile_backend(name: str) -> None:
+    torch._dynamo.reset()
+    make, inputs = MODELS[name]
+    model = make()
+    compiled = torch.compile(model, backend="heteropass", dynamic=False)
+    with torch.no_grad():
+        for seed in (1, 2):
+            assert_close_to_eager(compiled(*inputs(seed=seed)), model(*inputs(seed=seed)))
+
+
+class WithGraphBreak(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.first(x))
+        torch._dynamo.graph_break()
+        return torch.softmax(self.second(y), -1)
+
+
+def test_torch_compile_graph_break_compiles_each_graph(tmp_path: Any) -> None:
+    torch._dynamo.reset()
+    model = WithGraphBreak().eval()
+    compiled = torch.compile(model, backend="heteropass", dynamic=False, options={"dump_dir": str(tmp_path)})
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert_close_to_eager(compiled(x), model(x))
+    graphs = sorted(p.name for p in tmp_path.iterdir())
+    assert graphs == ["graph_000", "graph_001"]
+    for graph in graphs:
+        assert (tmp_path / graph / "summary.json").exists() and (tmp_path / graph / "module.py").exists()
+
+
+def test_torch_compile_rejects_unknown_option() -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(models.mlp(), backend="heteropass", options={"opt_lvl": 2})
+    with pytest.raises(Exception, match="unknown heteropass option"):
+        compiled(*models.mlp_inputs())
+
+
+def test_dump_dir_has_one_file_per_pass_summary_and_module(tmp_path: Any) -> None:
+    cm = hp.compile(models.gpt2_style(), models.gpt2_style_inputs(), opt_level=2, dump_dir=str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    ir_files = sorted(p.name for p in tmp_path.glob("[0-9][0-9][0-9]_*.ir"))
+    assert ir_files[0] == "000_input.ir"
+    assert len(ir_files) == len(summary["passes"]) + 1
+    last = (tmp_path / ir_files[-1]).read_text()
+    assert last.splitlines()[0].startswith(f"# after {summary['passes'][-1]['name']}")
+    assert str(cm.graph).replace("@cpu", "").replace(" ", "") == last.split("\n", 1)[1].replace(" ", "")
+    assert str(cm.graph) in (tmp_path / "placed.ir").read_text()
+    assert (tmp_path / "module.py").read_text() == cm.code
+    assert cm.code.startswith("def forward(idx):")
+    assert "propagate-shapes" in cm.report
+
+
+def test_dump_dir_from_environment(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HETEROPASS_DUMP_DIR", str(tmp_path))
+    hp.compile(models.mlp(), models.mlp_inputs(), opt_level=1)
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_disabled_pass_does_not_run() -> None:
+    cm = hp.compile(models.mlp(), models.mlp_inputs(), disable=["fold-constants"])
+    assert "fold-constants" not in cm.report and "simplify-algebra" in cm.report
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((torch.randn(8, 32),), r"input 0 'x' expects f32\[8,64\], got f32\[8,32\]"),
+    ((torch.randn(8, 64, dtype=torch.float64),), r"input 0 'x' expects f32\[8,64\], got f64\[8,64\]"),
+    ((torch.randn(8, 64), torch.randn(8, 64)), r"expected 1 positional argument\(s\).*got 2 positional"),
+    (([1.0] * 64,), "argument 0 should be a tensor or scalar, got list"),
+])
+def test_wrong_inputs_raise_clear_errors(args: tuple, message: str) -> None:
+    cm = hp.compile(models.mlp(), models.mlp_inputs())
+    with pytest.raises((InputError, ValueError, TypeError), match=message):
+        cm(*args)
+
+
+class UsesCummax(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(x, dim=1).values * 2
+
+
+def test_unsupported_op_falls_back_with_warning_or_fails_when_strict() -> None:
+    x = torch.randn(3, 5)
+    with pytest.warns(UserWarning, match="aten.cummax"):
+        cm = hp.compile(UsesCummax(), (x,))
+    assert_close_to_eager(cm(x), UsesCummax()(x))
+    with pytest.raises(UnsupportedOpError, match="aten.cummax"):
+        hp.compile(UsesCummax(), (x,), strict=True)
+
+
+def test_check_each_and_verify_each_pass_on_a_transformer() -> None:
+    cm = hp.compile(models.gpt2_style(), models.gpt2_style_inputs(), check_each=True, verify_each=True)
+    drifts = [r.stats.get("drift", 0.0) for r in cm.pipeline.records]
+    assert drifts and max(drifts) <= 1e-5

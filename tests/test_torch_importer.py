@@ -1,0 +1,279 @@
+"""The PyTorch importer: real architectures import without opaque nodes and match eager PyTorch."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from heteropass.ir import run_graph, verify
+from heteropass.ir.torch_importer import (
+    TorchImportError,
+    TorchProgram,
+    UnsupportedOpError,
+    import_aten_graph,
+    import_module,
+)
+from heteropass.testing import models
+
+RTOL = 1e-5
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype
+    scale = want.abs().max().clamp_min(1e-30)
+    assert ((got - want).abs().max() / scale).item() <= RTOL
+
+
+def _run(program: TorchProgram, args: tuple, kwargs: dict | None = None) -> object:
+    outputs = run_graph(program.graph, *program.flatten_inputs(args, kwargs))
+    return program.unflatten_outputs(outputs)
+
+
+def _import_and_compare(model: nn.Module, example: tuple, fresh: tuple) -> TorchProgram:
+    """Import on `example`, then check the graph against eager on `fresh` (other random inputs)."""
+    program = import_module(model, example)
+    verify(program.graph)
+    assert "opaque" not in program.graph.op_counts(), program.graph
+    with torch.no_grad():
+        want = model(*fresh)
+    got = _run(program, fresh)
+    got_leaves, got_spec = torch.utils._pytree.tree_flatten(got)
+    want_leaves, want_spec = torch.utils._pytree.tree_flatten(want)
+    assert got_spec == want_spec and type(got) is type(want)
+    for g, w in zip(got_leaves, want_leaves, strict=True):
+        _assert_close(g, w)
+    return program
+
+
+def test_mlp_matches_eager() -> None:
+    program = _import_and_compare(models.mlp(), models.mlp_inputs(), models.mlp_inputs(seed=2))
+    assert program.graph.op_counts() == {"gelu": 1, "linear": 3, "relu": 1}
+    assert [v.name for v in program.graph.inputs] == ["x"]
+    assert "fc1.weight" in program.graph.constants
+
+
+def test_resnet_cnn_matches_eager() -> None:
+    program = _import_and_compare(models.resnet_cnn(), models.resnet_inputs(), models.resnet_inputs(seed=2))
+    counts = program.graph.op_counts()
+    assert counts["conv"] == 6 and counts["batch_norm"] == 6 and counts["max_pool"] == 1
+    assert "layer2.shortcut.1.running_var" in program.graph.constants
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True], ids=["matmul-softmax", "sdpa"])
+def test_gpt2_style_matches_eager(use_sdpa: bool) -> None:
+    program = _import_and_compare(models.gpt2_style(use_sdpa), models.gpt2_style_inputs(),
+                                  models.gpt2_style_inputs(seed=2))
+    counts = program.graph.op_counts()
+    assert counts["layer_norm"] == 5 and counts["linear"] == 8
+    if use_sdpa:
+        assert counts["scaled_dot_product_attention"] == 2
+    else:
+        assert counts["softmax"] == 2 and counts["where"] == 2
+    assert [v.name for v in program.graph.inputs] == ["idx"]
+    assert "blocks.1.attn.c_attn.weight" in program.graph.constants
+
+
+@pytest.mark.slow
+def test_hf_gpt2_matches_eager() -> None:
+    program = _import_and_compare(models.hf_gpt2(), models.hf_gpt2_inputs(), models.hf_gpt2_inputs(seed=2))
+    counts = program.graph.op_counts()
+    assert counts["scaled_dot_product_attention"] == 2 and counts["layer_norm"] == 5
+    assert "h.0.attn.c_attn.weight" in program.graph.constants
+
+
+@pytest.mark.slow
+def test_hf_bert_matches_eager() -> None:
+    ids, mask = models.hf_bert_inputs(seed=2)
+    mask = mask.flip(0)  # pad the other sequence than at import time
+    program = _import_and_compare(models.hf_bert(), models.hf_bert_inputs(), (ids, mask))
+    assert [v.name for v in program.graph.inputs] == ["input_ids", "attention_mask"]
+
+
+class CumulativeMax(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values, indices = torch.cummax(self.fc(x), dim=1)
+        return values.relu(), indices
+
+
+def test_unmapped_op_becomes_opaque_with_one_warning() -> None:
+    model, x = CumulativeMax().eval(), torch.randn(4, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        program = import_module(model, (x,))
+    messages = [str(w.message) for w in caught if "no IR mapping" in str(w.message)]
+    assert len(messages) == 1
+    assert re.search(r"aten\.cummax\.default at .*test_torch_importer\.py:\d+ in forward", messages[0])
+    verify(program.graph)
+    (node,) = [n for n in program.graph.nodes if n.op == "opaque"]
+    assert node.attrs["target"] == "aten.cummax.default" and len(node.outputs) == 2
+    x2 = torch.randn(4, 8)
+    values, indices = _run(program, (x2,))
+    want_values, want_indices = model(x2)
+    _assert_close(values, want_values)
+    assert torch.equal(indices, want_indices)
+
+
+def test_strict_import_names_op_and_location() -> None:
+    with pytest.raises(UnsupportedOpError, match=r"aten\.cummax\.default at .*test_torch_importer\.py:\d+"):
+        import_module(CumulativeMax().eval(), (torch.randn(4, 8),), strict=True)
+
+
+def check_aligned(x: torch.Tensor) -> torch.Tensor:
+    """An alignment check as kernel wrappers do it: reads the data pointer, which export cannot."""
+    if x.data_ptr() % 4:
+        raise ValueError("input must be 4-byte aligned")
+    return x
+
+
+torch.fx.wrap("check_aligned")
+
+
+class AlignedMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(check_aligned(x)).relu()
+
+
+def test_falls_back_to_symbolic_trace_when_export_fails() -> None:
+    model, x = AlignedMLP().eval(), torch.randn(3, 4)
+    with pytest.warns(UserWarning, match=r"torch.export failed on AlignedMLP \(RuntimeError: Cannot access data "
+                                         r"pointer.*symbolic_trace"):
+        program = import_module(model, (x,))
+    verify(program.graph)
+    assert program.graph.op_counts() == {"linear": 1, "relu": 1}
+    assert [v.name for v in program.graph.inputs] == ["x"] and "fc.weight" in program.graph.constants
+    x2 = torch.randn(3, 4)
+    _assert_close(_run(program, (x2,)), model(x2))
+
+
+class Structured(nn.Module):
+    """Returns a dict with an input, a parameter, a number and None besides computed tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(3))
+
+    def forward(self, x: torch.Tensor, n: int, *, bias: torch.Tensor) -> dict:
+        return {"y": (x * n + bias, x), "scale": self.scale, "n": n, "none": None}
+
+
+def test_structured_inputs_and_outputs_round_trip() -> None:
+    model, x, bias = Structured(), torch.randn(2, 3), torch.randn(3)
+    program = import_module(model, (x, 4), example_kwargs={"bias": bias})
+    verify(program.graph)
+    x2, bias2 = torch.randn(2, 3), torch.randn(3)
+    got = _run(program, (x2, 4), {"bias": bias2})
+    want = model(x2, 4, bias=bias2)
+    assert got.keys() == want.keys() and got["n"] == 4 and got["none"] is None
+    _assert_close(got["y"][0], want["y"][0])
+    assert torch.equal(got["y"][1], x2) and torch.equal(got["scale"], model.scale.detach())
+    with pytest.raises(ValueError, match="specialized on"):
+        program.flatten_inputs((x2, 5), {"bias": bias2})
+
+
+def _mlp_forward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> tuple:
+    return (F.linear(F.gelu(F.linear(x, w1, b1)), w2).softmax(-1),)
+
+
+def test_import_aten_graph_from_make_fx() -> None:
+    inputs = (torch.randn(4, 8), torch.randn(16, 8), torch.randn(16), torch.randn(5, 16))
+    gm = make_fx(_mlp_forward)(*inputs)
+    program = import_aten_graph(gm, inputs)
+    verify(program.graph)
+    assert program.graph.op_counts() == {"gelu": 1, "linear": 2, "softmax": 1}
+    fresh = tuple(torch.randn_like(t) for t in inputs)
+    (got,) = _run(program, fresh)
+    _assert_close(got, _mlp_forward(*fresh)[0])
+
+
+def test_import_aten_graph_from_aot_autograd() -> None:
+    from functorch.compile import aot_function
+
+    captured: list[fx.GraphModule] = []
+
+    def capture(gm: fx.GraphModule, _: list) -> fx.GraphModule:
+        captured.append(gm)
+        return gm
+
+    inputs = (torch.randn(4, 8), torch.randn(16, 8), torch.randn(16), torch.randn(5, 16))
+    aot_function(_mlp_forward, fw_compiler=capture)(*inputs)
+    program = import_aten_graph(captured[0], inputs)
+    verify(program.graph)
+    assert "opaque" not in program.graph.op_counts()
+    (got,) = _run(program, inputs)
+    _assert_close(got, _mlp_forward(*inputs)[0])
+
+
+def test_import_aten_graph_with_scalar_input() -> None:
+    graph = fx.Graph()
+    x, s = graph.placeholder("x"), graph.placeholder("s")
+    y = graph.call_function(torch.ops.aten.mul.Tensor, (x, s))
+    graph.output((graph.call_function(torch.ops.aten.add.Tensor, (y, 1.0)), s))
+    program = import_aten_graph(fx.GraphModule({}, graph), (torch.randn(3), 3))
+    verify(program.graph)
+    assert str(program.graph.inputs[1].type) == "i64[]"
+    x2 = torch.randn(3)
+    got, scale = _run(program, (x2, 5))
+    _assert_close(got, x2 * 5 + 1.0)
+    assert scale.item() == 5
+
+
+def test_import_aten_graph_rejects_symbolic_shapes() -> None:
+    gm = make_fx(lambda x: x.relu() * x.shape[0], tracing_mode="symbolic")(torch.randn(4))
+    example = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
+    with pytest.raises(TorchImportError, match="static shapes only"):
+        import_aten_graph(gm, example)
+
+
+def test_getitem_of_split_and_max_dim() -> None:
+    class SplitMax(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple:
+            a, b = x.split([3, 5], dim=1)
+            values, indices = b.max(dim=1)
+            return a.sum(0), values, indices
+
+    model, x = SplitMax(), torch.randn(4, 8)
+    program = import_module(model, (x,))
+    verify(program.graph)
+    assert not any(n.op == "opaque" for n in program.graph.nodes)
+    got, want = _run(program, (x,)), model(x)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_scalar_constants_take_the_computation_dtype() -> None:
+    class Mixed(nn.Module):
+        def forward(self, i: torch.Tensor, h: torch.Tensor) -> tuple:
+            return i + 1, i * 0.5, h * 0.5, (i > 2).sum()
+
+    model = Mixed()
+    inputs = (torch.arange(6).reshape(2, 3), torch.randn(2, 3).half())
+    program = import_module(model, inputs)
+    verify(program.graph)
+    consts = {str(v.type) for v in program.graph.constants.values()}
+    assert consts == {"i64[]", "f32[]", "f16[]"}
+    for g, w in zip(_run(program, inputs), model(*inputs), strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+def test_imported_graph_has_no_dead_or_identity_nodes() -> None:
+    program = import_module(models.gpt2_style(), models.gpt2_style_inputs())
+    graph = program.graph
+    assert all(any(v.uses or graph.is_output(v) for v in n.outputs) for n in graph.nodes)
+    assert not any(n.op == "cast" and n.inputs[0].type == n.outputs[0].type for n in graph.nodes)
+    names = [v.name for n in graph.nodes for v in n.outputs]
+    assert names == [str(i) for i in range(len(names))]
