@@ -173,7 +173,8 @@ def hf_gpt2(n_layer: int = 2, n_embd: int = 64, n_head: int = 4, vocab_size: int
     from transformers import GPT2Config, GPT2Model
 
     config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
-                        n_positions=n_positions, use_cache=False, attn_implementation=attn_implementation)
+                        n_positions=n_positions, use_cache=False, attn_implementation=attn_implementation,
+                        bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
     torch.manual_seed(seed)
     return GPT2Model(config).eval()
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
-from ..ir import DType, Graph, Node, TensorType, Value, get_op
+from ..ir import DType, Graph, Node, TensorType, Value
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
 Case = tuple[Graph, list[torch.Tensor]]  # a graph and inputs for it
@@ -42,13 +42,6 @@ _CAST_TARGETS = (DType.f32, DType.f64, DType.i64, DType.i32, DType.bool)
 _ints = functools.lru_cache(maxsize=None)(st.integers)
 _choice = functools.lru_cache(maxsize=None)(st.sampled_from)
 _BOOLS = st.booleans()
-
-
-@functools.lru_cache(maxsize=8192)
-def _infer(op: str, types: tuple[TensorType, ...], attrs: tuple[tuple[str, Any], ...]) -> list[TensorType]:
-    """The op table's type inference, memoized: abstract evaluation on meta tensors costs up to a few
-    milliseconds a node, and drawn graphs repeat the same (op, operand types, attributes) often."""
-    return get_op(op).infer(list(types), dict(attrs))
 
 
 def tensor_types(dtypes: Sequence[DType] = (DType.f32,), min_rank: int = 0, max_rank: int = 4,
@@ -136,9 +129,7 @@ class _Builder:
         """Add a node unless its outputs would be too large or too big in magnitude."""
         if bound > MAX_BOUND:
             return None
-        checked = get_op(op).check_attrs(attrs, context=op)
-        types = _infer(op, tuple(v.type for v in inputs), tuple(checked.items()))
-        node = self.graph.add_node(op, inputs, checked, output_types=types)
+        node = self.graph.add_node(op, inputs, attrs)
         if any(v.type.numel > MAX_NUMEL or v.type.rank > MAX_RANK for v in node.outputs):
             self.graph.remove_node(node)
             return None

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 _SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
-settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True, database=None,
+settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, database=None,
                           suppress_health_check=_SLOW_IS_FINE, print_blob=True)
 settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=_SLOW_IS_FINE)
 settings.register_profile("thorough", max_examples=3000, deadline=None, suppress_health_check=_SLOW_IS_FINE,

@@ -112,6 +112,7 @@ class OpDef:
     doc: str = ""
     commutative: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    _inferred: dict[tuple, list[TensorType]] = field(default_factory=dict, repr=False)
 
     @property
     def variadic(self) -> bool:
@@ -150,10 +151,17 @@ class OpDef:
                           f"({', '.join(self.inputs)}), got {count}")
 
     def infer(self, input_types: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        """Output types for these operand types and attributes (memoized: passes re-infer often)."""
         self.check_arity(len(input_types))
-        if self.infer_fn is not None:
-            return self.infer_fn(list(input_types), attrs)
-        return infer_by_meta(self.reference, input_types, attrs, self.name)
+        key = (tuple(input_types), tuple(attrs.items()))
+        cached = self._inferred.get(key)
+        if cached is None:
+            if self.infer_fn is not None:
+                cached = self.infer_fn(list(input_types), attrs)
+            else:
+                cached = infer_by_meta(self.reference, input_types, attrs, self.name)
+            self._inferred[key] = cached
+        return list(cached)
 
     def run(self, inputs: Sequence[torch.Tensor], attrs: dict[str, Any]) -> list[torch.Tensor]:
         """Reference semantics: evaluate with PyTorch and return the outputs as a list."""
