@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .graph import Graph, Value
+from .ops import get_op
 from .parser import parse_graph
 from .printer import INLINE_CONST_LIMIT, format_attr_value, format_attrs
 
@@ -66,6 +67,8 @@ def canonical_text(graph: Graph) -> list[str]:
         args = ", ".join(ref(v) for v in node.inputs)
         device = f" @{node.device}" if node.device is not None else ""
         lines.append(f"{outs} = {node.op}({args}){format_attrs(node)}{device}")
+        for name in get_op(node.op).graph_attrs:
+            lines += [f"    {line}" for line in canonical_text(node.attrs[name])]
     lines.append("return " + ", ".join(ref(v) for v in graph.outputs))
     return lines
 

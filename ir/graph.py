@@ -210,7 +210,7 @@ class Graph:
             yield from node.outputs
 
     def clone(self) -> Graph:
-        """A structural copy; constant tensors are shared, not copied."""
+        """A structural copy (nested graphs of region ops too); constant tensors are shared, not copied."""
         new = Graph(self.name)
         new._counter = self._counter
         mapping: dict[int, Value] = {}
@@ -221,7 +221,8 @@ class Graph:
             new.constants[c.name] = c
             mapping[id(v)] = c
         for node in self.nodes:
-            copy = Node(node.op, dict(node.attrs), device=node.device, source=node.source)
+            attrs = {k: v.clone() if isinstance(v, Graph) else v for k, v in node.attrs.items()}
+            copy = Node(node.op, attrs, device=node.device, source=node.source)
             for i, v in enumerate(node.inputs):
                 src = mapping[id(v)]
                 copy.inputs.append(src)

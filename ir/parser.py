@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .graph import Graph, Value
-from .ops import OpError
+from .ops import OpError, get_op
 from .types import DType, TensorType
 
 
@@ -141,8 +141,15 @@ def _constant_tensor(name: str, type: TensorType, literal: Any, constants: Mappi
 def parse_graph(text: str, constants: Mapping[str, torch.Tensor] | None = None) -> Graph:
     """Parse one graph. Constants printed without a value take their tensor from `constants`
     (by name) or, failing that, a deterministic random tensor of the declared type."""
-    constants = constants or {}
     toks = _Tokens(text)
+    graph = _parse_graph(toks, constants or {})
+    if toks.peek()[0] != "eof":
+        raise ParseError(f"line {toks.peek()[2]}: text after the end of the graph")
+    return graph
+
+
+def _parse_graph(toks: _Tokens, constants: Mapping[str, torch.Tensor]) -> Graph:
+    """One `graph ... { ... }` from the token stream; region ops' bodies recurse here."""
     toks.expect("graph")
     graph = Graph(toks.expect_kind("ident"))
     env: dict[str, Value] = {}
@@ -201,6 +208,10 @@ def parse_graph(text: str, constants: Mapping[str, torch.Tensor] | None = None) 
                 break
         toks.expect("=")
         op = toks.expect_kind("ident")
+        if toks.accept("["):  # a region op's label lists its body's ops; the body itself follows
+            while not toks.accept("]"):
+                if toks.next()[0] == "eof":
+                    raise ParseError(f"line {line}: unclosed '[' after {op}")
         toks.expect("(")
         operands: list[Value] = []
         if not toks.accept(")"):
@@ -218,6 +229,11 @@ def parse_graph(text: str, constants: Mapping[str, torch.Tensor] | None = None) 
                     break
                 toks.expect(",")
         device = toks.expect_kind("ident") if toks.accept("@") else None
+        try:
+            for name in get_op(op).graph_attrs:
+                attrs[name] = _parse_graph(toks, constants)
+        except OpError as exc:
+            raise ParseError(f"line {line}: {exc}") from None
         try:
             node = graph.add_node(op, operands, attrs, names=[n for n, _ in outs], device=device)
         except OpError as exc:
@@ -237,8 +253,6 @@ def parse_graph(text: str, constants: Mapping[str, torch.Tensor] | None = None) 
         while toks.accept(","):
             results.append(use(toks.next()))
     toks.expect("}")
-    if toks.peek()[0] != "eof":
-        raise ParseError(f"line {toks.peek()[2]}: text after the end of the graph")
     graph.set_outputs(results)
     got = [v.type for v in results]
     if got != declared_results:

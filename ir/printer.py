@@ -52,16 +52,26 @@ def format_attr_value(value: Any) -> str:
 
 
 def format_attrs(node: Node) -> str:
+    """Attributes other than nested graphs and defaults, as ` {name=value, ...}`."""
     schema = get_op(node.op).attrs
     shown = [f"{k}={format_attr_value(v)}" for k, v in node.attrs.items()
-             if k not in schema or schema[k].required or schema[k].default != v]
+             if k not in schema or (schema[k].kind != "graph" and (schema[k].required or schema[k].default != v))]
     return " {" + ", ".join(shown) + "}" if shown else ""
 
 
+def op_label(node: Node) -> str:
+    """The op as printed: a region op lists the ops of its body, `fused[mul, add, gelu]`."""
+    bodies = [node.attrs[name] for name in get_op(node.op).graph_attrs]
+    if not bodies:
+        return node.op
+    return f"{node.op}[{', '.join(n.op for body in bodies for n in body.nodes)}]"
+
+
 def format_node(node: Node) -> str:
+    """The node on one line (nested graphs of region ops are not shown)."""
     outs = ", ".join(f"%{v.name}: {v.type}" for v in node.outputs)
     args = ", ".join(f"%{v.name}" for v in node.inputs)
-    text = f"{outs} = {node.op}({args}){format_attrs(node)}"
+    text = f"{outs} = {op_label(node)}({args}){format_attrs(node)}"
     if node.device is not None:
         text = f"{text.ljust(_DEVICE_COLUMN)} @{node.device}"
     return text
@@ -85,13 +95,17 @@ def _shortest(tensor: torch.Tensor) -> Any:
     return np.vectorize(lambda v: float(str(scalar(v))), otypes=[object])(data).tolist()
 
 
-def format_graph(graph: Graph, header: str | None = None) -> str:
+def format_graph(graph: Graph, header: str | None = None, indent: str = "") -> str:
+    """The graph in the dump format; the bodies of region ops follow their node, indented."""
     params = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
     results = ", ".join(str(v.type) for v in graph.outputs)
-    lines = [f"# {header}"] if header else []
-    lines.append(f"graph {graph.name}({params}) -> ({results}) {{")
-    lines += [f"  {format_constant(v)}" for v in graph.constants.values()]
-    lines += [f"  {format_node(n)}" for n in graph.nodes]
-    lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
-    lines.append("}")
+    lines = [f"{indent}# {header}"] if header else []
+    lines.append(f"{indent}graph {graph.name}({params}) -> ({results}) {{")
+    lines += [f"{indent}  {format_constant(v)}" for v in graph.constants.values()]
+    for node in graph.nodes:
+        lines.append(f"{indent}  {format_node(node)}")
+        for name in get_op(node.op).graph_attrs:
+            lines.append(format_graph(node.attrs[name], indent=indent + "    ").rstrip("\n"))
+    lines.append(f"{indent}  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
+    lines.append(f"{indent}}}")
     return "\n".join(lines) + "\n"

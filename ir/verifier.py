@@ -42,6 +42,11 @@ def verify(graph: Graph, check_types: bool = True) -> None:
                 raise OpError("attributes are not in canonical (checked) form")
         except OpError as exc:
             raise VerificationError(f"{where}: {exc}") from None
+        for attr in opdef.graph_attrs:
+            try:
+                verify(node.attrs[attr], check_types)
+            except VerificationError as exc:
+                raise VerificationError(f"{where}: in its {attr} graph: {exc}") from None
         for i, value in enumerate(node.inputs):
             if id(value) not in defined:
                 raise VerificationError(f"{where}: operand {i} %{value.name} is not defined before use")

@@ -115,3 +115,41 @@ def test_clone_is_independent() -> None:
     copy.nodes[-1].device = None
     verify(copy)
     assert str(copy) != str(g)
+
+
+FUSED = """\
+graph m(%x: f32[8,16]) -> (f32[8,32]) {
+  const %w: f32[32,16]
+  const %b: f32[32]
+  %0: f32[8,32] = linear(%x, %w)
+  %1: f32[8,32] = fused[add, mul, relu](%0, %b)            @cpu
+    graph region(%a: f32[8,32], %b: f32[32]) -> (f32[8,32]) {
+      const %c: f32[] = 0.5
+      %0: f32[8,32] = add(%a, %b)
+      %1: f32[8,32] = mul(%0, %c)
+      %2: f32[8,32] = relu(%1)
+      return %2
+    }
+  return %1
+}
+"""
+
+
+def test_region_op_prints_parses_and_runs_its_body() -> None:
+    g = parse_graph(FUSED)
+    verify(g)
+    assert str(g) == FUSED
+    w, b = g.constants["w"].const, g.constants["b"].const
+    x = torch.randn(8, 16)
+    torch.testing.assert_close(run_graph(g, x)[0], torch.relu((x @ w.T + b) * 0.5))
+    copy = g.clone()
+    assert str(copy) == FUSED and copy.nodes[1].attrs["body"] is not g.nodes[1].attrs["body"]
+
+
+def test_region_errors_name_the_body() -> None:
+    with pytest.raises(ParseError, match=r"fused region region takes \(f32\[8,32\], f32\[32\]\)"):
+        parse_graph(FUSED.replace("(%0, %b)", "(%0, %0)"))
+    g = parse_graph(FUSED)
+    g.nodes[1].attrs["body"].nodes[1].outputs[0].type = TensorType((8, 31), DType.f32)
+    with pytest.raises(VerificationError, match="in its body graph"):
+        verify(g)

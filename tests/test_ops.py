@@ -8,6 +8,8 @@ import torch
 from heteropass.ir import OPS, DType, OpError, TensorType, get_op
 from heteropass.ir.sample import random_tensor
 
+from .op_samples import FUSION_SAMPLES, ONNX_SAMPLES
+
 F32, I64, BOOL = DType.f32, DType.i64, DType.bool
 
 
@@ -73,6 +75,10 @@ SAMPLES: dict[str, tuple[list[TensorType], dict]] = {
     "arange": ([], {"end": 7.0}),
     "opaque": ([t(2, 3)], {"target": "aten.cummax.default", "spec": '{"args": [{"$in": 0}, 1], "kwargs": {}}'}),
 }
+
+
+SAMPLES.update(ONNX_SAMPLES)
+SAMPLES.update(FUSION_SAMPLES)
 
 
 def test_every_op_has_a_sample() -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from ..graph import Graph
 from ..types import DType, TensorType
 
-ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "dtype")
+ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "dtype", "graph")
 _REQUIRED = object()
 
 
@@ -85,9 +86,15 @@ def _seq(item: Callable[[Any], Any]) -> Callable[[Any], tuple]:
     return coerce
 
 
+def _to_graph(v: Any) -> Graph:
+    if not isinstance(v, Graph):
+        raise TypeError("not a graph")
+    return v
+
+
 _COERCE: dict[str, Callable[[Any], Any]] = {
     "int": _to_int, "float": _to_float, "bool": _to_bool, "str": _to_str,
-    "ints": _seq(_to_int), "floats": _seq(_to_float), "dtype": _to_dtype,
+    "ints": _seq(_to_int), "floats": _seq(_to_float), "dtype": _to_dtype, "graph": _to_graph,
 }
 
 InferFn = Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
@@ -113,6 +120,11 @@ class OpDef:
     commutative: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     _inferred: dict[tuple, list[TensorType]] = field(default_factory=dict, repr=False)
+
+    @property
+    def graph_attrs(self) -> list[str]:
+        """Attributes holding nested graphs (regions), in schema order."""
+        return [name for name, spec in self.attrs.items() if spec.kind == "graph"]
 
     @property
     def variadic(self) -> bool:
