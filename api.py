@@ -46,7 +46,8 @@ def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend] 
                                   print_after_change=options.print_after_change,
                                   verify_each=options.verify_each, check_each=options.check_each)
     result = PassManager(default_pipeline(options.opt_level), ctx, instruments).run(graph)
-    executable = build_executable(result.graph, backends)
+    planned = options.opt_level >= 2 and "plan-memory" not in options.disable
+    executable = build_executable(result.graph, backends, plan_memory=planned)
     if options.dump_dir:
         placement = ", ".join(f"{p.name} ({len(p.nodes)} nodes @{p.backend.device})" for p in executable.partitions)
         header = f"after partitioning: {len(executable.partitions)} partition(s): {placement}"
@@ -82,6 +83,26 @@ class CompiledModule:
     @property
     def report(self) -> str:
         return self.pipeline.summary_text()
+
+    def save_onnx(self, path: str) -> None:
+        """Write the optimized graph as an ONNX model. Inputs keep the model's argument names; an
+        output is named by its place in the model's result (`last_hidden_state`, `0`, ...), or
+        `output` when the model returns one tensor."""
+        from torch.utils import _pytree as pytree
+
+        from .ir.onnx_exporter import save_onnx
+
+        program = self.program
+        result = pytree.tree_unflatten(list(range(len(program.output_leaves))), program.output_spec)
+        names = [v.name for v in self.graph.outputs]
+        named: set[int] = set()
+        for key_path, leaf in pytree.tree_flatten_with_path(result)[0]:
+            slot = program.output_leaves[leaf]
+            if isinstance(slot, int) and slot not in named:
+                keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path]
+                names[slot] = "_".join(keys) or "output"
+                named.add(slot)
+        save_onnx(self.graph, path, output_names=names)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat = self.program.flatten_inputs(args, kwargs)

@@ -13,6 +13,13 @@ The emitted module is one `forward` function that calls the partitions' kernels 
         [v2] = elementwise_1(v1)
         del v1
         return [v2]
+
+Kernels that accept preallocated outputs (`kernel.accepts_out`) get them as `out=[...]`: views of the
+executable's buffer pool (globals `buf_<id>`, made once at build time) for intermediates, and fresh
+tensors for graph outputs, which the caller keeps:
+
+        [v5] = numba_2(v1, v3, out=[buf_0])
+        [v6] = numba_3(v5, out=[torch.empty((8, 32), dtype=torch.float32)])
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..ir import DType, Graph, Value
+from ..ir import DType, Graph, TensorType, Value
+from ..passes.plan_memory import MemoryPlan, Step, plan_memory
 
 if TYPE_CHECKING:
     from .partition import Partition
@@ -96,27 +104,88 @@ def comment(text: str, indent: str) -> list[str]:
                          subsequent_indent=f"{indent}#   ", break_on_hyphens=False)
 
 
-def _module_namer(graph: Graph, kernel_names: Sequence[str]) -> Namer:
-    namer = Namer([*kernel_names, "forward"])
-    for value in graph.inputs:
-        namer(value)
-    return namer
+def partition_steps(partitions: Sequence[Partition]) -> list[Step]:
+    """The partitions as memory-planning steps: each reads its inputs and writes its outputs."""
+    return [Step(tuple(p.nodes), tuple(p.inputs), tuple(p.outputs)) for p in partitions]
+
+
+def plan_module_memory(graph: Graph, partitions: Sequence[Partition], accepts_out: Sequence[bool],
+                       inplace_safe: Sequence[bool]) -> MemoryPlan:
+    """Buffers for the outputs of the kernels that accept preallocated outputs, over the partition order.
+
+    Only kernels whose `inplace_safe` is set may overwrite a dying input (they read every element of
+    an input before writing the same element of an output)."""
+    pooled = [v for p, out in zip(partitions, accepts_out, strict=True) if out for v in p.outputs]
+    return plan_memory(graph, partition_steps(partitions), pooled=pooled,
+                       inplace_steps=[i for i, safe in enumerate(inplace_safe) if safe])
+
+
+class _ModuleNames:
+    """The identifiers of the emitted module: inputs, returned constants, then the pool's views; the
+    other values are named as the source is written. `views[value id]` names the view a pooled value
+    is written to; `specs[name]` says which buffer, dtype and shape that view has."""
+
+    def __init__(self, graph: Graph, kernel_names: Sequence[str], partitions: Sequence[Partition],
+                 plan: MemoryPlan | None) -> None:
+        self.namer = namer = Namer([*kernel_names, "forward", "torch"])
+        for value in graph.inputs:
+            namer(value)
+        for value in graph.outputs:
+            if value.const is not None:
+                namer(value)
+        self.views: dict[int, str] = {}
+        self.specs: dict[str, tuple[int, TensorType]] = {}
+        if plan is None:
+            return
+        by_spec: dict[tuple[int, TensorType], str] = {}
+        for part in partitions:
+            for value in part.outputs:
+                buffer = plan.buffer_of.get(value.name)
+                if buffer is None:
+                    continue
+                spec = (buffer, value.type)
+                if spec not in by_spec:
+                    by_spec[spec] = namer.reserve(f"buf_{buffer}")
+                    self.specs[by_spec[spec]] = spec
+                self.views[id(value)] = by_spec[spec]
 
 
 def module_constants(graph: Graph, kernel_names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The globals `emit_module`'s source needs besides the kernels: constants returned directly."""
-    namer = _module_namer(graph, kernel_names)
+    """The globals `emit_module`'s source needs besides the kernels and the pool: constants returned directly."""
+    namer = _ModuleNames(graph, kernel_names, [], None).namer
     return {namer(v): v.const for v in graph.outputs if v.const is not None}
 
 
-def emit_module(graph: Graph, partitions: Sequence[Partition], kernel_names: Sequence[str]) -> str:
+def module_buffers(graph: Graph, partitions: Sequence[Partition], kernel_names: Sequence[str],
+                   plan: MemoryPlan) -> dict[str, tuple[int, TensorType]]:
+    """The pool views `emit_module`'s source needs with `plan`: global name -> (buffer id, type)."""
+    return _ModuleNames(graph, kernel_names, partitions, plan).specs
+
+
+def _out_argument(part: Partition, names: _ModuleNames) -> str | None:
+    """`out=[...]` for a kernel that accepts preallocated outputs; None when an output's shape is symbolic."""
+    if not all(v.type.is_static for v in part.outputs):
+        return None
+    buffers = []
+    for value in part.outputs:
+        view = names.views.get(id(value))
+        if view is None:
+            view = f"torch.empty({py_literal(value.type.static_shape())}, dtype={value.type.dtype.torch})"
+        buffers.append(view)
+    return f"out=[{', '.join(buffers)}]"
+
+
+def emit_module(graph: Graph, partitions: Sequence[Partition], kernel_names: Sequence[str],
+                plan: MemoryPlan | None = None, accepts_out: Sequence[bool] | None = None) -> str:
     """Source of `forward(<inputs>)`: call each partition's kernel (bound as a global under its
     `kernel_names` entry) in order, delete each intermediate after its last use, return the outputs.
+
+    With a `plan`, the kernels flagged in `accepts_out` get their outputs preallocated: pooled values
+    in the views `module_buffers` names, the others fresh.
     """
-    namer = _module_namer(graph, kernel_names)
-    for value in graph.outputs:
-        if value.const is not None:
-            namer(value)
+    names = _ModuleNames(graph, kernel_names, partitions, plan)
+    namer = names.namer
+    accepts_out = accepts_out if plan is not None and accepts_out is not None else [False] * len(partitions)
     # Graph inputs belong to the caller, who still holds them; deleting them would free nothing.
     kept = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
     dead_after: list[list[Value]] = [[] for _ in partitions]
@@ -134,11 +203,15 @@ def emit_module(graph: Graph, partitions: Sequence[Partition], kernel_names: Seq
     lines += textwrap.wrap(f"({signature}) -> ({results})", _COMMENT_WIDTH - 4, initial_indent="    ",
                            subsequent_indent="        ", break_on_hyphens=False)
     lines.append('    """')
+    if plan is not None and plan.buffer_of:
+        lines += comment(f"memory: {plan.describe()}", "    ")
     for i, (part, kernel) in enumerate(zip(partitions, kernel_names, strict=True)):
         count = f"{len(part.nodes)} node{'s' if len(part.nodes) != 1 else ''}"
         ops = describe_ops([n.op for n in part.nodes])
         lines += comment(f"{kernel}: {part.backend.name} @{part.backend.device}, {count}: {ops}", "    ")
-        call = f"{kernel}({', '.join(namer(v) for v in part.inputs)})"
+        args = [namer(v) for v in part.inputs]
+        out = _out_argument(part, names) if accepts_out[i] else None
+        call = f"{kernel}({', '.join(args if out is None else [*args, out])})"
         if part.outputs:
             targets = ", ".join(namer(v) for v in part.outputs)
             call = f"[{targets}] = {call}" if len(part.outputs) == 1 else f"{targets} = {call}"

@@ -1,4 +1,11 @@
-"""Build a callable from a graph: partition it, compile each partition, emit and load the module."""
+"""Build a callable from a graph: partition it, compile each partition, plan the kernels' buffers,
+emit and load the module.
+
+A module with pooled buffers is not re-entrant: two calls running at once would write the same
+buffers. `Executable` therefore keeps idle instances of the module, each with its own pool, and
+gives every call one of them; a call that finds none idle (another thread, or a kernel calling back
+into the executable) makes a new instance, which is kept for later calls.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..ir import Graph, TensorType
+from ..passes.plan_memory import MemoryPlan
 from .base import Backend
-from .codegen import emit_module, load_function, module_constants, python_name
+from .codegen import emit_module, load_function, module_buffers, module_constants, plan_module_memory, python_name
+from .memory import BufferPool
 from .partition import Partition, partition
 from .reference import ReferenceBackend
 
@@ -22,12 +31,20 @@ class Executable:
 
     `module_source` is the emitted module (`forward`), `kernel_sources` maps kernel names to their
     generated source (for backends that have one), `code` is both together: the whole program.
-    `partitions` says which backend runs which nodes.
+    `partitions` says which backend runs which nodes. `memory` is the plan of the pooled buffers
+    (None without kernels that accept preallocated outputs); `instantiate` makes another instance of
+    the module with its own pool, for calls that overlap.
     """
 
     def __init__(self, forward: Callable[..., list[torch.Tensor]], input_types: Sequence[tuple[str, TensorType]],
-                 code: str, kernel_sources: dict[str, str], partitions: list[Partition]) -> None:
+                 code: str, kernel_sources: dict[str, str], partitions: list[Partition],
+                 memory: MemoryPlan | None = None,
+                 instantiate: Callable[[], Callable[..., list[torch.Tensor]]] | None = None) -> None:
         self._forward = forward
+        self.memory = memory
+        self._instantiate = instantiate
+        # Idle instances; list.pop and list.append are atomic, so taking one needs no lock.
+        self._idle = [forward]
         self._input_types = list(input_types)
         # Fully static signatures take a fast path: dtype identity and shape equality per input.
         self._static = None
@@ -46,7 +63,22 @@ class Executable:
             for tensor, (dtype, shape) in zip(tensors, static, strict=True):
                 if not isinstance(tensor, torch.Tensor) or tensor.dtype is not dtype or tensor.shape != shape:
                     self.check_inputs(tensors)
-        return self._forward(*tensors)
+        if self._instantiate is None:
+            return self._forward(*tensors)
+        try:
+            forward = self._idle.pop()
+        except IndexError:
+            forward = self._instantiate()
+        try:
+            return forward(*tensors)
+        finally:
+            self._idle.append(forward)
+
+    @property
+    def instances(self) -> int:
+        """How many idle instances of the module (each with its own buffer pool) there are; between calls,
+        every instance made so far."""
+        return len(self._idle) if self._instantiate is not None else 1
 
     def check_inputs(self, tensors: Sequence[object]) -> None:
         """Raise `InputError` unless `tensors` match the input types; symbolic dimensions accept any
@@ -88,16 +120,39 @@ def _describe(tensor: torch.Tensor) -> str:
         return f"{tensor.dtype}[{','.join(map(str, tensor.shape))}]"
 
 
-def build_executable(graph: Graph, backends: Sequence[Backend] | None = None) -> Executable:
+def build_executable(graph: Graph, backends: Sequence[Backend] | None = None, *,
+                     plan_memory: bool = True) -> Executable:
     """Partition `graph` over `backends` (default: the reference backend alone), compile every
-    partition and load the emitted module. Sets each node's `device`."""
+    partition and load the emitted module. Sets each node's `device`.
+
+    Kernels with `accepts_out = True` take preallocated outputs; with `plan_memory` their intermediate
+    outputs live in a buffer pool allocated here, once (see `plan_module_memory`).
+    """
     backends = list(backends) if backends is not None else [ReferenceBackend()]
     partitions = partition(graph, backends)
     kernel_names = [python_name(p.name) for p in partitions]
     kernels = [p.backend.compile(p.subgraph()) for p in partitions]
-    code = emit_module(graph, partitions, kernel_names)
-    namespace = {**dict(zip(kernel_names, kernels, strict=True)), **module_constants(graph, kernel_names)}
-    forward = load_function(code, namespace, "forward")
+    accepts_out = [getattr(kernel, "accepts_out", False) is True for kernel in kernels]
+    plan = None
+    if plan_memory and any(accepts_out):
+        inplace_safe = [getattr(kernel, "inplace_safe", False) is True for kernel in kernels]
+        plan = plan_module_memory(graph, partitions, accepts_out, inplace_safe)
+    code = emit_module(graph, partitions, kernel_names, plan, accepts_out)
+    namespace = {**dict(zip(kernel_names, kernels, strict=True)), **module_constants(graph, kernel_names),
+                 "torch": torch}
     kernel_sources = {name: kernel.source for name, kernel in zip(kernel_names, kernels, strict=True)
                       if isinstance(getattr(kernel, "source", None), str)}
-    return Executable(forward, [(v.name, v.type) for v in graph.inputs], code, kernel_sources, partitions)
+    input_types = [(v.name, v.type) for v in graph.inputs]
+    if plan is None or not plan.buffer_of:  # nothing pooled: one instance serves every call
+        return Executable(load_function(code, namespace, "forward"), input_types, code, kernel_sources, partitions,
+                          plan)
+    views = module_buffers(graph, partitions, kernel_names, plan)
+
+    def instantiate() -> Callable[..., list[torch.Tensor]]:
+        pool = BufferPool(plan.buffer_bytes)
+        bound = {name: pool.view(buffer, t.dtype, t.static_shape()) for name, (buffer, t) in views.items()}
+        forward = load_function(code, {**namespace, **bound}, "forward")
+        forward.pool = pool
+        return forward
+
+    return Executable(instantiate(), input_types, code, kernel_sources, partitions, plan, instantiate)

@@ -99,7 +99,7 @@ def format_graph(graph: Graph, header: str | None = None, indent: str = "") -> s
     """The graph in the dump format; the bodies of region ops follow their node, indented."""
     params = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
     results = ", ".join(str(v.type) for v in graph.outputs)
-    lines = [f"{indent}# {header}"] if header else []
+    lines = [f"{indent}# {line}" for line in header.splitlines()] if header else []
     lines.append(f"{indent}graph {graph.name}({params}) -> ({results}) {{")
     lines += [f"{indent}  {format_constant(v)}" for v in graph.constants.values()]
     for node in graph.nodes:

@@ -10,11 +10,13 @@ from ..ir import Graph
 
 @dataclass
 class PassResult:
-    """What a pass returns: the (possibly new) graph, whether it changed, and its statistics."""
+    """What a pass returns: the (possibly new) graph, whether it changed, its statistics, and notes:
+    sentences for the dumps, such as why a pattern did not match a node."""
 
     graph: Graph
     modified: bool
     stats: dict[str, int | float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

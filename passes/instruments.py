@@ -72,7 +72,8 @@ class DumpIR(Instrument):
 
     def after_pass(self, pass_: Pass, graph: Graph, record: PassRecord) -> None:
         path = self.directory / f"{record.index:03d}_{record.name}.ir"
-        path.write_text(format_graph(graph, header=describe(record)))
+        notes = "".join(f"\nnote: {note}" for note in record.notes)
+        path.write_text(format_graph(graph, header=describe(record) + notes))
 
     def after_pipeline(self, graph: Graph, result: PipelineResult) -> None:
         (self.directory / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")

@@ -67,6 +67,7 @@ class PassRecord:
     stats: dict[str, int | float]
     counts_before: dict[str, int]
     counts_after: dict[str, int]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def nodes_before(self) -> int:
@@ -114,9 +115,9 @@ class PipelineResult:
         """A table of the passes that ran: time, node count, changed or not, and their statistics."""
         lines = [f"{'#':>3}  {'pass':<52} {'time':>9}  {'nodes':>11}  what changed"]
         for r in self.records:
-            changes = r.stats_text() if r.modified else "-"
+            changes = r.stats_text() or ("changed" if r.modified else "-")
             lines.append(f"{r.index:>3}  {r.name + r.where:<52} {r.time_ms:>6.2f} ms  "
-                         f"{f'{r.nodes_before}->{r.nodes_after}':>11}  {changes or 'changed'}")
+                         f"{f'{r.nodes_before}->{r.nodes_after}':>11}  {changes}")
         total = sum(r.time_ms for r in self.records)
         lines.append(f"total: {len(self.records)} passes, {sum(r.modified for r in self.records)} changed the graph, "
                      f"{total:.2f} ms, {sum(self.input_counts.values())} -> {len(self.graph.nodes)} nodes")
@@ -127,7 +128,7 @@ class PipelineResult:
         passes = [{
             "index": r.index, "name": r.name, "step": r.step, "group": r.group, "time_ms": round(r.time_ms, 3),
             "changed": r.modified, "nodes": r.nodes_after, "ops": r.counts_after,
-            "stats": dict(sorted(r.stats.items())),
+            "stats": dict(sorted(r.stats.items())), "notes": r.notes,
         } for r in self.records]
         return {
             "graph": self.graph.name,
@@ -305,7 +306,7 @@ class _Run:
             if not outcome.modified and self.text != before_text:
                 raise RuntimeError("it reported modified=False but changed the graph")
             record = PassRecord(len(self.result.records) + 1, pass_.name, step, group, elapsed, outcome.modified,
-                                dict(outcome.stats), before_counts, graph.op_counts())
+                                dict(outcome.stats), before_counts, graph.op_counts(), list(outcome.notes))
             for instrument in self.manager._after_order:
                 instrument.after_pass(pass_, graph, record)
         except Exception as exc:

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 
 from heteropass.backends.base import Backend
+from heteropass.backends.numba_backend import NumbaBackend
 from heteropass.backends.reference import ReferenceBackend
 from heteropass.ir import DType
 from heteropass.passes import PassContext, PassManager
@@ -14,7 +15,7 @@ from heteropass.passes.pipelines import default_pipeline
 from heteropass.testing import assert_backend_matches_reference, graph_and_inputs
 
 # Backend lists to test; a new backend joins here with the reference backend as its fallback.
-BACKENDS: dict[str, list[Backend]] = {"reference": [ReferenceBackend()]}
+BACKENDS: dict[str, list[Backend]] = {"reference": [ReferenceBackend()], "numba": [NumbaBackend(), ReferenceBackend()]}
 CASES = graph_and_inputs(input_dtypes=(DType.f32, DType.f32, DType.f64, DType.i64))
 
 

@@ -7,10 +7,18 @@ import ast
 import pytest
 
 from heteropass.backends.base import Backend, Kernel
-from heteropass.backends.codegen import Namer, describe_ops, emit_module, py_literal, python_name
+from heteropass.backends.codegen import (
+    Namer,
+    describe_ops,
+    emit_module,
+    module_buffers,
+    plan_module_memory,
+    py_literal,
+    python_name,
+)
 from heteropass.backends.partition import partition
 from heteropass.backends.reference import ReferenceBackend
-from heteropass.ir import DType, Graph, Node, Value, parse_graph
+from heteropass.ir import DType, Graph, Node, TensorType, Value, parse_graph
 
 TEXT = """\
 graph net(%x: f32[4,4], %fc1.weight: f32[4,4]) -> (f32[4,4], f32[4,4]) {
@@ -119,3 +127,38 @@ def test_literals(value: object, source: str) -> None:
 
 def test_describe_ops() -> None:
     assert describe_ops(["linear", "relu", "linear"]) == "linear x2, relu"
+
+
+def test_kernels_that_accept_out_get_pool_views_and_fresh_graph_outputs() -> None:
+    graph = parse_graph(TEXT)
+    parts = partition(graph, [Elementwise(), ReferenceBackend()])
+    accepts_out = [p.backend.name == "elementwise" for p in parts]
+    plan = plan_module_memory(graph, parts, accepts_out, inplace_safe=accepts_out)
+    names = [f"kernel_{p.index}" for p in parts]
+    assert module_buffers(graph, parts, names, plan) == {"buf_0": (0, TensorType((4, 4), DType.f32)),
+                                                         "buf_1": (1, TensorType((4, 4), DType.f32))}
+    # add overwrites exp's result, which it reads last; mul's result is returned, so it is allocated per call.
+    assert emit_module(graph, parts, names, plan, accepts_out) == '''\
+def forward(x, fc1_weight):
+    """Graph net, compiled by heteropass.
+
+    (x: f32[4,4], fc1_weight: f32[4,4]) -> (f32[4,4], f32[4,4])
+    """
+    # memory: 2 buffers, 128 bytes for 3 values (1 in place); peak 256 bytes, 384 without planning
+    # kernel_0: elementwise @cpu, 2 nodes: relu, exp
+    v0, v2 = kernel_0(x, out=[buf_0, buf_1])
+    # kernel_1: reference @cpu, 1 node: matmul
+    [v1] = kernel_1(v0, fc1_weight)
+    del v0
+    # kernel_2: elementwise @cpu, 1 node: add
+    [v3] = kernel_2(v1, v2, out=[buf_1])
+    del v1, v2
+    # kernel_3: reference @cpu, 1 node: matmul
+    [v4] = kernel_3(v3)
+    del v3
+    # kernel_4: elementwise @cpu, 1 node: mul
+    [v5] = kernel_4(v4, out=[torch.empty((4, 4), dtype=torch.float32)])
+    del v4
+    return [v5, x]
+'''
+    assert emit_module(graph, parts, names, None, accepts_out) == emit()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,8 +12,10 @@ import torch
 from heteropass.backends.base import Backend, Kernel
 from heteropass.backends.executable import InputError, build_executable
 from heteropass.backends.reference import ReferenceBackend
-from heteropass.ir import DType, Graph, Node, TensorType, Value, parse_graph, run_graph
+from heteropass.ir import DType, Graph, Node, TensorType, Value, get_op, parse_graph, run_graph
 from heteropass.ir.sample import random_inputs
+from heteropass.ir.torch_importer import import_module
+from heteropass.testing import models
 
 TEXT = """\
 graph masked(%x: f32[8,16], %mask: i64[8,16]) -> (f32[8,16], f32[8,16], f32[]) {
@@ -108,3 +112,146 @@ def test_symbolic_dimensions_bind_consistently() -> None:
         executable(torch.randn(2, 16), torch.randn(3, 16), torch.randn(1))
     with pytest.raises(InputError, match=re.escape("input 0 'x' expects f32[batch,16], got f32[2,15]")):
         executable(torch.randn(2, 15), torch.randn(2, 15), torch.randn(1))
+
+
+class OutBackend(Backend):
+    """Claims elementwise ops, norms and softmax. Its kernels accept preallocated outputs: they compute
+    with the reference functions, check each `out` tensor's type and copy the result into it. `after`
+    runs once a kernel has written its outputs (to interleave calls in the tests below)."""
+
+    name = "out"
+
+    def __init__(self, after: Callable[[], None] | None = None) -> None:
+        self.after = after
+
+    def supports(self, node: Node) -> bool:
+        return get_op(node.op).kind in ("elementwise", "norm", "softmax")
+
+    def compile(self, partition: Graph) -> Kernel:
+        inner = ReferenceBackend().compile(partition)
+        types = [(v.type.dtype.torch, torch.Size(v.type.static_shape())) for v in partition.outputs]
+        after = self.after
+
+        def kernel(*args: torch.Tensor, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+            results = inner(*args)
+            if out is not None:
+                assert [(o.dtype, o.shape) for o in out] == types
+                for target, result in zip(out, results, strict=True):
+                    target.copy_(result)
+                results = out
+            if after is not None:
+                after()
+            return results
+
+        kernel.accepts_out = True
+        kernel.inplace_safe = True  # every result is computed before any output is written
+        return kernel
+
+
+# Kernels alternate between the backends: out, reference, out, ...
+CHAIN = """\
+graph chain(%x: f32[8,16], %w: f32[16,16]) -> (f32[8,16]) {
+  %0: f32[8,16] = exp(%x)
+  %1: f32[8,16] = matmul(%0, %w)
+  %2: f32[8,16] = tanh(%1)
+  %3: f32[8,16] = matmul(%2, %w)
+  %4: f32[8,16] = softmax(%3) {dim=-1}
+  %5: f32[8,16] = matmul(%4, %w)
+  %6: f32[8,16] = add(%5, %x)
+  return %6
+}
+"""
+
+
+def test_intermediates_live_in_the_pool_and_outputs_are_fresh_every_call() -> None:
+    graph = parse_graph(CHAIN)
+    executable = build_executable(graph, [OutBackend(), ReferenceBackend()])
+    assert executable.memory is not None and executable.memory.sharing() == [["0", "2", "4"]]
+    assert "[v2] = out_2(v1, out=[buf_0])" in executable.code
+    assert "out=[torch.empty((8, 16), dtype=torch.float32)]" in executable.code
+    first_inputs, second_inputs = random_inputs(graph, seed=0), random_inputs(graph, seed=1)
+    [first] = executable(*first_inputs)
+    [second] = executable(*second_inputs)
+    assert first.data_ptr() != second.data_ptr()
+    assert not executable._forward.pool.owns(first) and not executable._forward.pool.owns(second)
+    torch.testing.assert_close(first, run_graph(graph, *first_inputs)[0], rtol=0, atol=0)
+    torch.testing.assert_close(second, run_graph(graph, *second_inputs)[0], rtol=0, atol=0)
+    assert executable.instances == 1
+
+
+def test_without_planning_kernels_allocate_their_outputs() -> None:
+    graph = parse_graph(CHAIN)
+    executable = build_executable(graph, [OutBackend(), ReferenceBackend()], plan_memory=False)
+    assert executable.memory is None and "out=" not in executable.code
+    inputs = random_inputs(graph)
+    torch.testing.assert_close(executable(*inputs)[0], run_graph(graph, *inputs)[0], rtol=0, atol=0)
+
+
+def test_reentrant_call_gets_its_own_pool() -> None:
+    graph = parse_graph(CHAIN)
+    inner_inputs, outer_inputs = random_inputs(graph, seed=2), random_inputs(graph, seed=3)
+    inner_results: list[torch.Tensor] = []
+
+    def call_again() -> None:
+        # After the outer call's first kernel wrote its pooled output, before the next kernel reads it.
+        if not inner_results:
+            inner_results.append(torch.zeros(0))
+            inner_results[:] = executable(*inner_inputs)
+
+    executable = build_executable(graph, [OutBackend(after=call_again), ReferenceBackend()])
+    [outer] = executable(*outer_inputs)
+    torch.testing.assert_close(outer, run_graph(graph, *outer_inputs)[0], rtol=0, atol=0)
+    torch.testing.assert_close(inner_results[0], run_graph(graph, *inner_inputs)[0], rtol=0, atol=0)
+    assert executable.instances == 2
+
+
+def test_concurrent_calls_do_not_share_buffers() -> None:
+    graph = parse_graph(CHAIN)
+    barrier = threading.Barrier(2, timeout=30)
+    executable = build_executable(graph, [OutBackend(after=barrier.wait), ReferenceBackend()])
+    inputs = [random_inputs(graph, seed=4), random_inputs(graph, seed=5)]
+    results: list[list[torch.Tensor]] = [[], []]
+
+    def run(i: int) -> None:
+        results[i] = executable(*inputs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Both calls write each pooled value before either reads it: a shared pool would mix their values.
+    for i in range(2):
+        torch.testing.assert_close(results[i][0], run_graph(graph, *inputs[i])[0], rtol=0, atol=0)
+    assert executable.instances == 2
+
+
+@pytest.mark.slow
+def test_gpt2_style_matches_the_interpreter_with_pooled_buffers() -> None:
+    program = import_module(models.gpt2_style(), models.gpt2_style_inputs())
+    executable = build_executable(program.graph, [OutBackend(), ReferenceBackend()])
+    assert executable.memory is not None and executable.memory.buffer_of
+    inputs = list(models.gpt2_style_inputs())
+    expected = run_graph(program.graph, *inputs)
+    for _ in range(2):
+        for actual, want in zip(executable(*inputs), expected, strict=True):
+            torch.testing.assert_close(actual, want, rtol=0, atol=0)
+
+
+def test_a_view_made_by_another_kernel_keeps_its_pooled_buffer_alive() -> None:
+    graph = parse_graph("""\
+graph view(%x: f32[16,16]) -> (f32[16,16]) {
+  %0: f32[16,16] = exp(%x)
+  %1: f32[16,16] = transpose(%0) {dim0=0, dim1=1}
+  %2: f32[] = sum(%1)
+  %3: f32[16,16] = mul(%x, %2)
+  %4: f32[16,16] = matmul(%1, %3)
+  return %4
+}
+""")
+    executable = build_executable(graph, [OutBackend(), ReferenceBackend()])
+    assert [p.name for p in executable.partitions] == ["out_0", "reference_1", "out_2", "reference_3"]
+    # reference_1 returns %1, a view of %0's buffer that reference_3 reads: %3 must not take that buffer.
+    assert executable.memory is not None and executable.memory.sharing() == [["0"], ["3"]]
+    inputs = random_inputs(graph)
+    torch.testing.assert_close(executable(*inputs)[0], run_graph(graph, *inputs)[0], rtol=0, atol=0)

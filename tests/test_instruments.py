@@ -106,10 +106,11 @@ def test_dump_folder_holds_numbered_files_and_a_summary(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary) == ["graph", "opt_level", "pipeline", "input", "passes", "fixpoints", "skipped", "totals"]
     first = summary["passes"][0]
-    assert list(first) == ["index", "name", "step", "group", "time_ms", "changed", "nodes", "ops", "stats"]
+    assert list(first) == ["index", "name", "step", "group", "time_ms", "changed", "nodes", "ops", "stats", "notes"]
     assert (first["index"], first["name"], first["changed"], first["nodes"]) == (1, "drop-dead", True, 3)
     assert first["ops"] == {"add": 2, "mul": 1}
     assert first["stats"] == {"nodes_removed": 1}
+    assert first["notes"] == []
     assert summary["input"] == {"nodes": 4, "ops": {"add": 2, "mul": 1, "neg": 1}}
     assert summary["totals"]["passes_run"] == 2
     assert summary["fixpoints"] == [{"name": "again", "steps": 1, "max_steps": 3, "converged": True}]
@@ -208,3 +209,21 @@ def test_dump_dir_from_env(monkeypatch):
     assert dump_dir_from_env("explicit") == "explicit"
     monkeypatch.setenv("HETEROPASS_DUMP_DIR", "")
     assert dump_dir_from_env(None) is None
+
+
+class ExplainsItself(Pass):
+    """Changes nothing, but says why (as a pattern pass reports near misses)."""
+
+    name = "explains-itself"
+
+    def call(self, graph: Graph, ctx: PassContext) -> PassResult:
+        return PassResult(graph, False, {}, [f"%{graph.outputs[0].name} was left alone: no reason to touch it"])
+
+
+def test_pass_notes_reach_dump_files_and_summary(tmp_path):
+    PassManager([ExplainsItself()], instruments=[DumpIR(tmp_path)]).run(parse_graph(TEXT))
+    lines = (tmp_path / "001_explains-itself.ir").read_text().splitlines()
+    assert lines[0].startswith("# after explains-itself: unchanged")
+    assert re.fullmatch(r"# note: %\w+ was left alone: no reason to touch it", lines[1])
+    notes = json.loads((tmp_path / "summary.json").read_text())["passes"][0]["notes"]
+    assert notes == [lines[1].removeprefix("# note: ")]

@@ -251,8 +251,11 @@ def test_a_pass_that_hides_a_change_fails(tmp_path):
 
 def test_pass_registry_names_every_pass():
     registry = pass_registry()
-    assert sorted(registry) == ["eliminate-common-subexpressions", "eliminate-dead-code", "fold-constants",
-                                "propagate-shapes", "simplify-algebra"]
+    assert sorted(registry) == [
+        "eliminate-common-subexpressions", "eliminate-dead-code", "fold-batchnorm-into-conv", "fold-constants",
+        "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias", "fuse-reductions", "propagate-shapes",
+        "plan-memory", "recognize-attention", "recognize-gelu", "recognize-layer-norm", "recognize-rms-norm",
+        "recognize-softmax", "simplify-algebra"]
     assert all(cls.name == name for name, cls in registry.items())
 
 
@@ -263,7 +266,11 @@ def test_default_pipelines_per_opt_level():
     cleanup = ["simplify-algebra", "fold-constants", "eliminate-common-subexpressions", "eliminate-dead-code"]
     assert flat(default_pipeline(0)) == ["propagate-shapes"]
     assert flat(default_pipeline(1)) == ["propagate-shapes", "eliminate-dead-code"]
-    assert flat(default_pipeline(2)) == ["propagate-shapes", ("cleanup", cleanup)]
+    recognize = ["recognize-softmax", "recognize-attention", "recognize-layer-norm", "recognize-rms-norm",
+                 "recognize-gelu", "fuse-linear-bias", "fold-batchnorm-into-conv"]
+    fuse = ["fuse-gemm-epilogue", "fuse-reductions", "fuse-elementwise"]
+    assert flat(default_pipeline(2)) == ["propagate-shapes", ("cleanup", cleanup), *recognize,
+                                         ("cleanup-after-patterns", cleanup), *fuse, "plan-memory"]
     assert flat(default_pipeline(3)) == flat(default_pipeline(2))
     with pytest.raises(ValueError, match="opt_level"):
         default_pipeline(4)
@@ -288,10 +295,14 @@ DEFAULT_EXPECTED = {
     1: DEFAULT_INPUT.replace("  %5: f32[4] = neg(%y)\n", ""),
     2: """
 graph g(%x: f32[4], %y: f32[4]) -> (f32[4]) {
-  const %c: f32[4] = [2.0, 4.0, 6.0, 8.0]
-  %0: f32[4] = add(%x, %c)
-  %1: f32[4] = mul(%0, %0)
-  return %1
+  %0: f32[4] = fused[add, mul](%x)
+    graph region(%x: f32[4]) -> (f32[4]) {
+      const %c: f32[4] = [2.0, 4.0, 6.0, 8.0]
+      %0: f32[4] = add(%x, %c)
+      %1: f32[4] = mul(%0, %0)
+      return %1
+    }
+  return %0
 }
 """,
 }

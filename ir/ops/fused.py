@@ -40,7 +40,7 @@ def _infer_fused(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorT
           infer=_infer_fused)
 def fused(*operands: torch.Tensor, body: Graph, kind: str) -> tuple[torch.Tensor, ...]:
     """Run the region `body` on the operands; `kind` says what shape of kernel it is
-    ("elementwise", "reduction", "gemm-epilogue", ...)."""
+    ("elementwise", "reduction", "gemm", "generic")."""
     from ..interpreter import run_graph
 
     return tuple(run_graph(body, *operands))

@@ -1,0 +1,188 @@
+"""Products and convolutions for the Numba backend: a library call plus a fused epilogue.
+
+GEMM and convolution are not written in Numba: they go to oneDNN through PyTorch
+(`torch.ops.mkldnn._linear_pointwise` / `_convolution_pointwise`, which pick AVX-512 kernels where
+MKL's `F.linear` stays on AVX2 on AMD CPUs), or to `torch.matmul` / `torch.bmm`. A region's
+epilogue becomes a oneDNN post-op when it is a bias add and/or one activation that oneDNN
+computes to float32 accuracy; otherwise a Numba elementwise kernel applies it to the product,
+in place when the product is not needed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..ir import DType, Graph, Node, Value, get_op
+
+PRODUCT_OPS = ("linear", "matmul", "bmm", "conv")
+
+# Activations oneDNN fuses as post-ops with float32 accuracy (its tanh-GELU is off by ~1e-4, so not that).
+_POST_OPS: dict[str, Callable[[Node], tuple[str, str] | None]] = {
+    "relu": lambda n: ("relu", ""),
+    "sigmoid": lambda n: ("sigmoid", ""),
+    "tanh": lambda n: ("tanh", ""),
+    "silu": lambda n: ("swish", ""),
+    "hardswish": lambda n: ("hardswish", ""),
+    "gelu": lambda n: ("gelu", "none") if n.attrs["approximate"] == "none" else None,
+}
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def supports_product(node: Node) -> bool:
+    """Whether `product_call` handles `node`: float32/float64 linear, matmul, bmm or conv with static shapes."""
+    if node.op not in PRODUCT_OPS:
+        return False
+    types = [v.type for v in [*node.inputs, *node.outputs]]
+    if any(not t.is_static or t.dtype not in (DType.f32, DType.f64) for t in types):
+        return False
+    if len({t.dtype for t in types}) != 1:
+        return False
+    return node.op != "conv" or node.inputs[1].type.rank in (3, 4, 5)
+
+
+@dataclass
+class Product:
+    """How to compute one product: `call(x, w, b)` (b may be None) and the source line naming it."""
+
+    call: Callable[..., torch.Tensor]
+    text: str
+    post_op: str = "none"
+
+
+def product_call(node: Node, post_op: tuple[str, str] | None = None) -> Product:
+    """The library call for product `node`, with oneDNN post-op `post_op` = (attr, algorithm) when given."""
+    attr, algorithm = post_op or ("none", "")
+    f32 = node.outputs[0].type.dtype is DType.f32 and onednn_available()
+    if node.op == "linear":
+        if f32:
+            def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+                return torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
+
+            return Product(linear, f'torch.ops.mkldnn._linear_pointwise(x, w, b, "{attr}", [], "{algorithm}")', attr)
+        return Product(F.linear, "F.linear(x, w, b)")
+    if node.op == "conv":
+        spatial = node.inputs[1].type.rank - 2
+        stride, padding, dilation = (_expand(node.attrs[k], spatial) for k in ("stride", "padding", "dilation"))
+        groups = node.attrs["groups"]
+        if f32 and spatial in (1, 2):
+            def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+                return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, stride, dilation, groups, attr, [],
+                                                               algorithm)
+
+            return Product(conv, f"torch.ops.mkldnn._convolution_pointwise(x, w, b, {padding}, {stride}, "
+                                 f'{dilation}, {groups}, "{attr}", [], "{algorithm}")', attr)
+        reference = get_op("conv").reference
+
+        def conv_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+            return reference(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+        return Product(conv_reference, f"F.conv{spatial}d(x, w, b, {stride}, {padding}, {dilation}, {groups})")
+    fn = torch.matmul if node.op == "matmul" else torch.bmm
+    return Product(lambda a, b, _: fn(a, b), f"torch.{fn.__name__}(a, b)")
+
+
+def _expand(values: tuple[int, ...], rank: int) -> list[int]:
+    return list(values) * rank if len(values) == 1 else list(values)
+
+
+@dataclass
+class GemmPlan:
+    """A gemm region split into the product (with what oneDNN fuses) and the rest, the epilogue.
+
+    `operands` are the product's (x, w, b) as body values (b may be None); `epilogue` is None when
+    the library computes the whole region.
+    """
+
+    product: Product
+    product_node: Node
+    operands: list[Value | None]
+    epilogue: Graph | None
+
+
+def plan_gemm(body: Graph) -> GemmPlan:
+    """Split a gemm region body. Raises ValueError when the body is not a product plus epilogue."""
+    if not body.nodes or not supports_product(body.nodes[0]):
+        raise ValueError("a gemm region must start with a float linear, matmul, bmm or conv")
+    node = body.nodes[0]
+    operands: list[Value | None] = list(node.inputs) + [None] * (3 - len(node.inputs))
+    rest = body.nodes[1:]
+    if any(get_op(n.op).kind != "elementwise" for n in rest):
+        raise ValueError("a gemm region's epilogue must be elementwise")
+    fused: list[Node] = []
+    post_op = None
+    if node.op in ("linear", "conv") and node.outputs[0].type.dtype is DType.f32 and onednn_available():
+        fused, post_op, bias = _onednn_epilogue(body, node, operands[2])
+        operands[2] = bias
+    if len(fused) == len(rest):
+        return GemmPlan(product_call(node, post_op), node, operands, None)
+    # Otherwise the library computes the bare product (with its own bias) and Numba the rest.
+    return GemmPlan(product_call(node), node, list(node.inputs) + [None] * (3 - len(node.inputs)),
+                    _epilogue_graph(body, node))
+
+
+def _onednn_epilogue(body: Graph, node: Node, bias: Value | None
+                     ) -> tuple[list[Node], tuple[str, str] | None, Value | None]:
+    """The leading epilogue nodes oneDNN can take: [add(bias)] [activation], each the only reader of the last."""
+    fused: list[Node] = []
+    current = node.outputs[0]
+    rest = body.nodes[1:]
+    out_channels = node.outputs[0].type.static_shape()[1 if node.op == "conv" else -1]
+    bias_shape = (out_channels,) + (1,) * (node.outputs[0].type.rank - 2 if node.op == "conv" else 0)
+    dtype = node.outputs[0].type.dtype
+
+    def sole_reader(value: Value) -> Node | None:
+        if body.is_output(value) or len(value.uses) != 1:
+            return None
+        return value.uses[0][0]
+
+    nxt = sole_reader(current)
+    if (bias is None and nxt is not None and rest and nxt is rest[0] and nxt.op == "add"
+            and nxt.outputs[0].type == current.type):
+        other = nxt.inputs[1] if nxt.inputs[0] is current else nxt.inputs[0]
+        if other is not current and other.type.dtype is dtype and tuple(other.type.static_shape()) == bias_shape:
+            fused.append(nxt)
+            bias = other
+            current = nxt.outputs[0]
+            nxt = sole_reader(current)
+    post_op = None
+    if nxt is not None and len(fused) + 1 < len(rest) + 1 and nxt is rest[len(fused)] and nxt.op in _POST_OPS:
+        post_op = _POST_OPS[nxt.op](nxt)
+        if post_op is not None and nxt.outputs[0].type == current.type:
+            fused.append(nxt)
+        else:
+            post_op = None
+    if len(fused) != len(rest) or not body.outputs or body.outputs[0] is not (fused[-1].outputs[0] if fused
+                                                                                else node.outputs[0]):
+        return [], None, node.inputs[2] if len(node.inputs) > 2 else None
+    if len(body.outputs) != 1:
+        return [], None, node.inputs[2] if len(node.inputs) > 2 else None
+    return fused, post_op, bias
+
+
+def _epilogue_graph(body: Graph, node: Node) -> Graph:
+    """The body without its product node; the product is the epilogue's first input."""
+    epi = Graph(f"{body.name}_epilogue")
+    mapping = {id(node.outputs[0]): epi.add_input(node.outputs[0].name, node.outputs[0].type)}
+    used = {id(v) for n in body.nodes[1:] for v in n.inputs} | {id(v) for v in body.outputs}
+    for value in body.inputs:
+        if id(value) in used:
+            mapping[id(value)] = epi.add_input(value.name, value.type)
+    for n in body.nodes[1:]:
+        for value in n.inputs:
+            if value.const is not None and id(value) not in mapping:
+                mapping[id(value)] = epi.add_constant(value.name, value.const)
+        copy = epi.add_node(n.op, [mapping[id(v)] for v in n.inputs], n.attrs,
+                            output_types=[v.type for v in n.outputs], names=[v.name for v in n.outputs])
+        mapping.update((id(a), b) for a, b in zip(n.outputs, copy.outputs, strict=True))
+    for value in body.outputs:
+        if id(value) not in mapping:
+            raise ValueError(f"gemm region output %{value.name} is not computed by the epilogue")
+    epi.set_outputs(mapping[id(v)] for v in body.outputs)
+    return epi

@@ -1,0 +1,293 @@
+"""The Numba CPU backend: fused regions and single ops as generated @njit loops, products through oneDNN.
+
+It claims `fused` regions of kind "elementwise", "reduction" and "gemm" whose every body op it can
+compile, single elementwise ops, last-dim softmax/log_softmax/layer_norm/rms_norm and
+sum/mean/amax/amin, and float linear/matmul/bmm/conv (see gemm.py). Float16/bfloat16 and symbolic
+shapes are left to the next backend. A partition compiles to Python glue that calls one kernel per
+node; each kernel takes its operands and an optional `out=` list of preallocated contiguous outputs:
+
+    def numba_0(x, out=None):
+        [v1] = region_1(x, out=out)
+        return [v1]
+
+    def region_1(a0, out=None):
+        o0, = out if out is not None else (torch.empty((64, 128), dtype=torch.float32),)
+        k_region_1(flat(a0), flat_out(o0))
+        return [o0]
+
+Kernels live in files under the cache folder (default `~/.cache/heteropass/numba`), one module
+per kernel named by the hash of its source, so Numba's on-disk cache (`cache=True`) lets a later
+process load the machine code instead of compiling it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from numba import from_dtype
+from numba import types as nb_types
+
+from ..ir import Graph, Node, get_op
+from .base import Backend, Kernel
+from .codegen import Namer, load_function, python_name
+from .gemm import GemmPlan, plan_gemm, supports_product
+from .numba_codegen import (
+    NP_TYPE,
+    REDUCE_OPS,
+    ROW_OPS,
+    Unsupported,
+    build_spec,
+    check_elementwise,
+    emit_kernel,
+    kernel_module,
+)
+
+_REGION_KINDS = ("elementwise", "reduction", "gemm")
+_HERE = Path(__file__).parent
+# Kernel files are named after their source and the code generator's, so an edit to either makes new files.
+_GENERATOR_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(_HERE.glob("numba_*.py")))).hexdigest()[:8]
+
+
+_NUMPY_DTYPE = {dt: torch.empty(0, dtype=dt.torch).numpy().dtype for dt in NP_TYPE}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "heteropass" / "numba"
+
+
+class NumbaBackend(Backend):
+    """Generated Numba kernels for elementwise, reduction and gemm regions on the CPU."""
+
+    name: ClassVar[str] = "numba"
+    device: ClassVar[str] = "cpu"
+
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    def supports(self, node: Node) -> bool:
+        try:
+            _region_of(node)
+        except (Unsupported, ValueError):
+            return False
+        return True
+
+    def compile(self, partition: Graph) -> Kernel:
+        namer = Namer(["torch", "flat", "flat_out", "out"])
+        namespace: dict[str, Any] = {"torch": torch, "flat": flat, "flat_out": flat_out}
+        sources: list[str] = []
+        kernel_sources: list[str] = []
+        regions: dict[int, str] = {}
+        for node in partition.nodes:
+            body, kind = _region_of(node)
+            name = namer.reserve(python_name(f"region_{node.outputs[0].name}"))
+            glue, kernels = self._compile_region(body, kind, name, namer, namespace)
+            sources.append(glue)
+            kernel_sources.extend(kernels)
+            regions[id(node)] = name
+        for value in partition.constants.values():
+            namespace[namer(value)] = value.const
+        function = python_name(partition.name)
+        source = _partition_source(partition, function, namer, regions)
+        fn = load_function("\n\n".join([source, *sources]), namespace, function)
+        fn.source = "\n\n".join([source, *sources, *kernel_sources])
+        fn.accepts_out = True
+        # One elementwise or gemm region reads each element of an input before it writes that element
+        # of an output (the library product reads all of its inputs first). Reductions write a row's
+        # results before their last pass over the row, and a later node may read an earlier node's input.
+        kinds = [_region_of(node)[1] for node in partition.nodes]
+        fn.inplace_safe = len(kinds) == 1 and kinds[0] in ("elementwise", "gemm")
+        return fn
+
+    def _compile_region(self, body: Graph, kind: str, name: str, namer: Namer,
+                        namespace: dict[str, Any]) -> tuple[str, list[str]]:
+        """Glue source for one region and the kernel sources it calls; loads the kernels into `namespace`."""
+        if kind == "gemm":
+            return self._compile_gemm(body, name, namer, namespace)
+        kernel_name = namer.reserve(f"k_{name}")
+        spec, consts = build_spec(body, kind, kernel_name)
+        kernel_src = emit_kernel(spec)
+        namespace[kernel_name] = self._load_kernel(kernel_src, kernel_name, spec.arrays)
+        const_names = []
+        for value in consts:
+            const_name = namer.reserve(f"{name}_{python_name(value.name)}")
+            namespace[const_name] = value.const.contiguous().numpy().reshape(-1)
+            const_names.append(const_name)
+        params = [f"a{i}" for i in range(len(body.inputs))]
+        outs = [f"o{i}" for i in range(len(body.outputs))]
+        allocs = ", ".join(f"torch.empty({tuple(v.type.static_shape())}, dtype={v.type.dtype.torch})"
+                           for v in body.outputs)
+        numel = math.prod([*spec.outer, spec.inner])
+        args = [f"flat({p})" for p in params] + const_names + [f"flat_out({o})" for o in outs]
+        lines = [f"def {name}({', '.join([*params, 'out=None'])}):",
+                 f"    {', '.join(outs)}, = out if out is not None else ({allocs},)"]
+        call = f"{kernel_name}({', '.join(args)})"
+        lines.append(f"    {call}" if numel else f"    # empty iteration space: no kernel call ({call})")
+        lines.append(f"    return [{', '.join(outs)}]")
+        return "\n".join(lines) + "\n", [kernel_src]
+
+    def _compile_gemm(self, body: Graph, name: str, namer: Namer,
+                      namespace: dict[str, Any]) -> tuple[str, list[str]]:
+        plan: GemmPlan = plan_gemm(body)
+        product_name = namer.reserve(f"{name}_product")
+        namespace[product_name] = plan.product.call
+        index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
+        operands = []
+        for value in plan.operands:
+            if value is None:
+                operands.append("None")
+            elif value.const is not None:
+                const_name = namer.reserve(f"{name}_{python_name(value.name)}")
+                namespace[const_name] = value.const
+                operands.append(const_name)
+            else:
+                operands.append(index[id(value)])
+            if value is not None and value is plan.operands[2] and value.type.rank > 1:
+                operands[-1] += ".reshape(-1)"  # a conv bias add broadcasts a [C, 1, 1] tensor
+        params = [f"a{i}" for i in range(len(body.inputs))]
+        lines = [f"def {name}({', '.join([*params, 'out=None'])}):",
+                 f"    # {plan.product_node.op}: {plan.product.text}",
+                 f"    p = {product_name}({', '.join(operands)})"]
+        kernels: list[str] = []
+        if plan.epilogue is None:
+            lines += ["    if out is not None:", "        out[0].copy_(p)", "        return out", "    return [p]"]
+        else:
+            epilogue_name = namer.reserve(f"{name}_epilogue")
+            glue, kernels = self._compile_region(plan.epilogue, "elementwise", epilogue_name, namer, namespace)
+            lines.insert(0, glue)
+            epi_args = ["p"] + [index[id(v)] for v in _epilogue_operands(body, plan)]
+            product = plan.epilogue.inputs[0]
+            # The product dies here; the first output may reuse its memory when it has its type.
+            in_place = (not body.is_output(plan.product_node.outputs[0])
+                        and plan.epilogue.outputs[0].type == product.type and len(body.outputs) == 1)
+            default_out = "[p]" if in_place else "None"
+            lines.append(f"    return {epilogue_name}({', '.join(epi_args)}, out=out if out is not None "
+                         f"else {default_out})")
+        return "\n".join(lines) + "\n", kernels
+
+    def _load_kernel(self, source: str, name: str, arrays: list) -> Any:
+        module_source = kernel_module([source.replace(f"def {name}(", "def kernel(", 1)])
+        digest = hashlib.sha1((_GENERATOR_HASH + module_source).encode()).hexdigest()[:16]
+        path = self.cache_dir / f"k_{digest}.py"
+        if not path.exists():
+            # Written once and never touched again: Numba's cache index is keyed on the file's mtime.
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(module_source)
+            tmp.replace(path)
+        module_name = f"heteropass_numba_{digest}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[module_name] = module
+        kernel = module.kernel
+        signature = tuple(nb_types.Array(from_dtype(_NUMPY_DTYPE[a.dtype]), 1, "C") for a in arrays)
+        kernel.compile(signature)  # now, from the disk cache when there is one; not on the first call
+        return kernel
+
+
+def _epilogue_operands(body: Graph, plan: GemmPlan) -> list:
+    names = {v.name for v in plan.epilogue.inputs[1:]} if plan.epilogue is not None else set()
+    return [v for v in body.inputs if v.name in names]
+
+
+def flat(t: torch.Tensor) -> np.ndarray:
+    """A 1-D NumPy view of `t`'s elements in row-major order (a contiguous copy when `t` is strided)."""
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.numpy().reshape(-1)
+
+
+def flat_out(t: torch.Tensor) -> np.ndarray:
+    """A 1-D NumPy view of output buffer `t`, which must be contiguous: the kernel writes through it."""
+    if not t.is_contiguous():
+        raise ValueError(f"out= buffers must be contiguous, got strides {t.stride()} for shape {list(t.shape)}")
+    return t.numpy().reshape(-1)
+
+
+def _region_of(node: Node) -> tuple[Graph, str]:
+    """The region `node` compiles as: its body and kind; a single op becomes a one-node body.
+    Raises Unsupported or ValueError when this backend cannot compile it."""
+    if node.op == "fused":
+        kind = node.attrs["kind"]
+        body = node.attrs["body"]
+        if kind not in _REGION_KINDS:
+            raise Unsupported(f"fused region of kind {kind}")
+    else:
+        op = get_op(node.op)
+        if op.kind == "elementwise":
+            check_elementwise(node)
+            kind = "elementwise"
+        elif node.op in REDUCE_OPS or node.op in ROW_OPS:
+            kind = "reduction"
+        elif supports_product(node):
+            kind = "gemm"
+        else:
+            raise Unsupported(f"op {node.op}")
+        body = _single_node_body(node)
+    _check_region(body, kind)
+    return body, kind
+
+
+def _check_region(body: Graph, kind: str) -> None:
+    if kind == "gemm":
+        plan = plan_gemm(body)
+        if plan.epilogue is not None:
+            build_spec(plan.epilogue, "elementwise", "check")
+    else:
+        build_spec(body, kind, "check")
+
+
+def _single_node_body(node: Node) -> Graph:
+    body = Graph(node.op)
+    mapping = {}
+    for value in node.inputs:
+        if id(value) in mapping:
+            continue
+        if value.const is not None:
+            mapping[id(value)] = body.add_constant(value.name, value.const)
+        else:
+            mapping[id(value)] = body.add_input(value.name, value.type)
+    copy = body.add_node(node.op, [mapping[id(v)] for v in node.inputs], node.attrs,
+                         output_types=[v.type for v in node.outputs], names=[v.name for v in node.outputs])
+    body.set_outputs(copy.outputs)
+    return body
+
+
+def _partition_source(partition: Graph, function: str, namer: Namer, regions: dict[int, str]) -> str:
+    """`def numba_0(x, out=None)`: call each node's region; outputs of the partition go to `out`."""
+    outputs = [id(v) for v in partition.outputs]
+    position = {id(v): i for i, v in enumerate(partition.outputs) if outputs.count(id(v)) == 1}
+    lines = [f"def {function}({', '.join([*(namer(v) for v in partition.inputs), 'out=None'])}):"]
+    written: set[int] = set()
+    for node in partition.nodes:
+        if node.op == "fused":
+            args = [namer(v) for v in node.inputs]
+        else:  # a one-node body takes the distinct non-constant operands
+            args = [namer(v) for v in dict.fromkeys(v for v in node.inputs if v.const is None)]
+        wanted = [position.get(id(v)) for v in node.outputs]
+        targets = ", ".join(namer(v) for v in node.outputs)
+        if all(w is not None for w in wanted):
+            buffers = "out" if wanted == list(range(len(outputs))) else f"[{', '.join(f'out[{w}]' for w in wanted)}]"
+            args.append(f"out=None if out is None else {buffers}")
+            written.update(id(v) for v in node.outputs)
+        lines.append(f"    [{targets}] = {regions[id(node)]}({', '.join(args)})")
+    # Outputs no kernel wrote into `out` directly (returned twice, or beside an internal value) are copied.
+    copies = [(i, v) for i, v in enumerate(partition.outputs) if id(v) not in written]
+    if copies:
+        lines.append("    if out is not None:")
+        lines += [f"        out[{i}].copy_({namer(v)})" for i, v in copies]
+        lines.append("        return out")
+    lines.append(f"    return [{', '.join(namer(v) for v in partition.outputs)}]")
+    return "\n".join(lines) + "\n"
+

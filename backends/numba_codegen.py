@@ -1,0 +1,640 @@
+"""Source generation for Numba kernels: one @njit loop nest per elementwise or last-dim reduction region.
+
+A region's iteration space is split into outer dimensions and one inner dimension. Every array
+(operand, constant, output) is flat and contiguous and is addressed through its strides over the
+iteration space (0 where it broadcasts); adjacent outer dimensions that every array walks
+contiguously are merged, so a plain elementwise region over contiguous tensors becomes one flat
+loop. Values that do not vary along the inner dimension ("row" values: broadcast loads,
+reduction results) are computed once per row outside the inner loop. A reduction region makes
+one pass over the row per reduction depth (softmax: max, then sum, then the outputs):
+
+    @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+    def k_softmax(a0, o0):
+        for i0 in range(64):
+            b0 = i0 * 128
+            acc0 = np.float32(-np.inf)
+            for j in range(128):
+                x0 = a0[b0 + j]
+                acc0 = acc0 if (acc0 >= x0) | (acc0 != acc0) else x0
+            ...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..ir import DType, Graph, Node, Value
+
+# No nnan/ninf: isnan, NaN propagation and the infinity checks in numba_math depend on them.
+# Elementwise loops vectorize without reassoc; reductions need it to vectorize their accumulators.
+FASTMATH_ELEMENTWISE = {"nsz", "arcp", "contract", "afn"}
+FASTMATH_REDUCTION = FASTMATH_ELEMENTWISE | {"reassoc"}
+
+NP_TYPE = {DType.f64: "np.float64", DType.f32: "np.float32", DType.i64: "np.int64", DType.i32: "np.int32",
+           DType.i16: "np.int16", DType.i8: "np.int8", DType.u8: "np.uint8", DType.bool: "np.bool_"}
+FLOATS = (DType.f32, DType.f64)
+INTS = (DType.i64, DType.i32, DType.i16, DType.i8, DType.u8)
+REDUCE_OPS = ("sum", "mean", "amax", "amin")
+ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
+
+
+class Unsupported(Exception):
+    """The region has an op, dtype or shape this code generator does not handle; says which."""
+
+
+def literal(value: float | int | bool, dtype: DType) -> str:
+    """A Numba scalar literal of `dtype`: `np.float32(0.5)`, `np.int64(3)`, `True`."""
+    if dtype is DType.bool:
+        return repr(bool(value))
+    if dtype in FLOATS:
+        v = float(value)
+        text = repr(v) if math.isfinite(v) else ("np.nan" if v != v else ("np.inf" if v > 0 else "-np.inf"))
+        return f"np.float32({text})" if dtype is DType.f32 else text
+    return f"{NP_TYPE[dtype]}({int(value)})"
+
+
+def cast(expr: str, src: DType, dst: DType) -> str:
+    if src is dst:
+        return expr
+    if dst is DType.bool:
+        return f"({expr} != 0)"
+    return f"{NP_TYPE[dst]}({expr})"
+
+
+def _float_fn(name: str, dt: DType) -> str:
+    """numba_math's float32 version of `name`, or math's for float64."""
+    if dt is DType.f32:
+        return f"nm.{name}_f32"
+    return {"sigmoid": "nm.sigmoid_f64", "gelu": "nm.gelu_f64", "gelu_tanh": "nm.gelu_tanh_f64",
+            "silu": "nm.silu_f64"}.get(name, f"math.{name}")
+
+
+def compute_dtype(node: Node) -> DType:
+    """The dtype the op computes in: the inputs' promoted type for comparisons, else the output's."""
+    if node.op in ("eq", "ne", "lt", "le", "gt", "ge"):
+        a, b = (v.type.meta() for v in node.inputs)
+        return DType.from_torch(torch.result_type(a, b))
+    return node.outputs[0].type.dtype
+
+
+def scalar_expr(node: Node, args: list[str]) -> str:
+    """The scalar expression of elementwise `node` over `args` (already of `compute_dtype(node)`,
+    except cast's and where's condition); the result has the node's output dtype."""
+    op, attrs = node.op, node.attrs
+    dt = compute_dtype(node)
+    out = node.outputs[0].type.dtype
+    fl = dt in FLOATS
+    a = args[0]
+    b = args[1] if len(args) > 1 else ""
+
+    def lit(v: float) -> str:
+        return literal(v, dt)
+
+    if dt not in NP_TYPE or out not in NP_TYPE:
+        raise Unsupported(f"{op} in {dt}")
+    simple_binary = {"add": "+", "sub": "-", "mul": "*"}
+    if op in simple_binary and dt is not DType.bool:
+        return _wrap(f"{a} {simple_binary[op]} {b}", dt)
+    if op in ("add", "mul") and dt is DType.bool:
+        return f"({a} {'|' if op == 'add' else '&'} {b})"
+    if op == "div":
+        mode = attrs.get("rounding_mode")
+        if mode is None and fl:
+            return f"{a} / {b}"
+        if mode == "floor":
+            return f"np.floor({a} / {b})" if fl else _wrap(f"{a} // {b}", dt)
+        if mode == "trunc":
+            return f"np.trunc({a} / {b})" if fl else _wrap(f"nm.div_trunc_int({a}, {b})", dt)
+    if op == "pow" and fl:
+        return f"{a} ** {b}"
+    if op in ("maximum", "minimum"):
+        if fl:
+            return f"nm.{'fmax' if op == 'maximum' else 'fmin'}_nan({a}, {b})"
+        return _wrap(f"{'max' if op == 'maximum' else 'min'}({a}, {b})", dt)
+    if op == "fmod" and dt is not DType.bool:
+        return f"np.fmod({a}, {b})" if fl else _wrap(f"nm.fmod_int({a}, {b})", dt)
+    if op == "remainder" and dt is not DType.bool:
+        return _wrap(f"{a} % {b}", dt)
+    compare = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+    if op in compare:
+        return f"({a} {compare[op]} {b})"
+    if op in ("logical_and", "logical_or", "logical_xor"):
+        sym = {"logical_and": "&", "logical_or": "|", "logical_xor": "!="}[op]
+        return f"(({a} != 0) {sym} ({b} != 0))"
+    if op in ("bitwise_and", "bitwise_or") and not fl:
+        return _wrap(f"{a} {'&' if op == 'bitwise_and' else '|'} {b}", dt)
+    if op == "where":
+        return f"({b} if {a} else {args[2]})"
+    if op == "neg" and dt is not DType.bool:
+        return _wrap(f"-{a}", dt)
+    if op == "abs" and dt is not DType.bool:
+        return _wrap(f"abs({a})", dt)
+    if op in ("exp", "log", "tanh", "sigmoid", "erf", "log1p", "expm1", "silu") and fl:
+        return f"{_float_fn(op, dt)}({a})"
+    if op in ("sin", "cos") and fl:
+        return f"{NP_TYPE[dt]}(math.{op}({a}))"
+    if op == "sqrt" and fl:
+        return f"np.sqrt({a})"
+    if op == "rsqrt" and fl:
+        return f"{lit(1)} / np.sqrt({a})"
+    if op == "reciprocal" and fl:
+        return f"{lit(1)} / {a}"
+    if op in ("floor", "ceil", "round") and dt is not DType.bool:
+        return f"np.{'rint' if op == 'round' else op}({a})" if fl else a
+    if op == "sign" and dt is not DType.bool:
+        return f"np.sign({a})" if fl else _wrap(f"({a} > 0) - ({a} < 0)", dt)
+    if op == "relu" and dt is not DType.bool:
+        return f"({lit(0)} if {a} < {lit(0)} else {a})"
+    if op == "gelu" and fl:
+        return f"{_float_fn('gelu_tanh' if attrs['approximate'] == 'tanh' else 'gelu', dt)}({a})"
+    if op == "hardsigmoid" and fl:
+        return f"nm.clamp_nan({a} + {lit(3)}, {lit(0)}, {lit(6)}) / {lit(6)}"
+    if op == "hardswish" and fl:
+        return f"{a} * nm.clamp_nan({a} + {lit(3)}, {lit(0)}, {lit(6)}) / {lit(6)}"
+    if op == "mish" and fl:
+        softplus = f"{_float_fn('log1p', dt)}({_float_fn('exp', dt)}({a}))"
+        return f"{a} * {_float_fn('tanh', dt)}({softplus})"
+    if op == "leaky_relu" and fl:
+        return f"({a} if {a} > {lit(0)} else {a} * {lit(attrs['negative_slope'])})"
+    if op == "elu" and fl:
+        return f"({a} if {a} > {lit(0)} else {lit(attrs['alpha'])} * {_float_fn('expm1', dt)}({a}))"
+    if op == "softplus" and fl:
+        beta, threshold = lit(attrs["beta"]), lit(attrs["threshold"])
+        soft = f"{_float_fn('log1p', dt)}({_float_fn('exp', dt)}({a} * {beta})) / {beta}"
+        return f"({a} if {a} * {beta} > {threshold} else {soft})"
+    if op == "clamp" and dt is not DType.bool:
+        lo, hi = attrs["min"], attrs["max"]
+        expr = a
+        if lo is not None:
+            expr = f"({lit(lo if fl else int(lo))} if {expr} < {lit(lo if fl else int(lo))} else {expr})"
+        if hi is not None:
+            expr = f"nm.clamp_nan({a}, {lit(lo if fl else int(lo))}, {lit(hi if fl else int(hi))})" \
+                if lo is not None else f"({lit(hi if fl else int(hi))} if {a} > {lit(hi if fl else int(hi))} else {a})"
+        return expr
+    if op == "logical_not":
+        return f"({a} == 0)"
+    if op == "isnan":
+        return f"({a} != {a})" if fl else "False"
+    if op == "bitwise_not" and not fl:
+        return f"(not {a})" if dt is DType.bool else _wrap(f"~{a}", dt)
+    if op == "cast":
+        return cast(a, node.inputs[0].type.dtype, out)
+    raise Unsupported(f"{op} on {dt}")
+
+
+def _wrap(expr: str, dt: DType) -> str:
+    """Integer results are cast back: Numba widens int32 arithmetic to int64, torch wraps."""
+    return f"{NP_TYPE[dt]}({expr})" if dt in INTS else expr
+
+
+def arg_dtypes(node: Node) -> list[DType | None]:
+    """The dtype each operand is cast to before `scalar_expr` (None: as it is)."""
+    op = node.op
+    if op in ("cast", "logical_and", "logical_or", "logical_xor", "logical_not", "isnan"):
+        return [None] * len(node.inputs)
+    if op == "where":
+        out = node.outputs[0].type.dtype
+        return [DType.bool, out, out]
+    dt = compute_dtype(node)
+    return [dt] * len(node.inputs)
+
+
+def check_elementwise(node: Node) -> None:
+    """Raise Unsupported unless `scalar_expr` handles `node`."""
+    from ..ir import get_op
+
+    if get_op(node.op).kind != "elementwise":
+        raise Unsupported(f"{node.op} is not elementwise")
+    types = [v.type for v in node.inputs] + [v.type for v in node.outputs]
+    bad = [t for t in types if t.dtype not in NP_TYPE or not t.is_static]
+    if bad:
+        raise Unsupported(f"{node.op} on {bad[0]}")
+    scalar_expr(node, [f"a{i}" for i in range(len(node.inputs))])
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: iteration dims, array strides and dimension merging.
+
+
+def aligned_strides(shape: tuple[int, ...], space: tuple[int, ...]) -> list[int]:
+    """Element strides over `space` of a contiguous array of `shape` broadcast into it (right-aligned)."""
+    if len(shape) > len(space):
+        raise Unsupported(f"shape {list(shape)} does not broadcast to {list(space)}")
+    own = [0] * len(shape)
+    step = 1
+    for d in reversed(range(len(shape))):
+        own[d] = step
+        step *= shape[d]
+    strides = [0] * (len(space) - len(shape)) + own
+    for d, size in enumerate(shape):
+        full = space[len(space) - len(shape) + d]
+        if size == 1:
+            strides[len(space) - len(shape) + d] = 0
+        elif size != full:
+            raise Unsupported(f"shape {list(shape)} does not broadcast to {list(space)}")
+    return strides
+
+
+def merge_dims(sizes: list[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Drop size-1 dims and merge neighbours that every array walks as one: stride[i] = stride[i+1] * size[i+1]."""
+    keep = [d for d, s in enumerate(sizes) if s != 1]
+    out_sizes: list[int] = []
+    out_strides: list[list[int]] = [[] for _ in strides]
+    for d in keep:
+        if out_sizes and all(st[-1] == s[d] * sizes[d] for st, s in zip(out_strides, strides, strict=True)):
+            out_sizes[-1] *= sizes[d]
+            for st, s in zip(out_strides, strides, strict=True):
+                st[-1] = s[d]
+        else:
+            out_sizes.append(sizes[d])
+            for st, s in zip(out_strides, strides, strict=True):
+                st.append(s[d])
+    return out_sizes, out_strides
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar dataflow: what each body value is per element (full) or per row.
+
+
+@dataclass(eq=False)
+class Def:
+    """A scalar of the kernel: a load, an expression, or a reduction's accumulator.
+
+    `full` values vary along the inner dimension and live inside inner loops; the others are
+    computed once per row. `level` counts the reductions below it: a full value of level L is
+    recomputed in the pass for the reductions of level L + 1 and in the final pass.
+    """
+
+    name: str
+    dtype: DType
+    full: bool
+    level: int
+    deps: list[Def] = field(default_factory=list)
+    expr: str = ""  # Python expression over the deps' names (an elementwise value or a load)
+    reduce: str = ""  # "sum", "max" or "min": an accumulator over deps[0] along the inner dim
+    flat: bool = False  # a reduction without keepdim: shaped like the outer dims only
+
+
+@dataclass
+class Array:
+    """A kernel argument: its parameter name, dtype and strides over the iteration space."""
+
+    name: str
+    dtype: DType
+    strides: list[int]
+
+
+@dataclass
+class KernelSpec:
+    """Everything `emit_kernel` needs; `inputs` / `consts` / `outputs` are in argument order."""
+
+    name: str
+    outer: list[int]
+    inner: int
+    arrays: list[Array]  # inputs, then non-scalar constants, then outputs
+    defs: list[Def]
+    stores: list[tuple[Array, Def]]  # output array <- value
+    reduction: bool
+
+
+class _Builder:
+    """Turns a region body into `Def`s over a given iteration space."""
+
+    def __init__(self, space: tuple[int, ...], inner_dim: int) -> None:
+        self.space = space
+        self.inner_dim = inner_dim  # the inner dim's index in `space`, -1 for an empty space
+        self.defs: list[Def] = []
+        self.arrays: list[Array] = []
+        self.of: dict[int, Def] = {}
+        self.count = 0
+
+    def fresh(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}{self.count}"
+
+    def add(self, d: Def) -> Def:
+        self.defs.append(d)
+        return d
+
+    def load(self, value: Value, param: str) -> Def:
+        t = value.type
+        strides = aligned_strides(tuple(t.static_shape()), self.space)
+        array = Array(param, t.dtype, strides)
+        self.arrays.append(array)
+        full = self.inner_dim >= 0 and strides[self.inner_dim] != 0
+        d = self.add(Def(self.fresh("x"), t.dtype, full, 0, expr=f"@{param}"))
+        self.of[id(value)] = d
+        return d
+
+    def const(self, value: Value, param: str) -> Def:
+        tensor = value.const
+        if tensor.numel() == 1:
+            d = Def(literal(tensor.reshape(()).item(), value.type.dtype), value.type.dtype, False, 0)
+            self.of[id(value)] = d
+            return d
+        return self.load(value, param)
+
+    def elementwise(self, node: Node, args: list[Def]) -> Def:
+        casts = arg_dtypes(node)
+        exprs = [a.name if c is None else cast(a.name, a.dtype, c) for a, c in zip(args, casts, strict=True)]
+        d = Def(self.fresh("t"), node.outputs[0].type.dtype, any(a.full for a in args),
+                max((a.level for a in args), default=0), deps=list(args), expr=scalar_expr(node, exprs),
+                flat=any(a.flat for a in args))
+        if d.flat and any(not a.flat and (a.full or a.deps or a.expr.startswith("@")) for a in args):
+            raise Unsupported(f"{node.op} mixes a reduced value without keepdim with unreduced values")
+        return self.add(d)
+
+    def expr(self, expr: str, dtype: DType, args: list[Def]) -> Def:
+        return self.add(Def(self.fresh("t"), dtype, any(a.full for a in args),
+                            max((a.level for a in args), default=0), deps=list(args), expr=expr,
+                            flat=any(a.flat for a in args)))
+
+    def reduce(self, kind: str, x: Def, dtype: DType, flat: bool) -> Def:
+        if not x.full:
+            raise Unsupported("a reduction over a value constant along the reduced dimension")
+        return self.add(Def(self.fresh("acc"), dtype, False, x.level + 1, deps=[x], reduce=kind, flat=flat))
+
+
+def _row_op(b: _Builder, node: Node, args: list[Def]) -> Def:
+    """Expand a last-dim reduction, softmax or normalization into loads, reductions and expressions."""
+    op, attrs = node.op, node.attrs
+    x = args[0]
+    out = node.outputs[0].type.dtype
+    k = b.space[-1]
+    lit = lambda v: literal(v, out)  # noqa: E731
+    if op in REDUCE_OPS:
+        kind = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min"}[op]
+        if x.dtype is not out:
+            x = b.expr(cast(x.name, x.dtype, out), out, [x])
+        acc = b.reduce(kind, x, out, flat=not attrs["keepdim"])
+        return b.expr(f"{acc.name} / {lit(k)}", out, [acc]) if op == "mean" else acc
+    if out not in FLOATS:
+        raise Unsupported(f"{op} on {out}")
+    exp, log = _float_fn("exp", out), _float_fn("log", out)
+    if op in ("softmax", "log_softmax"):
+        m = b.reduce("max", x, out, flat=False)
+        shifted = b.expr(f"{x.name} - {m.name}", out, [x, m])
+        e = b.expr(f"{exp}({shifted.name})", out, [shifted])
+        s = b.reduce("sum", e, out, flat=False)
+        if op == "softmax":
+            inv = b.expr(f"{lit(1)} / {s.name}", out, [s])
+            return b.expr(f"{e.name} * {inv.name}", out, [e, inv])
+        ls = b.expr(f"{log}({s.name})", out, [s])
+        return b.expr(f"{shifted.name} - {ls.name}", out, [shifted, ls])
+    eps = attrs["eps"] if attrs["eps"] is not None else torch.finfo(out.torch).eps
+
+    def row_mean(v: Def) -> Def:
+        total = b.reduce("sum", v, out, flat=False)
+        return b.expr(f"{total.name} / {lit(k)}", out, [total])
+
+    y = x
+    if op == "layer_norm":  # two passes: the variance of the centered values does not cancel
+        mean = row_mean(x)
+        y = b.expr(f"{x.name} - {mean.name}", out, [x, mean])
+    var = row_mean(b.expr(f"{y.name} * {y.name}", out, [y]))
+    rstd = b.expr(f"{lit(1)} / np.sqrt({var.name} + {lit(eps)})", out, [var])
+    y = b.expr(f"{y.name} * {rstd.name}", out, [y, rstd])
+    for i, extra in enumerate(args[1:]):
+        y = b.expr(f"{y.name} {'*' if i == 0 else '+'} {extra.name}", out, [y, extra])
+    return y
+
+
+def _check_row_op(node: Node, space: tuple[int, ...]) -> None:
+    shape = node.inputs[0].type.static_shape()
+    if tuple(shape) != space:
+        raise Unsupported(f"{node.op} over {list(shape)}, the region iterates over {list(space)}")
+    rank = len(space)
+    op, attrs = node.op, node.attrs
+    if op in REDUCE_OPS:
+        dims = attrs["dims"]
+        if dims is None or len(dims) != 1 or dims[0] % max(rank, 1) != rank - 1 or rank == 0:
+            raise Unsupported(f"{op} over dims {dims}: only the last dimension")
+        if op in ("sum", "mean") and attrs["dtype"] is not None:
+            raise Unsupported(f"{op} with dtype")
+    elif op in ("softmax", "log_softmax"):
+        if rank == 0 or attrs["dim"] % rank != rank - 1:
+            raise Unsupported(f"{op} over dim {attrs['dim']}: only the last dimension")
+    elif tuple(attrs["normalized_shape"]) != tuple(space[-1:]) or rank == 0:
+        raise Unsupported(f"{op} over {list(attrs['normalized_shape'])}: only the last dimension")
+    for extra in node.inputs[1:]:
+        if extra.type.static_shape() != tuple(space[-1:]):
+            raise Unsupported(f"{op} weight/bias of shape {list(extra.type.static_shape())}")
+
+
+def region_space(body: Graph, kind: str) -> tuple[int, ...]:
+    """The iteration space: the outputs' shape for elementwise, the reductions' input shape else."""
+    for value in [*body.inputs, *body.outputs, *(v for n in body.nodes for v in n.outputs)]:
+        if not value.type.is_static or value.type.dtype not in NP_TYPE:
+            raise Unsupported(f"value %{value.name}: {value.type}")
+    if kind == "elementwise":
+        if not body.outputs:
+            raise Unsupported("a region without outputs")
+        return tuple(body.outputs[0].type.static_shape())
+    rows = [n for n in body.nodes if n.op in REDUCE_OPS or n.op in ROW_OPS]
+    if not rows:
+        raise Unsupported("a reduction region without a reduction")
+    return tuple(rows[0].inputs[0].type.static_shape())
+
+
+def build_spec(body: Graph, kind: str, name: str) -> tuple[KernelSpec, list[Value]]:
+    """The kernel for region `body` of `kind` ("elementwise" or "reduction") and the body
+    constants it takes as arrays (after the body inputs, before the outputs)."""
+    space = region_space(body, kind)
+    reduction = kind == "reduction"
+    if not reduction:
+        for node in body.nodes:
+            check_elementwise(node)
+            if tuple(node.outputs[0].type.static_shape()) != space and any(v in body.outputs for v in node.outputs):
+                raise Unsupported("outputs of different shapes")
+    # Elementwise: merge every dim, the last merged one is inner. Reduction: the last dim is inner.
+    b = _Builder(space, len(space) - 1)
+    for i, value in enumerate(body.inputs):
+        b.load(value, f"a{i}")
+    consts: list[Value] = []
+    for value in body.constants.values():
+        if value.const.numel() != 1:
+            consts.append(value)
+        b.const(value, f"c{len(consts) - 1}")
+    for node in body.nodes:
+        args = [b.of[id(v)] for v in node.inputs]
+        if node.op in REDUCE_OPS or node.op in ROW_OPS:
+            if not reduction:
+                raise Unsupported(f"{node.op} in an elementwise region")
+            _check_row_op(node, space)
+            result = _row_op(b, node, args)
+        else:
+            check_elementwise(node)
+            result = b.elementwise(node, args)
+        _check_shape(node.outputs[0], result, space)
+        b.of[id(node.outputs[0])] = result
+    stores = []
+    for i, value in enumerate(body.outputs):
+        d = b.of[id(value)]
+        shape = tuple(value.type.static_shape())
+        space_of = space[:-1] if d.flat else space
+        strides = aligned_strides(shape, space_of) + ([0] if d.flat else [])
+        if d.full and tuple(shape[-1:]) != tuple(space[-1:]):
+            raise Unsupported(f"output %{value.name} is smaller than the values it holds")
+        array = Array(f"o{i}", value.type.dtype, strides)
+        b.arrays.append(array)
+        stores.append((array, d))
+    sizes = list(space) or [1]
+    for array in b.arrays:
+        array.strides = array.strides or [0]
+    if reduction:
+        outer, strides = merge_dims(sizes[:-1], [a.strides[:-1] for a in b.arrays])
+        inner = sizes[-1]
+        for array, st in zip(b.arrays, strides, strict=True):
+            array.strides = [*st, array.strides[-1]]
+    else:
+        merged, strides = merge_dims(sizes, [a.strides for a in b.arrays])
+        merged, strides = (merged, strides) if merged else ([1], [[0] for _ in b.arrays])
+        outer, inner = merged[:-1], merged[-1]
+        for array, st in zip(b.arrays, strides, strict=True):
+            array.strides = st
+        # Merging may turn a value that broadcasts along the old last dim into one that varies along the inner.
+        for d in b.defs:
+            if d.expr.startswith("@"):
+                array = next(a for a in b.arrays if a.name == d.expr[1:])
+                d.full = array.strides[-1] != 0
+        for d in b.defs:
+            if d.deps:
+                d.full = any(x.full for x in d.deps)
+    spec = KernelSpec(name, outer, inner, b.arrays, b.defs, stores, reduction)
+    return spec, consts
+
+
+def _check_shape(value: Value, d: Def, space: tuple[int, ...]) -> None:
+    shape = tuple(value.type.static_shape())
+    if d.flat:
+        if shape != space[:-1]:
+            raise Unsupported(f"%{value.name}: {value.type} is neither the reduced nor the iteration shape")
+        return
+    aligned_strides(shape, space)
+    if d.full and shape[-1:] != space[-1:]:
+        raise Unsupported(f"%{value.name}: {value.type} varies along a dimension it does not have")
+
+
+# ---------------------------------------------------------------------------------------------
+# Emission.
+
+
+def emit_kernel(spec: KernelSpec) -> str:
+    """The @njit source of `spec` (a module-level function named `spec.name`)."""
+    arrays = {a.name: a for a in spec.arrays}
+    flags = "FASTMATH_REDUCTION" if spec.reduction else "FASTMATH_ELEMENTWISE"
+    lines = ["@njit(cache=True, fastmath=" + flags + ', error_model="numpy", nogil=True)',
+             f"def {spec.name}({', '.join(a.name for a in spec.arrays)}):"]
+    indent = "    "
+    bases = {a.name: "0" for a in spec.arrays}
+    for level, size in enumerate(spec.outer):
+        lines.append(f"{indent}for i{level} in range({size}):")
+        indent += "    "
+        for a in spec.arrays:
+            step = a.strides[level]
+            if step:
+                term = f"i{level}" if step == 1 else f"i{level} * {step}"
+                new = term if bases[a.name] == "0" else f"{bases[a.name]} + {term}"
+                # One name per loop level: an inner level must not accumulate into its parent's base.
+                name = f"b{a.name}" if level == 0 else f"b{a.name}_{level}"
+                lines.append(f"{indent}{name} = {new}")
+                bases[a.name] = name
+
+    def address(name: str, inner: bool) -> str:
+        step = arrays[name].strides[-1]
+        base = bases[name]
+        if not inner or step == 0:
+            return base
+        j = "j" if step == 1 else f"j * {step}"
+        return j if base == "0" else f"{base} + {j}"
+
+    row_done: set[int] = set()
+    row_lines: list[str] = lines
+
+    def emit_row(d: Def) -> None:
+        if id(d) in row_done or not d.name.isidentifier():
+            return
+        if d.reduce:
+            raise AssertionError(f"reduction {d.name} used before its pass")
+        for dep in d.deps:
+            emit_row(dep)
+        row_done.add(id(d))
+        row_lines.append(f"{indent}{d.name} = {_rhs(d, address, inner=False)}")
+
+    def emit_full(d: Def, done: set[int], body: list[str], inner_indent: str) -> None:
+        if id(d) in done or not d.name.isidentifier():
+            return
+        if not d.full:
+            emit_row(d)
+            return
+        for dep in d.deps:
+            emit_full(dep, done, body, inner_indent)
+        done.add(id(d))
+        body.append(f"{inner_indent}{d.name} = {_rhs(d, address, inner=True)}")
+
+    inner_indent = indent + "    "
+    levels = sorted({d.level for d in spec.defs if d.reduce})
+    for level in levels:
+        reds = [d for d in spec.defs if d.reduce and d.level == level]
+        body: list[str] = []
+        done: set[int] = set()
+        for red in reds:
+            emit_full(red.deps[0], done, body, inner_indent)
+            x = red.deps[0].name
+            if red.reduce == "sum":
+                body.append(f"{inner_indent}{red.name} += {x}")
+            else:
+                keep = ">=" if red.reduce == "max" else "<="
+                body.append(f"{inner_indent}{red.name} = {red.name} if ({red.name} {keep} {x}) | "
+                            f"({red.name} != {red.name}) else {x}")
+        for red in reds:
+            init = 0 if red.reduce == "sum" else _extreme(red.dtype, red.reduce == "max")
+            lines.append(f"{indent}{red.name} = {literal(init, red.dtype)}")
+        lines.append(f"{indent}for j in range({spec.inner}):")
+        lines.extend(body)
+        row_done.update(id(r) for r in reds)
+    body = []
+    done = set()
+    full_stores = [(a, d) for a, d in spec.stores if d.full]
+    for _, d in full_stores:
+        emit_full(d, done, body, inner_indent)
+    for array, d in spec.stores:
+        if not d.full:
+            emit_row(d)
+            lines.append(f"{indent}{array.name}[{bases[array.name]}] = {d.name}")
+    if full_stores:
+        lines.append(f"{indent}for j in range({spec.inner}):")
+        lines.extend(body)
+        for array, d in full_stores:
+            lines.append(f"{inner_indent}{array.name}[{address(array.name, True)}] = {d.name}")
+    return "\n".join(lines) + "\n"
+
+
+def _rhs(d: Def, address: Callable[[str, bool], str], inner: bool) -> str:
+    if d.expr.startswith("@"):
+        name = d.expr[1:]
+        return f"{name}[{address(name, inner)}]"
+    return d.expr
+
+
+def _extreme(dtype: DType, lowest: bool) -> float | int:
+    if dtype in FLOATS:
+        return -math.inf if lowest else math.inf
+    if dtype is DType.bool:
+        return not lowest
+    info = torch.iinfo(dtype.torch)
+    return info.min if lowest else info.max
+
+
+def kernel_module(kernels: list[str]) -> str:
+    """A module holding the kernels: Numba's cache needs them in a real file."""
+    header = ["# Generated by heteropass (backends/numba_codegen.py).",
+              "import math", "", "import numpy as np", "from numba import njit", "",
+              "from heteropass.backends import numba_math as nm",
+              "from heteropass.backends.numba_codegen import FASTMATH_ELEMENTWISE, FASTMATH_REDUCTION", ""]
+    return "\n".join(header) + "\n" + "\n\n".join(kernels)
+

@@ -1,0 +1,78 @@
+"""gemm.py: products go to the library (oneDNN with fused post-ops where it has them) and match eager PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from heteropass.backends.gemm import onednn_available, plan_gemm, product_call, supports_product
+from heteropass.ir import parse_graph
+
+
+def _body(text: str):
+    return parse_graph(text).nodes[0].attrs["body"]
+
+
+def _region(body: str, inputs: str, output: str) -> str:
+    operands = ", ".join(p.split(":")[0] for p in inputs.split(", "))
+    return (f"graph m({inputs}) -> ({output}) {{\n  %r: {output} = fused[g]({operands})"
+            f' {{kind="gemm"}}\n    graph region({inputs}) -> ({output}) {{\n{body}\n    }}\n  return %r\n}}\n')
+
+
+LINEAR = "%x: f32[4,64], %w: f32[32,64], %b: f32[32]"
+
+
+@pytest.mark.skipif(not onednn_available(), reason="PyTorch without oneDNN")
+@pytest.mark.parametrize("act, post_op", [("relu", "relu"), ("gelu", "gelu"), ("sigmoid", "sigmoid"),
+                                          ("tanh", "tanh"), ("silu", "swish"), ("hardswish", "hardswish")])
+def test_linear_bias_activation_becomes_one_onednn_call(act: str, post_op: str) -> None:
+    body = _body(_region(f"      %0: f32[4,32] = linear(%x, %w)\n      %1: f32[4,32] = add(%0, %b)\n"
+                         f"      %2: f32[4,32] = {act}(%1)\n      return %2", LINEAR, "f32[4,32]"))
+    plan = plan_gemm(body)
+    assert plan.epilogue is None and plan.product.post_op == post_op
+    x, w, b = torch.randn(4, 64), torch.randn(32, 64) / 8, torch.randn(32)
+    expected = getattr(F, act)(F.linear(x, w, b)) if act != "tanh" else torch.tanh(F.linear(x, w, b))
+    torch.testing.assert_close(plan.product.call(x, w, b), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_tanh_gelu_and_residuals_stay_in_the_epilogue() -> None:
+    body = _body(_region("      %0: f32[4,32] = linear(%x, %w, %b)\n"
+                         '      %1: f32[4,32] = gelu(%0) {approximate="tanh"}\n      return %1', LINEAR, "f32[4,32]"))
+    plan = plan_gemm(body)
+    assert plan.epilogue is not None and [n.op for n in plan.epilogue.nodes] == ["gelu"]
+    assert plan.product.post_op == "none"
+
+
+def test_an_intermediate_output_blocks_post_op_fusion() -> None:
+    text = _region("      %0: f32[4,32] = linear(%x, %w, %b)\n      %1: f32[4,32] = relu(%0)\n      return %1, %0",
+                   LINEAR, "f32[4,32], f32[4,32]").replace("%r: f32[4,32], f32[4,32]", "%r: f32[4,32], %s: f32[4,32]")
+    text = text.replace("return %r\n", "return %r, %s\n")
+    plan = plan_gemm(_body(text))
+    assert plan.epilogue is not None
+
+
+@pytest.mark.parametrize("spatial", [1, 2, 3])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_products_match_eager(spatial: int, groups: int) -> None:
+    x, w, b = torch.randn(2, 4, *[5] * spatial), torch.randn(6, 4 // groups, *[3] * spatial), torch.randn(6)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
+    expected = conv(x, w, b, 2, 1, 2, groups)
+
+    def t(tensor: torch.Tensor) -> str:
+        return "f32[" + ",".join(map(str, tensor.shape)) + "]"
+
+    text = (f"graph m(%x: {t(x)}, %w: {t(w)}, %b: f32[6]) -> ({t(expected)}) {{\n"
+            f"  %0: {t(expected)} = conv(%x, %w, %b) {{stride=[2], padding=[1], dilation=[2], groups={groups}}}\n"
+            "  return %0\n}")
+    node = parse_graph(text).nodes[0]
+    assert supports_product(node)
+    torch.testing.assert_close(product_call(node).call(x, w, b), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_supports_product_declines_half_precision_and_mixed_types() -> None:
+    half = parse_graph("graph m(%a: f16[4,5], %b: f16[5,3]) -> (f16[4,3]) {\n  %0: f16[4,3] = matmul(%a, %b)\n"
+                       "  return %0\n}").nodes[0]
+    ints = parse_graph("graph m(%a: i64[4,5], %b: i64[5,3]) -> (i64[4,3]) {\n  %0: i64[4,3] = matmul(%a, %b)\n"
+                       "  return %0\n}").nodes[0]
+    assert not supports_product(half) and not supports_product(ints)

@@ -1,0 +1,283 @@
+"""The Numba backend computes what the reference interpreter computes, claims what it can compile and
+declines the rest; its kernels take preallocated outputs and are cached on disk across processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from heteropass.backends.executable import build_executable
+from heteropass.backends.numba_backend import NumbaBackend
+from heteropass.backends.reference import ReferenceBackend
+from heteropass.ir import Graph, TensorType, parse_graph, run_graph
+from heteropass.ir.sample import random_inputs
+from heteropass.ir.types import DType
+from heteropass.testing import assert_outputs_close
+
+NUMBA = NumbaBackend()
+BACKENDS = [NUMBA, ReferenceBackend()]
+
+
+def check(text: str, inputs: list[torch.Tensor] | None = None, rtol: float = 1e-5, atol: float = 1e-6) -> str:
+    """Compile `text` with the Numba backend, require it to claim every node, compare with the reference."""
+    graph = parse_graph(text)
+    inputs = inputs if inputs is not None else random_inputs(graph)
+    expected = run_graph(graph, *inputs)
+    executable = build_executable(graph.clone(), BACKENDS)
+    assert all(p.backend is NUMBA for p in executable.partitions), executable.code
+    assert_outputs_close(executable(*inputs), expected, rtol, atol, executable.code)
+    return executable.code
+
+
+def region(kind: str, inputs: str, outputs: str, body: str) -> str:
+    """A graph holding one fused region whose operands are the graph inputs."""
+    names = ", ".join(p.split(":")[0] for p in inputs.split(", "))
+    outs = ", ".join(f"%r{i}: {t}" for i, t in enumerate(outputs.split(", ")))
+    rets = ", ".join(f"%r{i}" for i in range(len(outputs.split(", "))))
+    body = textwrap.indent(textwrap.dedent(body).strip(), "      ")
+    return (f"graph m({inputs}) -> ({outputs}) {{\n"
+            f"  {outs} = fused[op]({names}) {{kind=\"{kind}\"}}\n"
+            f"    graph region({inputs}) -> ({outputs}) {{\n{body}\n    }}\n"
+            f"  return {rets}\n}}\n")
+
+
+def unary(op: str, dtype: str = "f32", attrs: str = "", shape: str = "[3,40]") -> str:
+    t = f"{dtype}{shape}"
+    return f"graph m(%x: {t}) -> ({t}) {{\n  %0: {t} = {op}(%x){attrs}\n  return %0\n}}"
+
+
+@pytest.mark.parametrize("op", ["neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "reciprocal", "sin",
+                                "cos", "tanh", "sigmoid", "erf", "floor", "ceil", "round", "sign", "relu", "silu",
+                                "hardswish", "hardsigmoid", "mish", "gelu"])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_unary_ops_match_eager(op: str, dtype: str) -> None:
+    x = torch.randn(3, 40, dtype=DType.parse(dtype).torch) * 4
+    if op in ("log", "sqrt", "rsqrt"):
+        x = x.abs() + 1e-3
+    if op == "log1p":
+        x = x.abs() - 0.9
+    check(unary(op, dtype), [x], rtol=1e-5 if dtype == "f64" else 2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op, attrs", [("gelu", ' {approximate="tanh"}'), ("leaky_relu", " {negative_slope=0.2}"),
+                                       ("elu", " {alpha=0.5}"), ("softplus", " {beta=2.0, threshold=5.0}"),
+                                       ("clamp", " {min=-0.5, max=1.0}"), ("clamp", " {min=0.25}")])
+def test_unary_ops_with_attributes(op: str, attrs: str) -> None:
+    check(unary(op, "f32", attrs), [torch.randn(3, 40) * 4], rtol=2e-5)
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "maximum", "minimum", "fmod", "remainder", "pow",
+                                "eq", "lt", "ge", "logical_and", "logical_xor"])
+def test_binary_float_ops_broadcast(op: str) -> None:
+    out = "bool" if op in ("eq", "lt", "ge", "logical_and", "logical_xor") else "f32"
+    text = f"""graph m(%a: f32[2,3,8], %b: f32[3,1]) -> ({out}[2,3,8]) {{
+  %0: {out}[2,3,8] = {op}(%a, %b)
+  return %0
+}}"""
+    a, b = torch.randn(2, 3, 8) * 3, torch.randn(3, 1).abs() + 0.5
+    if op == "pow":
+        a = a.abs()
+    check(text, [a, b])
+
+
+@pytest.mark.parametrize("dtype", ["i32", "i64"])
+@pytest.mark.parametrize("op, attrs, out", [("add", "", None), ("mul", "", None), ("sub", "", None),
+                                            ("div", "", "f32"), ("div", ' {rounding_mode="floor"}', None),
+                                            ("div", ' {rounding_mode="trunc"}', None), ("remainder", "", None),
+                                            ("fmod", "", None), ("maximum", "", None), ("bitwise_and", "", None),
+                                            ("ne", "", "bool")])
+def test_integer_ops_follow_torch_rounding_and_wrapping(dtype: str, op: str, attrs: str, out: str | None) -> None:
+    out = out or dtype
+    text = f"""graph m(%a: {dtype}[4,9], %b: {dtype}[9]) -> ({out}[4,9]) {{
+  %0: {out}[4,9] = {op}(%a, %b){attrs}
+  return %0
+}}"""
+    t = DType.parse(dtype).torch
+    a = torch.randint(-50, 50, (4, 9), dtype=t)
+    b = torch.randint(1, 7, (9,), dtype=t) * (torch.randint(0, 2, (9,), dtype=t) * 2 - 1)
+    check(text, [a, b])
+
+
+def test_where_cast_and_mixed_dtypes() -> None:
+    text = """graph m(%x: f32[5,7], %y: f64[], %i: i64[7]) -> (f32[5,7], i32[5,7], bool[5,7]) {
+  %0: bool[5,7] = gt(%x, %y)
+  %1: f32[7] = cast(%i) {dtype=f32}
+  %2: f32[5,7] = where(%0, %x, %1)
+  %3: i32[5,7] = cast(%2) {dtype=i32}
+  %4: bool[5,7] = isnan(%2)
+  return %2, %3, %4
+}"""
+    check(text, [torch.randn(5, 7) * 5, torch.tensor(0.25, dtype=torch.float64), torch.arange(7) - 3])
+
+
+ELEMENTWISE = region("elementwise", "%x: f32[4,1,16], %s: f32[16], %c: f32[3,1]", "f32[4,3,16], f32[4,3,16]", """
+    const %k: f32[] = 0.5
+    %0: f32[4,3,16] = mul(%x, %c)
+    %1: f32[4,3,16] = add(%0, %s)
+    %2: f32[4,3,16] = gelu(%1)
+    %3: f32[4,3,16] = mul(%2, %k)
+    return %3, %1
+""")
+
+
+def test_elementwise_region_broadcasts_hoists_and_reads_strided_inputs() -> None:
+    code = check(ELEMENTWISE)
+    assert "@njit(cache=True" in code and "nm.gelu_f32" in code
+    x = torch.randn(16, 1, 4).permute(2, 1, 0)  # a non-contiguous view
+    graph = parse_graph(ELEMENTWISE)
+    inputs = [x, torch.randn(16), torch.randn(3, 1)]
+    executable = build_executable(graph.clone(), BACKENDS)
+    assert_outputs_close(executable(*inputs), run_graph(graph, *inputs), 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("shape", ["[0,5]", "[1]", "[]", "[1,1,7]", "[3,0,1]"])
+def test_elementwise_edge_shapes(shape: str) -> None:
+    check(f"""graph m(%x: f32{shape}) -> (f32{shape}) {{
+  %0: f32{shape} = exp(%x)
+  %1: f32{shape} = add(%0, %x)
+  return %1
+}}""")
+
+
+REDUCTION = region("reduction", "%x: f32[2,5,48], %w: f32[48], %b: f32[48]",
+                   "f32[2,5,48], f32[2,5,48], f32[2,5,1], f32[2,5], f32[2,5]", """
+    %0: f32[2,5,48] = mul(%x, %w)
+    %1: f32[2,5,48] = softmax(%0) {dim=-1}
+    %2: f32[2,5,48] = layer_norm(%x, %w, %b) {normalized_shape=[48]}
+    %3: f32[2,5,1] = amax(%x) {dims=[-1], keepdim=true}
+    %4: f32[2,5,48] = sub(%x, %3)
+    %5: f32[2,5] = sum(%4) {dims=[2]}
+    %6: f32[2,5] = mean(%x) {dims=[-1]}
+    return %1, %2, %3, %5, %6
+""")
+
+
+def test_reduction_region_softmax_layer_norm_and_reductions() -> None:
+    check(REDUCTION, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, out", [
+    ("softmax(%x) {dim=-1}", "[6,33]"), ("log_softmax(%x) {dim=1}", "[6,33]"),
+    ("rms_norm(%x) {normalized_shape=[33], eps=1e-6}", "[6,33]"),
+    ("rms_norm(%x, %w) {normalized_shape=[33]}", "[6,33]"),
+    ("layer_norm(%x, %w, %w) {normalized_shape=[33]}", "[6,33]"), ("sum(%x) {dims=[-1], keepdim=true}", "[6,1]"),
+    ("amax(%x) {dims=[1]}", "[6]"), ("mean(%x) {dims=[-1]}", "[6]")])
+def test_single_row_ops(call: str, out: str) -> None:
+    text = f"graph m(%x: f32[6,33], %w: f32[33]) -> (f32{out}) {{\n  %0: f32{out} = {call}\n  return %0\n}}"
+    check(text, [torch.randn(6, 33) * 2 + 1, torch.randn(33)], rtol=1e-4, atol=1e-5)
+
+
+def test_linear_bias_gelu_region_fuses_into_onednn() -> None:
+    text = region("gemm", "%x: f32[2,3,64], %w: f32[32,64], %b: f32[32]", "f32[2,3,32]", """
+        %0: f32[2,3,32] = linear(%x, %w)
+        %1: f32[2,3,32] = add(%0, %b)
+        %2: f32[2,3,32] = gelu(%1)
+        return %2
+    """)
+    code = check(text, rtol=1e-4, atol=1e-5)
+    assert '_linear_pointwise(x, w, b, "gelu"' in code
+
+
+def test_gemm_region_with_residual_runs_a_numba_epilogue() -> None:
+    text = region("gemm", "%x: f32[8,64], %w: f32[16,64], %b: f32[16], %r: f32[8,16]", "f32[8,16]", """
+        %0: f32[8,16] = linear(%x, %w, %b)
+        %1: f32[8,16] = gelu(%0) {approximate="tanh"}
+        %2: f32[8,16] = add(%1, %r)
+        return %2
+    """)
+    code = check(text, rtol=1e-4, atol=1e-5)
+    assert "def k_region" in code and "out=out if out is not None else [p]" in code
+
+
+@pytest.mark.parametrize("text", [
+    "graph m(%a: f32[3,4,5], %b: f32[3,5,6]) -> (f32[3,4,6]) {\n  %0: f32[3,4,6] = bmm(%a, %b)\n  return %0\n}",
+    "graph m(%a: f64[4,5], %b: f64[5]) -> (f64[4]) {\n  %0: f64[4] = matmul(%a, %b)\n  return %0\n}",
+    "graph m(%x: f32[2,3,9,9], %w: f32[4,3,3,3], %b: f32[4]) -> (f32[2,4,5,5]) {\n"
+    "  %0: f32[2,4,5,5] = conv(%x, %w, %b) {stride=[2], padding=[1]}\n  %1: f32[2,4,5,5] = relu(%0)\n  return %1\n}",
+    "graph m(%x: f32[2,6,9], %w: f32[6,1,3]) -> (f32[2,6,7]) {\n"
+    "  %0: f32[2,6,7] = conv(%x, %w) {groups=6}\n  return %0\n}",
+])
+def test_products_match_eager(text: str) -> None:
+    check(text, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_bias_relu_region_fuses_into_onednn() -> None:
+    text = region("gemm", "%x: f32[2,3,9,9], %w: f32[4,3,3,3], %b: f32[4,1,1]", "f32[2,4,7,7]", """
+        %0: f32[2,4,7,7] = conv(%x, %w)
+        %1: f32[2,4,7,7] = add(%0, %b)
+        %2: f32[2,4,7,7] = relu(%1)
+        return %2
+    """)
+    assert '"relu"' in check(text, rtol=1e-4, atol=1e-5)
+
+
+def test_kernels_write_into_out_buffers() -> None:
+    graph = parse_graph(ELEMENTWISE)
+    kernel = NUMBA.compile(graph)
+    assert kernel.accepts_out and "@njit" in kernel.source
+    inputs = random_inputs(graph)
+    out = [torch.empty(4, 3, 16), torch.empty(4, 3, 16)]
+    result = kernel(*inputs, out=out)
+    assert result[0] is out[0] and result[1] is out[1]
+    assert_outputs_close(out, run_graph(graph, *inputs), 1e-5, 1e-6)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernel(*inputs, out=[torch.empty(16, 3, 4).permute(2, 1, 0), out[1]])
+
+
+@pytest.mark.parametrize("text", [
+    unary("exp", "f16"), unary("relu", "bf16"),
+    "graph m(%x: f32[6,5]) -> (f32[6,5]) {\n  %0: f32[6,5] = softmax(%x) {dim=0}\n  return %0\n}",
+    "graph m(%x: f32[6,5]) -> (f32[5]) {\n  %0: f32[5] = sum(%x) {dims=[0]}\n  return %0\n}",
+    "graph m(%x: f32[6,5]) -> (f32[]) {\n  %0: f32[] = sum(%x)\n  return %0\n}",
+    "graph m(%x: i64[6,5]) -> (i64[6,5]) {\n  %0: i64[6,5] = pow(%x, %x)\n  return %0\n}",
+    "graph m(%x: f32[2,3,4]) -> (f32[2,4,3]) {\n  %0: f32[2,4,3] = transpose(%x) {dim0=1, dim1=2}\n  return %0\n}",
+    region("generic", "%x: f32[4]", "f32[4]", "%0: f32[4] = exp(%x)\nreturn %0"),
+    region("elementwise", "%x: f32[4,5]", "f32[4]", "%0: f32[4] = sum(%x) {dims=[-1]}\nreturn %0"),
+    region("reduction", "%x: f32[4,5]", "f32[5]", "%0: f32[5] = sum(%x) {dims=[0]}\nreturn %0"),
+    region("gemm", "%x: f32[4,5], %w: f32[3,5]", "f32[4,3]",
+           "%0: f32[4,3] = linear(%x, %w)\n%1: f32[4,3] = softmax(%0) {dim=-1}\nreturn %1"),
+])
+def test_supports_declines_what_it_cannot_compile(text: str) -> None:
+    graph = parse_graph(text)
+    assert not NUMBA.supports(graph.nodes[-1])
+    check_reference_runs = build_executable(graph.clone(), BACKENDS)
+    assert all(p.backend is not NUMBA for p in check_reference_runs.partitions)
+
+
+def test_supports_claims_regions_and_single_ops() -> None:
+    for text in (ELEMENTWISE, REDUCTION):
+        graph = parse_graph(text)
+        assert NUMBA.supports(graph.nodes[0])
+        assert all(NUMBA.supports(n) for n in graph.nodes[0].attrs["body"].nodes)
+    symbolic = Graph("g")
+    x = symbolic.add_input("x", TensorType(("n", 4), DType.f32))
+    assert not NUMBA.supports(symbolic.add_node("relu", [x], output_types=[x.type]))
+
+
+_SUBPROCESS = """
+import time
+from heteropass.backends.numba_backend import NumbaBackend
+from heteropass.ir import parse_graph
+graph = parse_graph({text!r})
+start = time.perf_counter()
+kernel = NumbaBackend(cache_dir={cache!r}).compile(graph)
+seconds = time.perf_counter() - start
+stats = next(v.stats for k, v in kernel.__globals__.items() if k.startswith("k_"))
+print(seconds, sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+@pytest.mark.slow
+def test_second_process_loads_kernels_from_the_disk_cache(tmp_path: Path) -> None:
+    script = _SUBPROCESS.format(text=REDUCTION, cache=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout.split()
+            for _ in range(2)]
+    assert list(tmp_path.glob("k_*.py"))
+    (cold, cold_hits, cold_misses), (warm, warm_hits, warm_misses) = runs
+    assert (cold_hits, cold_misses, warm_hits, warm_misses) == ("0", "1", "1", "0")
+    assert float(warm) < float(cold) / 2, runs

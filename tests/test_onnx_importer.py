@@ -1,0 +1,301 @@
+"""ONNX import: Before/Expected graphs, numeric agreement with onnxruntime, fallbacks and malformed input."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir
+import onnxruntime
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from heteropass.ir import verify
+from heteropass.ir.compare import assert_graphs_equal
+from heteropass.ir.onnx_importer import OnnxImportError, import_onnx
+from heteropass.onnx_backend import HeteropassBackend
+from heteropass.testing import models
+
+F32, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+def make_model(nodes: list[onnx.NodeProto], inputs: list[tuple[str, int, list[int]]],
+               outputs: list[tuple[str, int, list[int] | None]], initializers: dict[str, np.ndarray] | None = None,
+               opset: int = 21) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+        [numpy_helper.from_array(a, n) for n, a in (initializers or {}).items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model.graph.input:
+        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = rng.integers(-7, 8, shape).astype(dtype)
+    return feeds
+
+
+def assert_matches_onnxruntime(model: onnx.ModelProto, **kwargs: object) -> None:
+    feeds = random_feeds(model)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, feeds)
+    actual = HeteropassBackend.prepare(model, **kwargs).run(feeds)
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# -- Before/Expected --------------------------------------------------------------------------------
+def test_initializers_become_constants_and_nodes_map_to_ir_ops() -> None:
+    model = make_model([helper.make_node("Add", ["x", "b"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+                       [("x", F32, [2, 3])], [("y", F32, [2, 3])], {"b": np.ones(3, np.float32)})
+    program = import_onnx(model)
+    assert (program.input_names, program.output_names, program.opset) == (["x"], ["y"], 21)
+    assert_graphs_equal(program.graph, """
+    graph g(%x: f32[2,3]) -> (f32[2,3]) {
+      const %b: f32[3] = [1.0, 1.0, 1.0]
+      %0: f32[2,3] = add(%x, %b)
+      %1: f32[2,3] = relu(%0)
+      return %1
+    }""")
+    assert [v.name for v in program.graph.nodes[-1].outputs] == ["y"]
+
+
+def test_shape_arithmetic_folds_into_a_static_reshape() -> None:
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+             helper.make_node("Unsqueeze", ["batch", "zero_axis"], ["batch1"]),
+             helper.make_node("Concat", ["batch1", "minus_one"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = make_model(nodes, [("x", F32, [2, 3, 4])], [("y", F32, [2, 12])],
+                       {"zero": np.array(0, np.int64), "zero_axis": np.array([0], np.int64),
+                        "minus_one": np.array([-1], np.int64)})
+    assert_graphs_equal(import_onnx(model).graph, """
+    graph g(%x: f32[2,3,4]) -> (f32[2,12]) {
+      %0: f32[2,12] = reshape(%x) {shape=[2, 12]}
+      return %0
+    }""")
+
+
+def test_gemm_with_transposed_weight_is_linear_and_asymmetric_conv_pads_first() -> None:
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[0, 1, 1, 0]),
+             helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc", "bias"], ["y"], transB=1)]
+    model = make_model(nodes, [("x", F32, [1, 2, 4, 4])], [("y", F32, [1, 5])],
+                       {"w": np.ones((3, 2, 2, 2), np.float32), "fc": np.ones((5, 48), np.float32),
+                        "bias": np.zeros(5, np.float32)})
+    assert_graphs_equal(import_onnx(model).graph, """
+    graph g(%x: f32[1,2,4,4]) -> (f32[1,5]) {
+      const %w: f32[3,2,2,2]
+      const %fc: f32[5,48]
+      const %bias: f32[5] = [0.0, 0.0, 0.0, 0.0, 0.0]
+      %0: f32[1,2,5,5] = pad(%x) {pads=[1, 0, 0, 1]}
+      %1: f32[1,3,4,4] = conv(%0, %w) {stride=[1, 1], padding=[0, 0], dilation=[1, 1]}
+      %2: f32[1,48] = reshape(%1) {shape=[1, 48]}
+      %3: f32[1,5] = linear(%2, %fc, %bias)
+      return %3
+    }""")
+
+
+# -- numeric agreement with onnxruntime -------------------------------------------------------------
+_CASES = {
+    "softmax_reduce": ([helper.make_node("Softmax", ["x"], ["s"], axis=1),
+                        helper.make_node("ReduceMean", ["s", "axes"], ["y"], keepdims=0)],
+                       [("x", F32, [2, 5, 3])], [("y", F32, [2, 3])], {"axes": np.array([1], np.int64)}),
+    "integer_div_mod": ([helper.make_node("Div", ["a", "b"], ["q"]), helper.make_node("Mod", ["a", "b"], ["r"]),
+                         helper.make_node("Mod", ["a", "b"], ["f"], fmod=1)],
+                        [("a", TensorProto.INT32, [6]), ("b", TensorProto.INT32, [6])],
+                        [("q", TensorProto.INT32, [6]), ("r", TensorProto.INT32, [6]), ("f", TensorProto.INT32, [6])],
+                        None),
+    "slice_negative_step": ([helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])],
+                            [("x", F32, [5, 7])], [("y", F32, [5, 3])],
+                            {"starts": np.array([-1], np.int64), "ends": np.array([-8], np.int64),
+                             "axes": np.array([1], np.int64), "steps": np.array([-3], np.int64)}),
+    "topk_cumsum": ([helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1),
+                     helper.make_node("CumSum", ["v", "axis"], ["y"], exclusive=1, reverse=1)],
+                    [("x", F32, [3, 6])], [("y", F32, [3, 4]), ("i", I64, [3, 4])],
+                    {"k": np.array([4], np.int64), "axis": np.array(1, np.int64)}),
+    "pool_norm": ([helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 0, 0],
+                                    ceil_mode=1),
+                   helper.make_node("AveragePool", ["p"], ["a"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
+                   helper.make_node("LayerNormalization", ["a", "scale"], ["y"], axis=-2)],
+                  [("x", F32, [1, 2, 7, 7])], [("y", F32, [1, 2, 4, 4])], {"scale": np.full((4, 4), 0.5, np.float32)}),
+    "resize_linear": ([helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")],
+                      [("x", F32, [1, 1, 3, 4])], [("y", F32, [1, 1, 6, 6])],
+                      {"scales": np.array([1, 1, 2, 1.5], np.float32)}),
+    "einsum_where": ([helper.make_node("Einsum", ["a", "b"], ["e"], equation="bij,bjk->bik"),
+                      helper.make_node("Greater", ["e", "zero"], ["m"]),
+                      helper.make_node("Where", ["m", "e", "zero"], ["y"])],
+                     [("a", F32, [2, 3, 4]), ("b", F32, [2, 4, 5])], [("y", F32, [2, 3, 5])],
+                     {"zero": np.array(0, np.float32)}),
+    "quantize_roundtrip": ([helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["q"]),
+                            helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"])],
+                           [("x", F32, [4, 5])], [("y", F32, [4, 5])],
+                           {"scale": np.array(0.02, np.float32), "zp": np.array(128, np.uint8)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CASES))
+def test_matches_onnxruntime(name: str) -> None:
+    nodes, inputs, outputs, initializers = _CASES[name]
+    assert_matches_onnxruntime(make_model(nodes, inputs, outputs, initializers))
+
+
+def test_old_opsets_are_upgraded_with_their_semantics() -> None:
+    # Softmax-11 normalizes over all dims from `axis` on, not just `axis`.
+    model = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=1)], [("x", F32, [2, 3, 4])],
+                       [("y", F32, [2, 3, 4])], opset=11)
+    assert import_onnx(model).opset == 13
+    assert_matches_onnxruntime(model)
+
+
+def test_onnx_ir_models_and_run_node() -> None:
+    model = make_model([helper.make_node("Tanh", ["x"], ["y"])], [("x", F32, [3])], [("y", F32, [3])])
+    assert import_onnx(onnx_ir.serde.deserialize_model(model)).graph.op_counts() == {"tanh": 1}
+    x = np.array([0.5, -1.0, 2.0], np.float32)
+    (y,) = HeteropassBackend.run_node(helper.make_node("Tanh", ["x"], ["y"]), [x])
+    np.testing.assert_allclose(y, np.tanh(x), rtol=1e-6)
+    assert HeteropassBackend.supports_device("CPU") and not HeteropassBackend.supports_device("CUDA")
+
+
+def test_inputs_needed_at_import_time_can_be_bound() -> None:
+    model = make_model([helper.make_node("Reshape", ["x", "shape"], ["y"])], [("x", F32, [2, 6]), ("shape", I64, [2])],
+                       [("y", F32, None)])
+    with pytest.raises(OnnxImportError, match="must be known at import time") as info:
+        import_onnx(model)
+    assert info.value.needs_values == ("shape",)
+    program = import_onnx(model, bind={"shape": np.array([3, -1])})
+    assert program.input_names == ["x"] and program.graph.outputs[0].type.shape == (3, 4)
+    rep = HeteropassBackend.prepare(model)
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    assert rep.run([x, np.array([4, 3])])[0].shape == (4, 3)
+    assert rep.run([x, np.array([6, 2])])[0].shape == (6, 2)
+
+
+# -- unsupported ops and fallbacks ------------------------------------------------------------------
+def _reverse_sequence_model() -> onnx.ModelProto:
+    node = helper.make_node("ReverseSequence", ["x", "lens"], ["r"], name="rev", batch_axis=1, time_axis=0)
+    return make_model([node, helper.make_node("Relu", ["r"], ["y"])], [("x", F32, [4, 3])], [("y", F32, [4, 3])],
+                      {"lens": np.array([4, 2, 1], np.int64)})
+
+
+def test_unsupported_op_names_op_node_and_opset() -> None:
+    with pytest.raises(OnnxImportError, match=r"node 'rev' \(ReverseSequence, opset 21\): op ReverseSequence is not "
+                                              "supported"):
+        import_onnx(_reverse_sequence_model())
+
+
+@pytest.mark.parametrize("fallback", ["reference", "onnxruntime"])
+def test_fallback_runs_the_node_with_an_onnx_evaluator(fallback: str) -> None:
+    model = _reverse_sequence_model()
+    program = import_onnx(model, fallback=fallback)
+    verify(program.graph)
+    assert program.graph.op_counts() == {"opaque": 1, "relu": 1}
+    assert_matches_onnxruntime(model, fallback=fallback)
+
+
+# -- malformed input --------------------------------------------------------------------------------
+def _relu_model() -> onnx.ModelProto:
+    return make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [2])], [("y", F32, [2])],
+                      {"w": np.arange(64, dtype=np.float32)})
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_relu_model().SerializeToString()[:-40])
+    with pytest.raises(OnnxImportError, match="truncated or corrupt"):
+        import_onnx(path)
+
+
+def test_undefined_input() -> None:
+    model = make_model([helper.make_node("Add", ["x", "missing_weight"], ["y"], name="add")], [("x", F32, [2])],
+                       [("y", F32, [2])])
+    with pytest.raises(OnnxImportError, match="node 'add' \\(Add\\) reads 'missing_weight', which is neither"):
+        import_onnx(model)
+
+
+def test_wrong_attribute_type() -> None:
+    node = helper.make_node("Transpose", ["x"], ["y"], name="t", perm=[1.0, 0.0])
+    model = make_model([node], [("x", F32, [2, 3])], [("y", F32, [3, 2])])
+    with pytest.raises(OnnxImportError, match="attribute 'perm' must be INTS, got FLOATS"):
+        import_onnx(model)
+
+
+def test_cycle() -> None:
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+             helper.make_node("Relu", ["a"], ["b"], name="second")]
+    model = make_model(nodes, [("x", F32, [2])], [("b", F32, [2])])
+    with pytest.raises(OnnxImportError, match=r"cycle: nodes \['first', 'second'\]"):
+        import_onnx(model)
+
+
+def _save_with_external_data(folder: Path) -> Path:
+    folder.mkdir()
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [("x", F32, [64])], [("y", F32, [64])],
+                       {"w": np.arange(64, dtype=np.float32)})
+    path = folder / "model.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    return path
+
+
+def _point_external_data(path: Path, location: str) -> None:
+    model = onnx.load(path, load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save_model(model, path)
+
+
+def test_external_data_inside_the_folder_loads(tmp_path: Path) -> None:
+    path = _save_with_external_data(tmp_path / "m")
+    graph = import_onnx(path).graph
+    assert torch.equal(graph.constants["w"].const, torch.arange(64, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_external_data_outside_the_folder_is_rejected(tmp_path: Path, where: str) -> None:
+    path = _save_with_external_data(tmp_path / "m")
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes((path.parent / "weights.bin").read_bytes())
+    if where == "parent":
+        location, problem = "../secret.bin", "leaves the model's folder"
+    elif where == "absolute":
+        location, problem = str(outside), "is an absolute path"
+    else:
+        os.symlink(outside, path.parent / "link.bin")
+        location, problem = "link.bin", "outside the model's folder"
+    _point_external_data(path, location)
+    with pytest.raises(OnnxImportError, match=f"external data of tensor 'w': location .* {problem}"):
+        import_onnx(path)
+
+
+# -- models exported from PyTorch -------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp", "resnet_cnn"])
+def test_torch_exported_models(name: str) -> None:
+    model = models.mlp() if name == "mlp" else models.resnet_cnn()
+    inputs = models.mlp_inputs() if name == "mlp" else models.resnet_inputs()
+    model.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, buffer, dynamo=False)
+    proto = onnx.load_from_string(buffer.getvalue())
+    assert "opaque" not in import_onnx(proto).graph.op_counts()
+    assert_matches_onnxruntime(proto)
+    (actual,) = HeteropassBackend.prepare(proto).run([t.numpy() for t in inputs])
+    with torch.no_grad():
+        np.testing.assert_allclose(actual, model(*inputs).numpy(), rtol=1e-4, atol=1e-5)
