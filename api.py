@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .backends import resolve_backends
 from .backends.base import Backend
 from .backends.executable import Executable, build_executable
 from .ir import Graph, format_graph
@@ -22,7 +23,8 @@ from .passes.pipelines import default_pipeline
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """Everything that steers a compilation. `disable` names passes to skip (kebab-case)."""
+    """Everything that steers a compilation. `disable` names passes to skip (kebab-case);
+    `backends` names the backends in priority order (the reference backend runs the rest)."""
 
     opt_level: int = 2
     dump_dir: str | None = None
@@ -32,9 +34,10 @@ class CompileOptions:
     print_after_change: bool = False
     verify_each: bool = False
     check_each: bool = False
+    backends: tuple[str, ...] = ("reference",)
 
 
-def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend] | None = None
+def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend | str] | None = None
              ) -> tuple[PipelineResult, Executable]:
     """Run the default pipeline of `options.opt_level` on `graph` and build its executable.
 
@@ -47,7 +50,8 @@ def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend] 
                                   verify_each=options.verify_each, check_each=options.check_each)
     result = PassManager(default_pipeline(options.opt_level), ctx, instruments).run(graph)
     planned = options.opt_level >= 2 and "plan-memory" not in options.disable
-    executable = build_executable(result.graph, backends, plan_memory=planned)
+    chosen = resolve_backends(options.backends if backends is None else backends)
+    executable = build_executable(result.graph, chosen, plan_memory=planned)
     if options.dump_dir:
         placement = ", ".join(f"{p.name} ({len(p.nodes)} nodes @{p.backend.device})" for p in executable.partitions)
         header = f"after partitioning: {len(executable.partitions)} partition(s): {placement}"
@@ -111,21 +115,23 @@ class CompiledModule:
 
 def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
             example_kwargs: dict[str, Any] | None = None, opt_level: int = 2, dump_dir: str | None = None,
-            strict: bool = False, disable: Sequence[str] = (), backends: Sequence[Backend] | None = None,
+            strict: bool = False, disable: Sequence[str] = (), backends: Sequence[Backend | str] = ("reference",),
             print_after_all: bool = False, print_after_change: bool = False, verify_each: bool = False,
             check_each: bool = False) -> CompiledModule:
     """Compile `model` for inputs shaped like `example_inputs` (a tuple of positional arguments).
 
     `opt_level` 0-3 picks the pipeline; `dump_dir` (or the HETEROPASS_DUMP_DIR environment variable)
     receives the IR after every pass, `summary.json` and the emitted module; `strict=True` turns ops
-    heteropass does not know into an error instead of a PyTorch fallback.
+    heteropass does not know into an error instead of a PyTorch fallback; `backends` lists the
+    backends to use in priority order, by name ("numba", "reference") or as instances.
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     options = CompileOptions(opt_level=opt_level, dump_dir=dump_dir_from_env(dump_dir), strict=strict,
                              disable=tuple(disable), print_after_all=print_after_all,
                              print_after_change=print_after_change, verify_each=verify_each,
-                             check_each=check_each)
+                             check_each=check_each,
+                             backends=tuple(b if isinstance(b, str) else b.name for b in backends))
     start = time.perf_counter()
     program = import_module(model, example_inputs, strict=strict, example_kwargs=example_kwargs)
     import_ms = (time.perf_counter() - start) * 1e3

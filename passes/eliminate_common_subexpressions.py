@@ -18,6 +18,10 @@ _SAMPLE_ELEMENTS = 256
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's bytes as a flat u8 tensor: equality of bits, so NaN == NaN and -0.0 != 0.0."""
+    if tensor.numel() == 0:
+        # An empty tensor counts as contiguous whatever its strides, so a stride of 0 survives
+        # `contiguous()` and `view` would refuse it.
+        return torch.empty(0, dtype=torch.uint8)
     return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
 
 

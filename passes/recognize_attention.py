@@ -89,6 +89,13 @@ def _check_where(m: Match) -> str | None:
     return None
 
 
+def _as_mask(m: Match, mask: Value) -> Value:
+    """`mask` with at least two dims: sdpa indexes the mask's last two dims, even where it broadcasts."""
+    for _ in range(2 - mask.type.rank):
+        mask = m.call("unsqueeze", mask, dim=0)
+    return mask
+
+
 def _rewrite(m: Match) -> Value:
     q, kt, v = m["q"], m["kt"], m["v"]
     producer = kt.producer
@@ -103,9 +110,9 @@ def _rewrite(m: Match) -> Value:
             return m.call("scaled_dot_product_attention", q, k, v, is_causal=True, scale=scale)
         assert kept is not None
         keep = m["cond"] if m.get("cond") is not None else m.constant("keep", kept)
-        return m.call("scaled_dot_product_attention", q, k, v, keep, scale=scale)
+        return m.call("scaled_dot_product_attention", q, k, v, _as_mask(m, keep), scale=scale)
     mask = m.get("mask")
-    operands = [q, k, v] if mask is None else [q, k, v, mask]
+    operands = [q, k, v] if mask is None else [q, k, v, _as_mask(m, mask)]
     return m.call("scaled_dot_product_attention", *operands, scale=scale)
 
 
@@ -125,7 +132,8 @@ class RecognizeAttentionPass(PatternPass):
     scaled_dot_product_attention(q, k, v, mask) with k = kt^T (the transpose's operand when kt is one).
     `/ c` gives scale 1/c. A where-condition must be a constant that masks no whole row (sdpa gives such
     rows 0, the graph NaN); a causal one becomes is_causal, and a finfo.min fill counts as -inf. With an
-    additive mask that holds a row of -inf, that row also becomes 0 instead of NaN."""
+    additive mask that holds a row of -inf, that row also becomes 0 instead of NaN. A mask of rank below 2
+    (a scalar bias) gets leading unit dims."""
 
     name = "recognize-attention"
     opt_level = 2

@@ -7,9 +7,6 @@ fails if a test listed here passes or one not listed fails, so the list stays ex
 from __future__ import annotations
 
 EXPECTED_FAILURES: dict[str, tuple[str, ...]] = {
-    "pass bug: recognize-attention rewrites FlexAttention's score_mod graph into a wrong shape (reported)": (
-        "test_flexattention_score_mod", "test_flexattention_score_mod_expanded_ver26",
-    ),
     "float8/float4/int4/int2/uint4/uint2 tensors: no such element type in the IR": (
         "test_cast_FLOAT16_to_FLOAT4E2M1", "test_cast_FLOAT16_to_FLOAT8E4M3FN", "test_cast_FLOAT16_to_FLOAT8E4M3FNUZ",
         "test_cast_FLOAT16_to_FLOAT8E5M2", "test_cast_FLOAT16_to_FLOAT8E5M2FNUZ", "test_cast_FLOAT16_to_INT2",

@@ -154,3 +154,14 @@ def test_check_each_and_verify_each_pass_on_a_transformer() -> None:
     cm = hp.compile(models.gpt2_style(), models.gpt2_style_inputs(), check_each=True, verify_each=True)
     drifts = [r.stats.get("drift", 0.0) for r in cm.pipeline.records]
     assert drifts and max(drifts) <= 1e-5
+
+
+def test_numba_backend_by_name_claims_compute() -> None:
+    model, inputs = models.mlp(), models.mlp_inputs()
+    cm = hp.compile(model, inputs, backends=["numba"])
+    with torch.no_grad():
+        assert_close_to_eager(cm(*models.mlp_inputs(seed=5)), model(*models.mlp_inputs(seed=5)), rtol=1e-4)
+    assert {p.backend.name for p in cm.executable.partitions} == {"numba"}
+    assert "torch.ops.mkldnn._linear_pointwise(x, w, b, \"gelu\"" in cm.code
+    with pytest.raises(ValueError, match="unknown backend 'tvm'"):
+        hp.compile(model, inputs, backends=["tvm"])

@@ -140,3 +140,27 @@ def test_large_constants_differing_outside_the_hash_sample_are_kept() -> None:
       return %1
     }"""
     assert not check(text, text, constants={"w1": w, "w2": other}).modified
+
+
+def test_empty_constants_with_zero_strides_merge_by_type() -> None:
+    # Expanded empty tensors (as the ONNX importer makes for ConstantOfShape of a 0 dim) have stride 0.
+    result = check("""
+    graph g(%x: f32[3,0]) -> (f32[3,0]) {
+      const %e1: f32[3,0]
+      const %e2: f32[3,0]
+      const %e3: f32[0]
+      %0: f32[3,0] = add(%x, %e1)
+      %1: f32[3,0] = add(%0, %e2)
+      %2: f32[3,0] = add(%1, %e3)
+      return %2
+    }""", """
+    graph g(%x: f32[3,0]) -> (f32[3,0]) {
+      const %e1: f32[3,0]
+      const %e3: f32[0]
+      %0: f32[3,0] = add(%x, %e1)
+      %1: f32[3,0] = add(%0, %e1)
+      %2: f32[3,0] = add(%1, %e3)
+      return %2
+    }""", constants={"e1": torch.empty(0).expand(3, 0), "e2": torch.zeros(()).expand(3, 0),
+                     "e3": torch.zeros(()).expand(0)})
+    assert result.stats == {"nodes_merged": 0, "constants_merged": 1}

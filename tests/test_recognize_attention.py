@@ -147,3 +147,31 @@ def test_input_condition_or_a_fully_masked_row_stays() -> None:
     assert pass_.report.why_not("attention", "4") == ("attention at %4: the condition is not a constant, so a row "
                                                       "might be fully masked")
     assert pass_.report.why_not("attention", "8") == "attention at %8: the condition masks a whole row"
+
+
+def test_scalar_and_vector_masks_get_two_dims() -> None:
+    # FlexAttention's score_mod adds a scalar bias; sdpa reads the mask's last two dims even to broadcast.
+    check_pass(RecognizeAttentionPass(), """
+    graph g(%q: f32[1,2,3,4], %kt: f32[1,2,4,3], %v: f32[1,2,3,4], %row: f32[3]) -> (f32[1,2,3,4], f32[1,2,3,4]) {
+      const %bias: f32[] = 0.5
+      %0: f32[1,2,3,3] = matmul(%q, %kt)
+      %1: f32[1,2,3,3] = add(%0, %bias)
+      %2: f32[1,2,3,3] = softmax(%1) {dim=3}
+      %3: f32[1,2,3,4] = matmul(%2, %v)
+      %4: f32[1,2,3,3] = matmul(%q, %kt)
+      %5: f32[1,2,3,3] = add(%4, %row)
+      %6: f32[1,2,3,3] = softmax(%5) {dim=3}
+      %7: f32[1,2,3,4] = matmul(%6, %v)
+      return %3, %7
+    }""", """
+    graph g(%q: f32[1,2,3,4], %kt: f32[1,2,4,3], %v: f32[1,2,3,4], %row: f32[3]) -> (f32[1,2,3,4], f32[1,2,3,4]) {
+      const %bias: f32[] = 0.5
+      %0: f32[1,2,3,4] = transpose(%kt) {dim0=-2, dim1=-1}
+      %1: f32[1] = unsqueeze(%bias) {dim=0}
+      %2: f32[1,1] = unsqueeze(%1) {dim=0}
+      %3: f32[1,2,3,4] = scaled_dot_product_attention(%q, %0, %v, %2) {scale=1.0}
+      %4: f32[1,2,3,4] = transpose(%kt) {dim0=-2, dim1=-1}
+      %5: f32[1,3] = unsqueeze(%row) {dim=0}
+      %6: f32[1,2,3,4] = scaled_dot_product_attention(%q, %4, %v, %5) {scale=1.0}
+      return %3, %6
+    }""", atol=1e-5)
