@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--disable", default="", help="comma-separated pass names to skip")
         sub.add_argument("--fallback", choices=["reference", "onnxruntime"],
                          help="run ops heteropass does not support through this evaluator instead of failing")
-        sub.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        # SUPPRESS as default: otherwise the subcommand's False overwrites `heteropass --debug compile ...`.
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return sub
 
     compile_cmd = add("compile", "import, optimize and export; print what each pass did")

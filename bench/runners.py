@@ -49,11 +49,11 @@ def onnxruntime(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], thread
     return lambda: session.run(None, feed)
 
 
-def heteropass(opt_level: int) -> Runner:
+def heteropass(opt_level: int, backends: tuple[str, ...] = ("reference",)) -> Runner:
     def runner(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], Any]:
         import heteropass as hp
 
-        compiled = hp.compile(model, inputs, opt_level=opt_level)
+        compiled = hp.compile(model, inputs, opt_level=opt_level, backends=backends)
 
         def run() -> Any:
             with torch.no_grad():
@@ -70,6 +70,7 @@ RUNNERS: dict[str, Runner] = {
     "onnxruntime": onnxruntime,
     "heteropass-O0": heteropass(0),
     "heteropass-O2": heteropass(2),
+    "heteropass-O2-numba": heteropass(2, ("numba", "reference")),
 }
 
 

@@ -128,21 +128,23 @@ def test_contracts_accept_what_their_kinds_allow() -> None:
 
 @pytest.mark.slow
 def test_recommended_order_on_a_gpt2_style_block() -> None:
-    """fuse-gemm-epilogue, fuse-reductions, fuse-elementwise: every region keeps its contract, the
-    results stay the same and a second round changes nothing."""
+    """The O2 pipeline fuses in the recommended order (fuse-gemm-epilogue, fuse-reductions,
+    fuse-elementwise): every region keeps its contract, the results stay the same and another
+    round changes nothing."""
     program = import_module(models.gpt2_style(), models.gpt2_style_inputs())
-    graph = PassManager(default_pipeline(2), PassContext()).run(program.graph).graph
-    original = graph.clone()
-    passes = [FuseGemmEpiloguePass(), FuseReductionsPass(), FuseElementwisePass()]
-    stats = {p.name: p(graph).stats for p in passes}
+    original = program.graph.clone()
+    result = PassManager(default_pipeline(2), PassContext()).run(program.graph)
+    graph = result.graph
+    stats = {r.name: r.stats for r in result.records if r.name.startswith("fuse-")}
     verify(graph)
-    # Products absorb the scale and mask before each softmax; each layer_norm's input is also a residual.
-    assert stats["fuse-gemm-epilogue"] == {"regions": 8, "nodes_fused": 18}
+    # After attention is recognized, each linear absorbs its activation or residual add.
+    assert stats["fuse-gemm-epilogue"] == {"regions": 6, "nodes_fused": 12}
     for node in graph.nodes:
         if node.op == "fused":
             check_region_contract(node)
     inputs = program.flatten_inputs(models.gpt2_style_inputs())
     torch.testing.assert_close(run_graph(graph, *inputs), run_graph(original, *inputs))
+    passes = [FuseGemmEpiloguePass(), FuseReductionsPass(), FuseElementwisePass()]
     assert not any(p(graph).modified for p in passes)
 
 

@@ -253,8 +253,8 @@ def test_pass_registry_names_every_pass():
     registry = pass_registry()
     assert sorted(registry) == [
         "eliminate-common-subexpressions", "eliminate-dead-code", "fold-batchnorm-into-conv", "fold-constants",
-        "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias", "fuse-reductions", "propagate-shapes",
-        "plan-memory", "recognize-attention", "recognize-gelu", "recognize-layer-norm", "recognize-rms-norm",
+        "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias", "fuse-reductions", "plan-memory",
+        "propagate-shapes", "recognize-attention", "recognize-gelu", "recognize-layer-norm", "recognize-rms-norm",
         "recognize-softmax", "simplify-algebra"]
     assert all(cls.name == name for name, cls in registry.items())
 
