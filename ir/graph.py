@@ -174,6 +174,22 @@ class Graph:
             self._names.discard(value.name)
         node.graph = None
 
+    def remove_dead(self, nodes: Iterable[Node]) -> None:
+        """Remove whichever of `nodes` are dead (no output used or returned), then whatever only they
+        kept alive: producers and constants left without readers."""
+        stack = sorted(set(nodes), key=self.nodes.index)
+        while stack:
+            node = stack.pop()
+            if node.graph is not self or any(v.uses or self.is_output(v) for v in node.outputs):
+                continue
+            operands = list(node.inputs)
+            self.remove_node(node)
+            for value in operands:
+                if value.producer is not None:
+                    stack.append(value.producer)
+                elif self.constants.get(value.name) is value and not value.uses and not self.is_output(value):
+                    self.remove_constant(value)
+
     def remove_constant(self, value: Value) -> None:
         """Remove a constant nothing reads."""
         if value.uses or self.is_output(value):

@@ -370,23 +370,6 @@ def _outside_use(match: Match) -> str | None:
     return None
 
 
-def _erase(graph: Graph, nodes: Iterable[Node]) -> None:
-    """Remove whichever of `nodes` are dead, then whatever only they kept alive (producers the rewrite
-    bypassed, such as a transpose it folded, and constants)."""
-    stack = sorted(set(nodes), key=graph.nodes.index)
-    while stack:
-        node = stack.pop()
-        if node.graph is not graph or any(v.uses or graph.is_output(v) for v in node.outputs):
-            continue
-        operands = list(node.inputs)
-        graph.remove_node(node)
-        for value in operands:
-            if value.producer is not None:
-                stack.append(value.producer)
-            elif graph.constants.get(value.name) is value and not value.uses and not graph.is_output(value):
-                graph.remove_constant(value)
-
-
 def _try(rule: Rule, graph: Graph, root: Node, report: RewriteReport) -> bool:
     trace = _Trace()
     failure: tuple[int, str] | None = None
@@ -408,7 +391,7 @@ def _try(rule: Rule, graph: Graph, root: Node, report: RewriteReport) -> bool:
                                                         f"not {old.type}")
             continue
         graph.replace_all_uses(old, replacement)
-        _erase(graph, match.nodes)
+        graph.remove_dead(match.nodes)
         report.applied[rule.name] = report.applied.get(rule.name, 0) + 1
         report.misses.pop((rule.name, id(old)), None)
         return True

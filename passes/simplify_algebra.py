@@ -168,22 +168,6 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _erase_dead(graph: Graph, node: Node) -> None:
-    """Remove `node` and then whatever only it kept alive (producers and constants)."""
-    stack = [node]
-    while stack:
-        dead = stack.pop()
-        if dead.graph is not graph or any(v.uses or graph.is_output(v) for v in dead.outputs):
-            continue
-        operands = list(dead.inputs)
-        graph.remove_node(dead)
-        for value in operands:
-            if value.producer is not None:
-                stack.append(value.producer)
-            elif graph.constants.get(value.name) is value and not value.uses and not graph.is_output(value):
-                graph.remove_constant(value)
-
-
 class SimplifyAlgebraPass(Pass):
     """Apply the identity rules in `RULES` (x*1, x+0, neg(neg(x)), permute/reshape chains, no-op and
     round-trip casts, full slices, ...) until none matches, replacing a node only by a value of
@@ -217,7 +201,7 @@ class SimplifyAlgebraPass(Pass):
                     if replacement is None or replacement.type != node.output.type:
                         continue
                     graph.replace_all_uses(node.output, replacement)
-                    _erase_dead(graph, node)
+                    graph.remove_dead([node])
                     stats[rule.name] = stats.get(rule.name, 0) + 1
                     changed = True
                     break

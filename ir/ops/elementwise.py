@@ -28,7 +28,8 @@ _BINARY = {
 }
 
 
-def _register_unary(name: str, fn: object) -> None:
+def register_unary(name: str, fn: object) -> None:
+    """Register `name` as the elementwise op computing `fn(x)`."""
     def reference(x: torch.Tensor) -> torch.Tensor:
         return fn(x)  # type: ignore[operator]
 
@@ -36,7 +37,8 @@ def _register_unary(name: str, fn: object) -> None:
     register(name, ["x"], kind="elementwise")(reference)
 
 
-def _register_binary(name: str, fn: object, commutative: bool) -> None:
+def register_binary(name: str, fn: object, commutative: bool) -> None:
+    """Register `name` as the broadcasting elementwise op computing `fn(a, b)`."""
     def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return fn(a, b)  # type: ignore[operator]
 
@@ -45,9 +47,9 @@ def _register_binary(name: str, fn: object, commutative: bool) -> None:
 
 
 for _name, _fn in _UNARY.items():
-    _register_unary(_name, _fn)
+    register_unary(_name, _fn)
 for _name, (_fn, _comm) in _BINARY.items():
-    _register_binary(_name, _fn, _comm)
+    register_binary(_name, _fn, _comm)
 
 
 @register("div", ["a", "b"], {"rounding_mode": Attr("str", None, optional=True)}, kind="elementwise")

@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .elementwise import register_binary, register_unary
 from .registry import Attr, register
 
 _UNARY = {
@@ -20,26 +21,10 @@ _BINARY = {
 }
 
 
-def _register_unary(name: str, fn: object) -> None:
-    def reference(x: torch.Tensor) -> torch.Tensor:
-        return fn(x)  # type: ignore[operator]
-
-    reference.__doc__ = f"torch semantics of {name}(x)."
-    register(name, ["x"], kind="elementwise")(reference)
-
-
-def _register_binary(name: str, fn: object, commutative: bool) -> None:
-    def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return fn(a, b)  # type: ignore[operator]
-
-    reference.__doc__ = f"torch semantics of {name}(a, b), broadcasting."
-    register(name, ["a", "b"], kind="elementwise", commutative=commutative)(reference)
-
-
 for _name, _fn in _UNARY.items():
-    _register_unary(_name, _fn)
+    register_unary(_name, _fn)
 for _name, (_fn, _comm) in _BINARY.items():
-    _register_binary(_name, _fn, _comm)
+    register_binary(_name, _fn, _comm)
 
 
 @register("flip", ["x"], {"dims": Attr("ints")}, kind="shape")
