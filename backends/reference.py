@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..ir import DType, Graph, Node, get_op
+from ..ir.inline import inline_regions
 from ..ir.ops.registry import as_outputs
 from .base import Backend, Kernel
 from .codegen import Namer, load_function, py_literal, python_name
@@ -32,35 +33,19 @@ class ReferenceBackend(Backend):
         return True
 
     def compile(self, partition: Graph) -> Kernel:
-        return compile_function(partition)
+        source, namespace = kernel_source(partition)
+        return load_function(source, namespace, python_name(partition.name))
 
 
-def compile_function(graph: Graph, name: str | None = None) -> Kernel:
-    """`graph` as a Python function; its `.source` lists region functions first, then its own."""
-    source, namespace, regions = kernel_source(graph)
-    function = load_function(source, namespace, python_name(graph.name))
-    if name is not None:
-        source = source.replace(f"def {python_name(graph.name)}(", f"def {name}(", 1)
-    function.source = "\n".join([*regions, source])
-    return function
-
-
-def kernel_source(graph: Graph) -> tuple[str, dict[str, Any], list[str]]:
-    """The Python source of `graph` as one function, the globals it needs, and the listings of
-    the functions its region ops (`fused`) call: `[v5] = region_5(v1, v2)`."""
-    op_names = {node.op for node in graph.nodes if not get_op(node.op).graph_attrs}
+def kernel_source(graph: Graph) -> tuple[str, dict[str, Any]]:
+    """The Python source of `graph` as one function, and the globals it needs. Region ops (`fused`)
+    are inlined: in PyTorch a region costs the same as its nodes, and a call of its own would not."""
+    graph = inline_regions(graph)
+    op_names = {node.op for node in graph.nodes}
     function = python_name(graph.name)
     namer = Namer([*op_names, function, "DType", "as_outputs"])
     namespace: dict[str, Any] = {"DType": DType, "as_outputs": as_outputs}
     namespace.update((op, get_op(op).reference) for op in sorted(op_names))
-    regions: dict[int, str] = {}
-    sources: list[str] = []
-    for node in graph.nodes:
-        for attr in get_op(node.op).graph_attrs:
-            name = namer.reserve(python_name(f"region_{node.outputs[0].name}"))
-            namespace[name] = region = compile_function(node.attrs[attr], name)
-            sources.append(region.source)
-            regions[id(node)] = name
     params = [namer(v) for v in graph.inputs]
     for value in graph.constants.values():
         namespace[namer(value)] = value.const
@@ -74,20 +59,18 @@ def kernel_source(graph: Graph) -> tuple[str, dict[str, Any], list[str]]:
 
     lines = [f"def {function}({', '.join(params)}):"]
     for node in graph.nodes:
-        lines.append(f"    {_statement(node, namer, regions.get(id(node)))}")
+        lines.append(f"    {_statement(node, namer)}")
         dead = [v for v in node.outputs if id(v) not in last_reader and id(v) not in returned]
         dead += [v for v in dict.fromkeys(node.inputs) if v.producer is not None and
                  last_reader[id(v)] is node and id(v) not in returned]
         if dead:
             lines.append(f"    del {', '.join(namer(v) for v in dead)}")
     lines.append(f"    return [{', '.join(namer(v) for v in graph.outputs)}]")
-    return "\n".join(lines) + "\n", namespace, sources
+    return "\n".join(lines) + "\n", namespace
 
 
-def _statement(node: Node, namer: Namer, region: str | None) -> str:
+def _statement(node: Node, namer: Namer) -> str:
     targets = ", ".join(namer(v) for v in node.outputs)
-    if region is not None:
-        return f"[{targets}] = {region}({', '.join(namer(v) for v in node.inputs)})"
     args = [namer(v) for v in node.inputs] + [f"{k}={py_literal(v)}" for k, v in node.attrs.items()]
     call = f"{node.op}({', '.join(args)})"
     kind = get_op(node.op).kind

@@ -39,17 +39,24 @@ def run_example(name: str, model: torch.nn.Module, inputs: tuple[Any, ...], opt_
     start = time.perf_counter()
     cm = hp.compile(model, inputs, opt_level=opt_level, dump_dir=str(dump_dir))
     compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    numba = hp.compile(model, inputs, opt_level=opt_level, backends=["numba"])
+    numba_s = time.perf_counter() - start
     with torch.no_grad():
         expected = model(*inputs)
         error = max_relative_error(cm(*inputs), expected)
+        numba_error = max_relative_error(numba(*inputs), expected)
         eager = median_ms(lambda: model(*inputs))
     compiled = median_ms(lambda: cm(*inputs))
+    compiled_numba = median_ms(lambda: numba(*inputs))
 
     print(f"== {name}: compiled at O{opt_level} in {compile_s:.2f} s "
           f"({len(cm.graph.nodes)} nodes, {len(cm.graph.constants)} constants)")
     print(cm.report)
-    print(f"max relative error vs eager: {error:.2e}")
-    print(f"median latency, 1 thread: eager {eager:.3f} ms, heteropass {compiled:.3f} ms "
-          f"({eager / compiled:.2f}x eager)")
+    print(f"median latency, 1 thread (max relative error vs eager):\n"
+          f"  eager PyTorch                 {eager:8.3f} ms\n"
+          f"  heteropass, reference backend {compiled:8.3f} ms  {eager / compiled:.2f}x eager  ({error:.1e})\n"
+          f"  heteropass, numba backend     {compiled_numba:8.3f} ms  {eager / compiled_numba:.2f}x eager  "
+          f"({numba_error:.1e}, compiled in {numba_s:.2f} s)")
     files = sorted(p.name for p in dump_dir.iterdir())
     print(f"dumps in {dump_dir}/: {', '.join(files)}")

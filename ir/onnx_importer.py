@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 
 from . import onnx_rules_math, onnx_rules_nn, onnx_rules_resize, onnx_rules_shape  # noqa: F401  (registration)
 from .graph import Graph, Value
+from .numbers import shortest_f32
 from .onnx_functions import expand, function_body
 from .onnx_lowering import (
     DTYPE_TO_ONNX,
@@ -209,7 +210,12 @@ def attribute_values(node: onnx.NodeProto, opset: int, where: str) -> dict[str, 
                 raise OnnxImportError(f"{where}: attribute '{attr.name}' must be {expected.name}, "
                                       f"got {onnx.AttributeProto.AttributeType.Name(attr.type)}")
         value = onnx.helper.get_attribute_value(attr)
-        if isinstance(value, bytes):
+        # ONNX stores float attributes as float32; read each as the decimal it was written as (1e-05).
+        if attr.type == onnx.AttributeProto.FLOAT:
+            value = shortest_f32(value)
+        elif attr.type == onnx.AttributeProto.FLOATS:
+            value = [shortest_f32(v) for v in value]
+        elif isinstance(value, bytes):
             value = value.decode()
         elif isinstance(value, list) and value and isinstance(value[0], bytes):
             value = [v.decode() for v in value]

@@ -112,12 +112,13 @@ class PipelineResult:
         return any(r.modified for r in self.records)
 
     def summary_text(self) -> str:
-        """A table of the passes that ran: time, node count, changed or not, and their statistics."""
-        lines = [f"{'#':>3}  {'pass':<52} {'time':>9}  {'nodes':>11}  what changed"]
+        """A table of the passes that ran: time, node count, and their statistics."""
+        width = max([len(r.name + r.where) for r in self.records] + [4])
+        lines = [f"{'#':>3}  {'pass':<{width}} {'time':>9}  {'nodes':>9}  what changed"]
         for r in self.records:
             changes = r.stats_text() or ("changed" if r.modified else "-")
-            lines.append(f"{r.index:>3}  {r.name + r.where:<52} {r.time_ms:>6.2f} ms  "
-                         f"{f'{r.nodes_before}->{r.nodes_after}':>11}  {changes}")
+            lines.append(f"{r.index:>3}  {r.name + r.where:<{width}} {r.time_ms:>6.2f} ms  "
+                         f"{f'{r.nodes_before}->{r.nodes_after}':>9}  {changes}")
         total = sum(r.time_ms for r in self.records)
         lines.append(f"total: {len(self.records)} passes, {sum(r.modified for r in self.records)} changed the graph, "
                      f"{total:.2f} ms, {sum(self.input_counts.values())} -> {len(self.graph.nodes)} nodes")

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..ir import Graph, Node, Value, format_node, get_op
+from ..ir.numbers import shortest_float
 from .base import Pass, PassContext, PassResult
 
 ValueCheck = Callable[[Value], bool]
@@ -114,18 +115,6 @@ class Pat:
         if self.kind == "any":
             return f"{label}any({', '.join(map(repr, self.alternatives))})"
         return f"{label}{self.kind}" + (f"({self.value:g})" if self.value is not None else "")
-
-
-def shortest_float(tensor: torch.Tensor) -> float:
-    """The one element of `tensor` as the shortest float that rounds back to it in the tensor's dtype, so
-    an f32 1e-5 becomes the attribute 1e-05, not 9.999999747378752e-06."""
-    exact = float(tensor.reshape(()).item())
-    if tensor.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for digits in range(1, 18):
-            short = float(f"{exact:.{digits}g}")
-            if torch.tensor(short, dtype=tensor.dtype).item() == exact:
-                return short
-    return exact
 
 
 def describe(value: Value) -> str:

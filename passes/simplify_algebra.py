@@ -87,6 +87,43 @@ def _compose_permutes(node: Node) -> Value | None:
                                source=node.source).output
 
 
+def _swap_as_transpose(node: Node) -> Value | None:
+    """A permute or transpose that swaps exactly two dims a < b -> transpose{dim0=a, dim1=b}, the one
+    spelling importers agree on (ONNX Transpose gives permute, aten gives transpose with any dim order)."""
+    perm = _permutation(node)
+    swapped = [d for d, p in enumerate(perm) if d != p]
+    if len(swapped) != 2:
+        return None
+    a, b = swapped
+    if node.op == "transpose" and (node.attrs["dim0"], node.attrs["dim1"]) == (a, b):
+        return None
+    assert node.graph is not None
+    return node.graph.add_node("transpose", [node.inputs[0]], {"dim0": a, "dim1": b}, before=node,
+                               device=node.device, source=node.source).output
+
+
+def _global_average_pool(node: Node) -> Value | None:
+    """adaptive_avg_pool to an all-ones output size -> mean over the pooled (trailing) dims, keepdim,
+    which is how ONNX GlobalAveragePool and ReduceMean arrive."""
+    size = node.attrs["output_size"]
+    if any(s != 1 for s in size):
+        return None
+    rank = node.inputs[0].type.rank
+    assert node.graph is not None
+    return node.graph.add_node("mean", [node.inputs[0]], {"dims": tuple(range(rank - len(size), rank)),
+                                                           "keepdim": True},
+                               before=node, device=node.device, source=node.source).output
+
+
+def _embedding_as_take(node: Node) -> Value | None:
+    """embedding(w, i) -> take(w, i, dim=0), the spelling ONNX Gather arrives as. The two agree on every
+    index embedding accepts (0 <= i < rows); embedding raises on a negative index where take counts from
+    the end, so the rewrite only defines what was an error and never changes a value."""
+    assert node.graph is not None
+    return node.graph.add_node("take", list(node.inputs), {"dim": 0}, before=node, device=node.device,
+                               source=node.source).output
+
+
 # Ops that only reinterpret the row-major element order under a new shape.
 _VIEWS = ("reshape", "flatten", "squeeze", "unsqueeze")
 
@@ -158,6 +195,9 @@ RULES: tuple[Rule, ...] = (
     Rule("neg-neg", ("neg",), _neg_neg),
     Rule("identity-permute", ("transpose", "permute"), _identity_permute),
     Rule("compose-permutes", ("transpose", "permute"), _compose_permutes),
+    Rule("swap-as-transpose", ("transpose", "permute"), _swap_as_transpose),
+    Rule("global-average-pool", ("adaptive_avg_pool",), _global_average_pool),
+    Rule("embedding-as-take", ("embedding",), _embedding_as_take),
     Rule("same-shape", ("reshape", "expand", "flatten", "squeeze"), _same_shape),
     Rule("reshape-of-view", ("reshape",), _reshape_of_view),
     Rule("squeeze-unsqueeze", ("squeeze",), _squeeze_unsqueeze),
@@ -170,7 +210,8 @@ RULES: tuple[Rule, ...] = (
 
 class SimplifyAlgebraPass(Pass):
     """Apply the identity rules in `RULES` (x*1, x+0, neg(neg(x)), permute/reshape chains, no-op and
-    round-trip casts, full slices, ...) until none matches, replacing a node only by a value of
+    round-trip casts, full slices, ...) and the canonical spellings (a two-dim swap is a transpose,
+    a global average pool is a mean, an embedding is a take) until none matches, replacing a node only by a value of
     exactly its type, so broadcasting and type promotion are never lost.
 
     `x + 0 -> x` treats -0.0 and 0.0 alike (as `torch.equal` does): it turns -0.0 + 0.0 = 0.0

@@ -70,22 +70,10 @@ def _optimized(graph: Graph) -> Graph:
     return optimize(graph, CompileOptions(opt_level=2))[0].graph
 
 
-_NOT_YET_CANONICAL = {
-    "resnet_cnn": "adaptive_avg_pool {output_size=[1, 1]} from aten.adaptive_avg_pool2d stays, while ONNX's "
-                  "ReduceMean gives mean {dims=[2, 3], keepdim=true}; needs aten_lowering._adaptive_pool (or "
-                  "simplify-algebra) to lower an all-ones output size to mean",
-    "gpt2_style": "three spellings differ: embedding (aten) vs take (ONNX Gather), transpose (aten) vs permute "
-                  "(ONNX Transpose), and layer_norm eps 1e-05 vs 9.999999747378752e-06 (the ONNX attribute is a "
-                  "float32; the importer does not round it to the shortest decimal)",
-}
-
-
-@pytest.mark.parametrize("name", [
-    "mlp",
-    pytest.param("resnet_cnn", marks=pytest.mark.xfail(strict=True, reason=_NOT_YET_CANONICAL["resnet_cnn"])),
-    pytest.param("gpt2_style", marks=[pytest.mark.slow,
-                                      pytest.mark.xfail(strict=True, reason=_NOT_YET_CANONICAL["gpt2_style"])]),
-])
+# The importers spell some ops differently (a global average pool, a two-dim permute, Gather vs
+# embedding); simplify-algebra brings both to one spelling, and the ONNX importer reads float32
+# attributes back as their shortest decimal (eps 1e-05, not 9.999999747378752e-06).
+@pytest.mark.parametrize("name", ["mlp", "resnet_cnn", pytest.param("gpt2_style", marks=pytest.mark.slow)])
 def test_onnx_export_and_torch_export_optimize_to_the_same_ir(name: str) -> None:
     factory, make_inputs = EXPORTED[name]
     from_onnx = _optimized(import_onnx(torch_export(name)[0]).graph)

@@ -96,6 +96,64 @@ def test_permutation_chains() -> None:
     assert result.stats == {"compose-permutes": 2, "identity-permute": 2}
 
 
+def test_two_dim_swaps_become_transposes_with_ordered_dims() -> None:
+    result = check("""
+    graph g(%x: f32[2,3,4]) -> (f32[2,4,3], f32[4,3,2], f32[3,2,4], f32[3,4,2]) {
+      %0: f32[2,4,3] = permute(%x) {dims=[0, 2, 1]}
+      %1: f32[4,3,2] = transpose(%x) {dim0=-1, dim1=0}
+      %2: f32[3,2,4] = transpose(%x) {dim0=1, dim1=0}
+      %3: f32[3,4,2] = permute(%x) {dims=[1, 2, 0]}
+      return %0, %1, %2, %3
+    }""", """
+    graph g(%x: f32[2,3,4]) -> (f32[2,4,3], f32[4,3,2], f32[3,2,4], f32[3,4,2]) {
+      %0: f32[2,4,3] = transpose(%x) {dim0=1, dim1=2}
+      %1: f32[4,3,2] = transpose(%x) {dim0=0, dim1=2}
+      %2: f32[3,2,4] = transpose(%x) {dim0=0, dim1=1}
+      %3: f32[3,4,2] = permute(%x) {dims=[1, 2, 0]}
+      return %0, %1, %2, %3
+    }""")
+    assert result.stats == {"swap-as-transpose": 3}
+
+
+def test_global_average_pool_becomes_mean() -> None:
+    before = """
+    graph g(%x: f32[2,3,5,7], %y: f32[3,4,6,5], %z: f32[2,3,6]) -> (f32[2,3,1,1], f32[3,1,1,1], f32[2,3,2]) {
+      %0: f32[2,3,1,1] = adaptive_avg_pool(%x) {output_size=[1, 1]}
+      %1: f32[3,1,1,1] = adaptive_avg_pool(%y) {output_size=[1, 1, 1]}
+      %2: f32[2,3,2] = adaptive_avg_pool(%z) {output_size=[2]}
+      return %0, %1, %2
+    }"""
+    graph = parse_graph(before)
+    result = SimplifyAlgebraPass()(graph)
+    assert_graphs_equal(graph, """
+    graph g(%x: f32[2,3,5,7], %y: f32[3,4,6,5], %z: f32[2,3,6]) -> (f32[2,3,1,1], f32[3,1,1,1], f32[2,3,2]) {
+      %0: f32[2,3,1,1] = mean(%x) {dims=[2, 3], keepdim=true}
+      %1: f32[3,1,1,1] = mean(%y) {dims=[1, 2, 3], keepdim=true}
+      %2: f32[2,3,2] = adaptive_avg_pool(%z) {output_size=[2]}
+      return %0, %1, %2
+    }""")
+    assert result.stats == {"global-average-pool": 2}
+    # The sums run in a different order, so the results agree to rounding, not bit for bit.
+    inputs = random_inputs(graph)
+    for want, got in zip(run_graph(parse_graph(before), *inputs), run_graph(graph, *inputs), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_embedding_becomes_take() -> None:
+    result = check("""
+    graph g(%i: i64[2,5]) -> (f32[2,5,4]) {
+      const %w: f32[10,4]
+      %0: f32[2,5,4] = embedding(%w, %i)
+      return %0
+    }""", """
+    graph g(%i: i64[2,5]) -> (f32[2,5,4]) {
+      const %w: f32[10,4]
+      %0: f32[2,5,4] = take(%w, %i)
+      return %0
+    }""")
+    assert result.stats == {"embedding-as-take": 1}
+
+
 def test_shape_chains() -> None:
     result = check("""
     graph g(%x: f32[4,6], %v: f32[6]) -> (f32[24], f32[4,6], f32[4,6], f32[6], f32[4,6], f32[4,6], f32[2,12]) {
