@@ -2,16 +2,19 @@
 
 GEMM and convolution are not written in Numba: they go to oneDNN through PyTorch
 (`torch.ops.mkldnn._linear_pointwise` / `_convolution_pointwise`, which pick AVX-512 kernels where
-MKL's `F.linear` stays on AVX2 on AMD CPUs), or to `torch.matmul` / `torch.bmm`. A region's
-epilogue becomes a oneDNN post-op when it is a bias add and/or one activation that oneDNN
-computes to float32 accuracy; otherwise a Numba elementwise kernel applies it to the product,
-in place when the product is not needed afterwards.
+MKL's `F.linear` stays on AVX2 on AMD CPUs, but reorder the weight on every call), to MKL
+(`torch.addmm` / `torch.mm`, which write into a given `out=`), or to `torch.matmul` / `torch.bmm`.
+A region's epilogue becomes a oneDNN post-op when it is a bias add and/or one activation that
+oneDNN computes to float32 accuracy; otherwise a Numba elementwise kernel applies it to the
+product, in place when the product is not needed afterwards. `plan_gemm` lists the ways to compute
+a region; `choose_plan` times them on the region's shapes and keeps the fastest.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -49,30 +52,36 @@ def supports_product(node: Node) -> bool:
 
 @dataclass
 class Product:
-    """How to compute one product: `call(x, w, b)` (b may be None) and the source line naming it."""
+    """How to compute one product: `call(x, w, b, out=None)` (b may be None) and the source line naming it.
+
+    `writes_out`: the library writes the result into `out` when one is given (otherwise `out` is ignored).
+    """
 
     call: Callable[..., torch.Tensor]
     text: str
     post_op: str = "none"
+    writes_out: bool = False
 
 
-def product_call(node: Node, post_op: tuple[str, str] | None = None) -> Product:
+def product_call(node: Node, post_op: tuple[str, str] | None = None, use_onednn: bool = True) -> Product:
     """The library call for product `node`, with oneDNN post-op `post_op` = (attr, algorithm) when given."""
     attr, algorithm = post_op or ("none", "")
-    f32 = node.outputs[0].type.dtype is DType.f32 and onednn_available()
+    f32 = node.outputs[0].type.dtype is DType.f32 and onednn_available() and use_onednn
     if node.op == "linear":
         if f32:
-            def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-                return torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
+            onednn = torch.ops.mkldnn._linear_pointwise.default
+
+            def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: object = None) -> torch.Tensor:
+                return onednn(x, w, b, attr, [], algorithm)
 
             return Product(linear, f'torch.ops.mkldnn._linear_pointwise(x, w, b, "{attr}", [], "{algorithm}")', attr)
-        return Product(F.linear, "F.linear(x, w, b)")
+        return mkl_linear(node)
     if node.op == "conv":
         spatial = node.inputs[1].type.rank - 2
         stride, padding, dilation = (_expand(node.attrs[k], spatial) for k in ("stride", "padding", "dilation"))
         groups = node.attrs["groups"]
         if f32 and spatial in (1, 2):
-            def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+            def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: object = None) -> torch.Tensor:
                 return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, stride, dilation, groups, attr, [],
                                                                algorithm)
 
@@ -80,12 +89,90 @@ def product_call(node: Node, post_op: tuple[str, str] | None = None) -> Product:
                                  f'{dilation}, {groups}, "{attr}", [], "{algorithm}")', attr)
         reference = get_op("conv").reference
 
-        def conv_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        def conv_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                           out: object = None) -> torch.Tensor:
             return reference(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
         return Product(conv_reference, f"F.conv{spatial}d(x, w, b, {stride}, {padding}, {dilation}, {groups})")
     fn = torch.matmul if node.op == "matmul" else torch.bmm
-    return Product(lambda a, b, _: fn(a, b), f"torch.{fn.__name__}(a, b)")
+
+    def product(a: torch.Tensor, b: torch.Tensor, _: None, out: torch.Tensor | None = None) -> torch.Tensor:
+        return fn(a, b, out=out)
+
+    return Product(product, f"torch.{fn.__name__}(a, b, out=out)", writes_out=True)
+
+
+def mkl_linear(node: Node) -> Product:
+    """`linear` through MKL: `torch.addmm`/`torch.mm` into `out` for a 2-D input, else `F.linear`."""
+    if node.inputs[0].type.rank != 2:
+        return Product(lambda x, w, b, out=None: F.linear(x, w, b), "F.linear(x, w, b)")
+
+    def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        return torch.mm(x, w.t(), out=out) if b is None else torch.addmm(b, x, w.t(), out=out)
+
+    return Product(linear, "torch.addmm(b, x, w.t(), out=out)", writes_out=True)
+
+
+def library_products(node: Node) -> list[Product]:
+    """Every library call that computes bare product `node` (no post-op), the oneDNN one first."""
+    products = [product_call(node)]
+    if node.op == "linear" and products[0].post_op == "none" and "mkldnn" in products[0].text:
+        products.append(mkl_linear(node))
+    if node.op == "conv" and "mkldnn" in products[0].text:
+        products.append(product_call(node, use_onednn=False))
+    return products
+
+
+# Measured choices, per (options, operand shapes) in this process: timing is a property of the machine.
+_CHOICES: dict[tuple, int] = {}
+_BUDGET_S = 0.003
+
+
+def choose_plan(plan: GemmPlan, epilogue_seconds: Callable[[GemmPlan, torch.Tensor], float],
+                choices: dict[tuple, int] = _CHOICES) -> GemmPlan:
+    """The fastest of `plan.options`, timed on random operands of the region's shapes (a few ms each)
+    and remembered in `choices`.
+
+    `epilogue_seconds(option, product)` times an option's Numba epilogue on its product; it is only
+    asked for when options differ in whether they have one.
+    """
+    options = plan.options
+    if len(options) == 1:
+        return plan
+    key = (tuple(o.product.text for o in options),
+           tuple(tuple(v.type.static_shape()) if v is not None else None for o in options for v in o.operands))
+    if key not in choices:
+        times = []
+        mixed = len({o.epilogue is None for o in options}) > 1
+        for option in options:
+            args = [None if v is None else _example(v) for v in option.operands]
+            if args[2] is not None:
+                args[2] = args[2].reshape(-1)  # a conv bias add broadcasts a [C, 1, 1] tensor
+            seconds, product = _time(lambda o=option, a=args: o.product.call(*a))
+            if mixed and option.epilogue is not None and seconds < min(times, default=float("inf")):
+                seconds += epilogue_seconds(option, product)
+            times.append(seconds)
+        choices[key] = times.index(min(times))
+    return options[choices[key]]
+
+
+def _example(value: Value) -> torch.Tensor:
+    return torch.randn(value.type.static_shape(), dtype=value.type.dtype.torch)
+
+
+def _time(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+    """The fastest of a few runs of `fn` after a warm-up (the minimum resists load on a shared machine)."""
+    result = fn()
+    best = float("inf")
+    deadline = time.perf_counter() + _BUDGET_S
+    for _ in range(20):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+        if start + best > deadline or time.perf_counter() > deadline:
+            break
+    return best, result
 
 
 def _expand(values: tuple[int, ...], rank: int) -> list[int]:
@@ -104,10 +191,28 @@ class GemmPlan:
     product_node: Node
     operands: list[Value | None]
     epilogue: Graph | None
+    alternatives: list[GemmPlan] = field(default_factory=list)
+
+    @property
+    def options(self) -> list[GemmPlan]:
+        """This plan and its alternatives, each computing the whole region."""
+        return [self, *self.alternatives]
 
 
 def plan_gemm(body: Graph) -> GemmPlan:
-    """Split a gemm region body. Raises ValueError when the body is not a product plus epilogue."""
+    """Split a gemm region body; the plan's `alternatives` compute it with other library calls.
+    Raises ValueError when the body is not a product plus epilogue."""
+    plan = _preferred_plan(body)
+    node = plan.product_node
+    bare = list(node.inputs) + [None] * (3 - len(node.inputs))
+    epilogue = _epilogue_graph(body, node) if len(body.nodes) > 1 else None
+    for product in library_products(node):
+        if product.text != plan.product.text:
+            plan.alternatives.append(GemmPlan(product, node, bare, epilogue))
+    return plan
+
+
+def _preferred_plan(body: Graph) -> GemmPlan:
     if not body.nodes or not supports_product(body.nodes[0]):
         raise ValueError("a gemm region must start with a float linear, matmul, bmm or conv")
     node = body.nodes[0]

@@ -27,6 +27,7 @@ import importlib.util
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +39,7 @@ from numba import types as nb_types
 from ..ir import Graph, Node, get_op
 from .base import Backend, Kernel
 from .codegen import Namer, load_function, python_name
-from .gemm import GemmPlan, plan_gemm, supports_product
+from .gemm import GemmPlan, choose_plan, plan_gemm, supports_product
 from .numba_codegen import (
     NP_TYPE,
     REDUCE_OPS,
@@ -85,20 +86,26 @@ class NumbaBackend(Backend):
         sources: list[str] = []
         kernel_sources: list[str] = []
         regions: dict[int, str] = {}
+        takes_out: set[int] = set()
         for node in partition.nodes:
             body, kind = _region_of(node)
             name = namer.reserve(python_name(f"region_{node.outputs[0].name}"))
-            glue, kernels = self._compile_region(body, kind, name, namer, namespace)
+            glue, kernels, accepts_out = self._compile_region(body, kind, name, namer, namespace)
             sources.append(glue)
             kernel_sources.extend(kernels)
             regions[id(node)] = name
+            if accepts_out:
+                takes_out.add(id(node))
         for value in partition.constants.values():
             namespace[namer(value)] = value.const
         function = python_name(partition.name)
-        source = _partition_source(partition, function, namer, regions)
+        # A library product that cannot write into `out=` makes its own output; copying it into a pooled
+        # buffer would cost more than the pool saves, so then the partition takes no `out=` at all.
+        accepts_out = all(id(v.producer) in takes_out for v in partition.outputs if v.producer is not None)
+        source = _partition_source(partition, function, namer, regions, takes_out if accepts_out else set())
         fn = load_function("\n\n".join([source, *sources]), namespace, function)
         fn.source = "\n\n".join([source, *sources, *kernel_sources])
-        fn.accepts_out = True
+        fn.accepts_out = accepts_out
         # One elementwise or gemm region reads each element of an input before it writes that element
         # of an output (the library product reads all of its inputs first). Reductions write a row's
         # results before their last pass over the row, and a later node may read an earlier node's input.
@@ -107,8 +114,9 @@ class NumbaBackend(Backend):
         return fn
 
     def _compile_region(self, body: Graph, kind: str, name: str, namer: Namer,
-                        namespace: dict[str, Any]) -> tuple[str, list[str]]:
-        """Glue source for one region and the kernel sources it calls; loads the kernels into `namespace`."""
+                        namespace: dict[str, Any]) -> tuple[str, list[str], bool]:
+        """Glue source for one region, the kernel sources it calls and whether it writes into `out=`;
+        loads the kernels into `namespace`."""
         if kind == "gemm":
             return self._compile_gemm(body, name, namer, namespace)
         kernel_name = namer.reserve(f"k_{name}")
@@ -131,11 +139,11 @@ class NumbaBackend(Backend):
         call = f"{kernel_name}({', '.join(args)})"
         lines.append(f"    {call}" if numel else f"    # empty iteration space: no kernel call ({call})")
         lines.append(f"    return [{', '.join(outs)}]")
-        return "\n".join(lines) + "\n", [kernel_src]
+        return "\n".join(lines) + "\n", [kernel_src], True
 
     def _compile_gemm(self, body: Graph, name: str, namer: Namer,
-                      namespace: dict[str, Any]) -> tuple[str, list[str]]:
-        plan: GemmPlan = plan_gemm(body)
+                      namespace: dict[str, Any]) -> tuple[str, list[str], bool]:
+        plan: GemmPlan = choose_plan(_compilable(plan_gemm(body)), self._epilogue_seconds)
         product_name = namer.reserve(f"{name}_product")
         namespace[product_name] = plan.product.call
         index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
@@ -157,20 +165,40 @@ class NumbaBackend(Backend):
                  f"    p = {product_name}({', '.join(operands)})"]
         kernels: list[str] = []
         if plan.epilogue is None:
-            lines += ["    if out is not None:", "        out[0].copy_(p)", "        return out", "    return [p]"]
-        else:
-            epilogue_name = namer.reserve(f"{name}_epilogue")
-            glue, kernels = self._compile_region(plan.epilogue, "elementwise", epilogue_name, namer, namespace)
-            lines.insert(0, glue)
-            epi_args = ["p"] + [index[id(v)] for v in _epilogue_operands(body, plan)]
-            product = plan.epilogue.inputs[0]
-            # The product dies here; the first output may reuse its memory when it has its type.
-            in_place = (not body.is_output(plan.product_node.outputs[0])
-                        and plan.epilogue.outputs[0].type == product.type and len(body.outputs) == 1)
-            default_out = "[p]" if in_place else "None"
-            lines.append(f"    return {epilogue_name}({', '.join(epi_args)}, out=out if out is not None "
-                         f"else {default_out})")
-        return "\n".join(lines) + "\n", kernels
+            if plan.product.writes_out:
+                operands.append("None if out is None else out[0]")
+            lines[-1] = f"    return [{product_name}({', '.join(operands)})]"
+            return "\n".join(lines) + "\n", kernels, plan.product.writes_out
+        epilogue_name = namer.reserve(f"{name}_epilogue")
+        glue, kernels, _ = self._compile_region(plan.epilogue, "elementwise", epilogue_name, namer, namespace)
+        lines.insert(0, glue)
+        epi_args = ["p"] + [index[id(v)] for v in _epilogue_operands(body, plan)]
+        product = plan.epilogue.inputs[0]
+        # The product dies here; the first output may reuse its memory when it has its type.
+        in_place = (not body.is_output(plan.product_node.outputs[0])
+                    and plan.epilogue.outputs[0].type == product.type and len(body.outputs) == 1)
+        default_out = "[p]" if in_place else "None"
+        lines.append(f"    return {epilogue_name}({', '.join(epi_args)}, out=out if out is not None "
+                     f"else {default_out})")
+        return "\n".join(lines) + "\n", kernels, True
+
+    def _epilogue_seconds(self, option: GemmPlan, product: torch.Tensor) -> float:
+        """The time `option`'s epilogue kernel takes on `product` (in place, as the glue runs it)."""
+        assert option.epilogue is not None
+        namespace: dict[str, Any] = {"torch": torch, "flat": flat, "flat_out": flat_out}
+        glue, _, _ = self._compile_region(option.epilogue, "elementwise", "epilogue",
+                                      Namer(["torch", "flat", "flat_out", "out"]), namespace)
+        epilogue = load_function(glue, namespace, "epilogue")
+        args = [product] + [torch.randn(v.type.static_shape()).to(v.type.dtype.torch)
+                            for v in option.epilogue.inputs[1:]]
+        out = [product] if option.epilogue.outputs[0].type == option.epilogue.inputs[0].type else None
+        epilogue(*args, out=out)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            epilogue(*args, out=out)
+            best = min(best, time.perf_counter() - start)
+        return best
 
     def _load_kernel(self, source: str, name: str, arrays: list) -> Any:
         module_source = kernel_module([source.replace(f"def {name}(", "def kernel(", 1)])
@@ -194,6 +222,20 @@ class NumbaBackend(Backend):
         signature = tuple(nb_types.Array(from_dtype(_NUMPY_DTYPE[a.dtype]), 1, "C") for a in arrays)
         kernel.compile(signature)  # now, from the disk cache when there is one; not on the first call
         return kernel
+
+
+def _compilable(plan: GemmPlan) -> GemmPlan:
+    """`plan` without the alternatives whose epilogue this backend cannot compile."""
+    keep = []
+    for option in plan.alternatives:
+        try:
+            if option.epilogue is not None:
+                build_spec(option.epilogue, "elementwise", "check")
+            keep.append(option)
+        except (Unsupported, ValueError):
+            continue
+    plan.alternatives = keep
+    return plan
 
 
 def _epilogue_operands(body: Graph, plan: GemmPlan) -> list:
@@ -264,8 +306,10 @@ def _single_node_body(node: Node) -> Graph:
     return body
 
 
-def _partition_source(partition: Graph, function: str, namer: Namer, regions: dict[int, str]) -> str:
-    """`def numba_0(x, out=None)`: call each node's region; outputs of the partition go to `out`."""
+def _partition_source(partition: Graph, function: str, namer: Namer, regions: dict[int, str],
+                      takes_out: set[int]) -> str:
+    """`def numba_0(x, out=None)`: call each node's region; outputs of the partition go to `out` through
+    the regions in `takes_out` (node ids); without any, the function ignores `out`."""
     outputs = [id(v) for v in partition.outputs]
     position = {id(v): i for i, v in enumerate(partition.outputs) if outputs.count(id(v)) == 1}
     lines = [f"def {function}({', '.join([*(namer(v) for v in partition.inputs), 'out=None'])}):"]
@@ -277,13 +321,13 @@ def _partition_source(partition: Graph, function: str, namer: Namer, regions: di
             args = [namer(v) for v in dict.fromkeys(v for v in node.inputs if v.const is None)]
         wanted = [position.get(id(v)) for v in node.outputs]
         targets = ", ".join(namer(v) for v in node.outputs)
-        if all(w is not None for w in wanted):
+        if all(w is not None for w in wanted) and id(node) in takes_out:
             buffers = "out" if wanted == list(range(len(outputs))) else f"[{', '.join(f'out[{w}]' for w in wanted)}]"
             args.append(f"out=None if out is None else {buffers}")
             written.update(id(v) for v in node.outputs)
         lines.append(f"    [{targets}] = {regions[id(node)]}({', '.join(args)})")
     # Outputs no kernel wrote into `out` directly (returned twice, or beside an internal value) are copied.
-    copies = [(i, v) for i, v in enumerate(partition.outputs) if id(v) not in written]
+    copies = [(i, v) for i, v in enumerate(partition.outputs) if id(v) not in written] if takes_out else []
     if copies:
         lines.append("    if out is not None:")
         lines += [f"        out[{i}].copy_({namer(v)})" for i, v in copies]

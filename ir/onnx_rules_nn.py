@@ -281,6 +281,12 @@ def lrn(ctx: NodeContext) -> list[Value]:
 def softmax(ctx: NodeContext) -> list[Value]:
     x = ctx.input(0)
     axis = normalize_axis(ctx.attr("axis", -1), x.type.rank, ctx)
+    if ctx.node.op_type == "Softmax" and x.type.dtype in (DType.f16, DType.bf16):
+        # ONNX defines Softmax by its function body, whose Exp and ReduceSum results are of the input
+        # type; a fused softmax rounds only once, which differs by an ulp in half precision.
+        shifted = ctx.call("sub", x, ctx.call("amax", x, dims=(axis,), keepdim=True))
+        exp = ctx.call("exp", shifted)
+        return [ctx.call("div", exp, ctx.call("sum", exp, dims=(axis,), keepdim=True))]
     return [ctx.call("softmax" if ctx.node.op_type == "Softmax" else "log_softmax", x, dim=axis)]
 
 

@@ -10,7 +10,8 @@ import math
 import torch
 
 from ..ir import Node, Value
-from .rewrite import Match, Pat, PatternPass, Rule, RuleSet, shortest_float
+from ..ir.numbers import shortest_float
+from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
 
 
 def _swaps_last_two(node: Node) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..ir import Node, Value
+from ..ir import DType, Node, Value
 from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
 
 
@@ -33,8 +33,13 @@ def _reduction_check(*names: str) -> object:
             dims.append(dim)
         if len(set(dims)) != 1:
             return f"the reductions are over different dims {dims}"
-        if not m["x"].type.dtype.is_floating:
+        dtype = m["x"].type.dtype
+        if not dtype.is_floating:
             return f"%{m['x'].name} is not floating point"
+        if dtype in (DType.f16, DType.bf16):
+            # The decomposed form rounds to half precision after exp and after the sum; one fused
+            # softmax rounds once, which is more accurate but not the same result.
+            return f"%{m['x'].name} is {dtype}: fusing would change where the result is rounded"
         return None
 
     return check
@@ -68,7 +73,8 @@ RULES = RuleSet([
 
 class RecognizeSoftmaxPass(PatternPass):
     """exp(x - amax(x, d)) / sum(exp(x - amax(x, d)), d) -> softmax(x, d) (also without the shift, or with
-    `* reciprocal(sum)`), and (x - amax) - log(sum(exp(x - amax))) -> log_softmax(x, d)."""
+    `* reciprocal(sum)`), and (x - amax) - log(sum(exp(x - amax))) -> log_softmax(x, d), for f32/f64 x
+    (in f16/bf16 the decomposed form's intermediate rounding is part of its meaning)."""
 
     name = "recognize-softmax"
     opt_level = 2

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heteropass.backends.gemm import onednn_available, plan_gemm, product_call, supports_product
-from heteropass.ir import parse_graph
+from heteropass.backends.gemm import choose_plan, onednn_available, plan_gemm, product_call, supports_product
+from heteropass.ir import parse_graph, run_graph
 
 
 def _body(text: str):
@@ -76,3 +76,38 @@ def test_supports_product_declines_half_precision_and_mixed_types() -> None:
     ints = parse_graph("graph m(%a: i64[4,5], %b: i64[5,3]) -> (i64[4,3]) {\n  %0: i64[4,3] = matmul(%a, %b)\n"
                        "  return %0\n}").nodes[0]
     assert not supports_product(half) and not supports_product(ints)
+
+
+def _bias_gelu_body():
+    return _body(_region("      %0: f32[4,32] = linear(%x, %w)\n      %1: f32[4,32] = add(%0, %b)\n"
+                         "      %2: f32[4,32] = gelu(%1)\n      return %2", LINEAR, "f32[4,32]"))
+
+
+@pytest.mark.skipif(not onednn_available(), reason="PyTorch without oneDNN")
+def test_every_option_computes_the_region() -> None:
+    plan = plan_gemm(_bias_gelu_body())
+    assert [o.epilogue is None for o in plan.options] == [True, False, False]
+    assert "addmm" in plan.options[-1].product.text
+    tensors = {"x": torch.randn(4, 64), "w": torch.randn(32, 64) / 8, "b": torch.randn(32)}
+    expected = F.gelu(F.linear(tensors["x"], tensors["w"], tensors["b"]))
+    for option in plan.options:
+        out = torch.empty(4, 32)
+        product = option.product.call(*[None if v is None else tensors[v.name] for v in option.operands], out)
+        assert (product is out) is option.product.writes_out
+        if option.epilogue is not None:
+            product = run_graph(option.epilogue, product, *[tensors[v.name] for v in option.epilogue.inputs[1:]])[0]
+        torch.testing.assert_close(product, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="PyTorch without oneDNN")
+def test_choose_plan_counts_the_epilogue_of_an_unfused_option() -> None:
+    plan = plan_gemm(_bias_gelu_body())
+    seen = []
+
+    def slow_epilogue(option, product):
+        seen.append(option)
+        return 10.0
+
+    chosen = choose_plan(plan, slow_epilogue, choices={})
+    assert chosen is plan.options[0] and chosen.epilogue is None
+    assert all(option.epilogue is not None for option in seen)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from heteropass.backends.executable import build_executable
+from heteropass.backends.gemm import plan_gemm
 from heteropass.backends.numba_backend import NumbaBackend
 from heteropass.backends.reference import ReferenceBackend
 from heteropass.ir import Graph, TensorType, parse_graph, run_graph
@@ -172,7 +173,7 @@ def test_single_row_ops(call: str, out: str) -> None:
     check(text, [torch.randn(6, 33) * 2 + 1, torch.randn(33)], rtol=1e-4, atol=1e-5)
 
 
-def test_linear_bias_gelu_region_fuses_into_onednn() -> None:
+def test_linear_bias_gelu_region_runs_one_measured_option() -> None:
     text = region("gemm", "%x: f32[2,3,64], %w: f32[32,64], %b: f32[32]", "f32[2,3,32]", """
         %0: f32[2,3,32] = linear(%x, %w)
         %1: f32[2,3,32] = add(%0, %b)
@@ -180,7 +181,27 @@ def test_linear_bias_gelu_region_fuses_into_onednn() -> None:
         return %2
     """)
     code = check(text, rtol=1e-4, atol=1e-5)
-    assert '_linear_pointwise(x, w, b, "gelu"' in code
+    plan = plan_gemm(parse_graph(text).nodes[0].attrs["body"])
+    assert [option.product.text in code for option in plan.options].count(True) == 1
+
+
+def test_a_library_product_that_cannot_write_out_makes_the_partition_decline_out() -> None:
+    graph = parse_graph("graph m(%x: f32[2,3,9,9], %w: f32[4,3,3,3]) -> (f32[2,4,7,7]) {\n"
+                        "  %0: f32[2,4,7,7] = conv(%x, %w)\n  return %0\n}")
+    kernel = NumbaBackend().compile(graph)
+    x, w = torch.randn(2, 3, 9, 9), torch.randn(4, 3, 3, 3)
+    assert kernel.accepts_out is False  # neither oneDNN nor F.conv2d writes into a given tensor
+    torch.testing.assert_close(kernel(x, w)[0], torch.nn.functional.conv2d(x, w), rtol=1e-4, atol=1e-5)
+
+
+def test_matmul_writes_into_the_given_out_buffer() -> None:
+    graph = parse_graph("graph m(%a: f32[4,5], %b: f32[5,6]) -> (f32[4,6]) {\n"
+                        "  %0: f32[4,6] = matmul(%a, %b)\n  return %0\n}")
+    kernel = NumbaBackend().compile(graph)
+    a, b, out = torch.randn(4, 5), torch.randn(5, 6), torch.empty(4, 6)
+    assert kernel.accepts_out is True
+    assert kernel(a, b, out=[out])[0] is out
+    torch.testing.assert_close(out, a @ b)
 
 
 def test_gemm_region_with_residual_runs_a_numba_epilogue() -> None:
@@ -206,14 +227,17 @@ def test_products_match_eager(text: str) -> None:
     check(text, rtol=1e-4, atol=1e-5)
 
 
-def test_conv_bias_relu_region_fuses_into_onednn() -> None:
+def test_conv_bias_relu_region_runs_one_measured_option() -> None:
     text = region("gemm", "%x: f32[2,3,9,9], %w: f32[4,3,3,3], %b: f32[4,1,1]", "f32[2,4,7,7]", """
         %0: f32[2,4,7,7] = conv(%x, %w)
         %1: f32[2,4,7,7] = add(%0, %b)
         %2: f32[2,4,7,7] = relu(%1)
         return %2
     """)
-    assert '"relu"' in check(text, rtol=1e-4, atol=1e-5)
+    code = check(text, rtol=1e-4, atol=1e-5)
+    plan = plan_gemm(parse_graph(text).nodes[0].attrs["body"])
+    assert '"relu"' in plan.product.text
+    assert [option.product.text in code for option in plan.options].count(True) == 1
 
 
 def test_kernels_write_into_out_buffers() -> None:

@@ -11,8 +11,9 @@ other builds. ONNX Runtime's count comes from its own `onnx.backend` implementat
 a minute, so CI does not repeat it: `python -m heteropass.tests.test_onnx_backend_suite` recomputes it.
 Recorded 2026-11-28 (onnx 1.23.2, onnxruntime 1.32.0, CPU):
 
-- heteropass at O2: 1,568 pass, 1,470 of them natively and 98 through the reference fallback
-  (numeric-only subset: 1,552/1,579, 1,456 natively);
+- heteropass at O2: 1,581 pass, 1,474 of them natively and 107 through the reference fallback
+  (numeric-only subset: 1,563/1,579, 1,458 natively = 92.3%); the 9 ImageDecoder tests run through
+  the fallback and need Pillow;
 - onnxruntime.backend: 1,571 pass. Of its 313 failures, 124 have inputs or outputs of ml_dtypes types
   (bfloat16, float8, int4/2, float4) that ORT's numpy binding refuses, 94 are ops or type combinations
   without a CPU kernel, 18 ops it does not register (training ops, preview FlexAttention), 26 are

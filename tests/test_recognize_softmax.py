@@ -124,3 +124,10 @@ def test_decomposed_forms_fuse_and_keep_results(shape: list[int], data: st.DataO
 def test_random_graphs_keep_their_results(case: tuple) -> None:  # type: ignore[type-arg]
     graph, inputs = case
     assert_pass_preserves_semantics(RecognizeSoftmaxPass(), graph, inputs)
+
+
+def test_half_precision_decomposition_is_kept() -> None:
+    """In f16 the decomposed form rounds after exp and after the sum; fusing would change the result."""
+    result = RecognizeSoftmaxPass()(_decomposed(TensorType((2, 5), DType.f16), 1))
+    assert not result.modified
+    assert any("fusing would change where the result is rounded" in note for note in result.notes)
