@@ -35,6 +35,7 @@ class CompileOptions:
     verify_each: bool = False
     check_each: bool = False
     backends: tuple[str, ...] = ("reference",)
+    dump_onnx: bool = False
 
 
 def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend | str] | None = None
@@ -47,7 +48,8 @@ def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend |
     ctx = PassContext(opt_level=options.opt_level, disabled=frozenset(options.disable))
     instruments = instruments_for(dump_dir=options.dump_dir, print_after_all=options.print_after_all,
                                   print_after_change=options.print_after_change,
-                                  verify_each=options.verify_each, check_each=options.check_each)
+                                  verify_each=options.verify_each, check_each=options.check_each,
+                                  dump_onnx=options.dump_onnx)
     result = PassManager(default_pipeline(options.opt_level), ctx, instruments).run(graph)
     planned = options.opt_level >= 2 and "plan-memory" not in options.disable
     chosen = resolve_backends(options.backends if backends is None else backends)
@@ -117,11 +119,12 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
             example_kwargs: dict[str, Any] | None = None, opt_level: int = 2, dump_dir: str | None = None,
             strict: bool = False, disable: Sequence[str] = (), backends: Sequence[Backend | str] = ("reference",),
             print_after_all: bool = False, print_after_change: bool = False, verify_each: bool = False,
-            check_each: bool = False) -> CompiledModule:
+            check_each: bool = False, dump_onnx: bool = False) -> CompiledModule:
     """Compile `model` for inputs shaped like `example_inputs` (a tuple of positional arguments).
 
     `opt_level` 0-3 picks the pipeline; `dump_dir` (or the HETEROPASS_DUMP_DIR environment variable)
-    receives the IR after every pass, `summary.json` and the emitted module; `strict=True` turns ops
+    receives the IR after every pass (and, with `dump_onnx`, the graph as an ONNX model after every
+    pass), `summary.json` and the emitted module; `strict=True` turns ops
     heteropass does not know into an error instead of a PyTorch fallback; `backends` lists the
     backends to use in priority order, by name ("numba", "reference") or as instances.
     """
@@ -130,7 +133,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     options = CompileOptions(opt_level=opt_level, dump_dir=dump_dir_from_env(dump_dir), strict=strict,
                              disable=tuple(disable), print_after_all=print_after_all,
                              print_after_change=print_after_change, verify_each=verify_each,
-                             check_each=check_each,
+                             check_each=check_each, dump_onnx=dump_onnx,
                              backends=tuple(b if isinstance(b, str) else b.name for b in backends))
     start = time.perf_counter()
     program = import_module(model, example_inputs, strict=strict, example_kwargs=example_kwargs)

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
     compile_cmd = add("compile", "import, optimize and export; print what each pass did")
     compile_cmd.add_argument("--dump-dir", help="write the IR after every pass and summary.json here")
+    compile_cmd.add_argument("--dump-onnx", action="store_true",
+                             help="with --dump-dir, also write the model as ONNX after every pass")
     compile_cmd.add_argument("-o", "--output", help="write the optimized model to this .onnx file")
     run_cmd = add("run", "execute on random inputs and time against ONNX Runtime")
     run_cmd.add_argument("--inputs", choices=["random"], default="random")
@@ -89,7 +91,7 @@ def _summary(before: Graph, result: PipelineResult) -> None:
 def cmd_compile(args: argparse.Namespace) -> None:
     program = _import(args)
     before = program.graph.clone()
-    result, _ = optimize(program.graph, _options(args, dump_dir=args.dump_dir))
+    result, _ = optimize(program.graph, _options(args, dump_dir=args.dump_dir, dump_onnx=args.dump_onnx))
     _summary(before, result)
     if args.output:
         from .ir.onnx_exporter import save_onnx

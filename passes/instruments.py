@@ -53,7 +53,7 @@ class PrintAfterChange(PrintAfterAll):
         return record.modified
 
 
-_DUMP_FILE = re.compile(r"^\d{3,}_.+\.ir$")
+_DUMP_FILE = re.compile(r"^\d{3,}_.+\.(ir|onnx|onnx\.txt)$")
 
 
 class DumpIR(Instrument):
@@ -80,6 +80,30 @@ class DumpIR(Instrument):
 
     def reproducer_dir(self) -> str | None:
         return str(self.directory)
+
+
+class DumpOnnx(Instrument):
+    """Write the graph as an ONNX model after every pass, `NNN_<pass>.onnx` next to the IR dumps (so
+    Netron can show each step; fused regions become local functions). A graph ONNX cannot express
+    (an opaque node, say) gets `NNN_<pass>.onnx.txt` with the reason instead."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def before_pipeline(self, graph: Graph) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._write(graph, "000_input")
+
+    def after_pass(self, pass_: Pass, graph: Graph, record: PassRecord) -> None:
+        self._write(graph, f"{record.index:03d}_{record.name}")
+
+    def _write(self, graph: Graph, stem: str) -> None:
+        from ..ir.onnx_exporter import OnnxExportError, save_onnx
+
+        try:
+            save_onnx(graph, str(self.directory / f"{stem}.onnx"))
+        except OnnxExportError as exc:
+            (self.directory / f"{stem}.onnx.txt").write_text(f"not exported: {exc}\n")
 
 
 class VerifyEach(Instrument):
@@ -156,8 +180,8 @@ class CheckEach(Instrument):
 
 def instruments_for(dump_dir: str | os.PathLike[str] | None = None, print_after_all: bool = False,
                     print_after_change: bool = False, verify_each: bool = False,
-                    check_each: bool = False) -> list[Instrument]:
-    """The instruments for the usual debugging switches."""
+                    check_each: bool = False, dump_onnx: bool = False) -> list[Instrument]:
+    """The instruments for the usual debugging switches (`dump_onnx` adds ONNX files to `dump_dir`)."""
     instruments: list[Instrument] = []
     if verify_each:
         instruments.append(VerifyEach())
@@ -169,6 +193,8 @@ def instruments_for(dump_dir: str | os.PathLike[str] | None = None, print_after_
         instruments.append(PrintAfterChange())
     if dump_dir is not None:
         instruments.append(DumpIR(dump_dir))
+        if dump_onnx:
+            instruments.append(DumpOnnx(dump_dir))
     return instruments
 
 

@@ -165,3 +165,29 @@ def test_numba_backend_by_name_claims_compute() -> None:
     assert "torch.ops.mkldnn._linear_pointwise(x, w, b, \"gelu\"" in cm.code
     with pytest.raises(ValueError, match="unknown backend 'tvm'"):
         hp.compile(model, inputs, backends=["tvm"])
+
+
+def test_dump_onnx_writes_a_model_after_every_pass(tmp_path: Any) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    model, inputs = models.gpt2_style(), models.gpt2_style_inputs()
+    cm = hp.compile(model, inputs, dump_dir=str(tmp_path), dump_onnx=True)
+    ir_files = sorted(p.stem for p in tmp_path.glob("[0-9][0-9][0-9]_*.ir"))
+    onnx_files = sorted(p.stem for p in tmp_path.glob("[0-9][0-9][0-9]_*.onnx"))
+    assert onnx_files == ir_files
+    last = onnx.load(str(tmp_path / f"{onnx_files[-1]}.onnx"))
+    onnx.checker.check_model(last, full_check=True)
+    assert any(f.domain == "heteropass" for f in last.functions)  # fused regions as local functions
+    session = ort.InferenceSession(last.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: inputs[0].numpy()})
+    with torch.no_grad():
+        assert_close_to_eager(torch.from_numpy(got), cm(*inputs))
+
+
+def test_dump_onnx_explains_graphs_onnx_cannot_express(tmp_path: Any) -> None:
+    x = torch.randn(3, 5)
+    with pytest.warns(UserWarning, match=r"aten\.cummax"):
+        hp.compile(UsesCummax(), (x,), dump_dir=str(tmp_path), dump_onnx=True)
+    reason = (tmp_path / "000_input.onnx.txt").read_text()
+    assert reason.startswith("not exported:") and "opaque" in reason

@@ -57,11 +57,13 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *needle
 def test_compile_prints_a_summary_and_writes_dumps_and_a_model(model: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     dumps, out = tmp_path / "d", tmp_path / "out.onnx"
-    assert main(["compile", str(model), "--opt-level", "2", "--dump-dir", str(dumps), "-o", str(out)]) == 0
+    assert main(["compile", str(model), "--opt-level", "2", "--dump-dir", str(dumps), "--dump-onnx",
+                 "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "3 -> 1 nodes at O2" in printed and "fuse-gemm-epilogue" in printed and f"wrote {out}" in printed
     assert {"000_input.ir", "summary.json", "placed.ir", "module.py"} <= {p.name for p in dumps.iterdir()}
     assert any(re.fullmatch(r"\d{3}_fuse-gemm-epilogue\.ir", p.name) for p in dumps.iterdir())
+    assert len(list(dumps.glob("*.onnx"))) == len(list(dumps.glob("[0-9][0-9][0-9]_*.ir")))
     assert json.loads((dumps / "summary.json").read_text())
     optimized = onnx.load(out)
     onnx.checker.check_model(optimized, full_check=True)
