@@ -10,6 +10,7 @@ Errors print as one line and exit with status 1 (`--debug` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -65,9 +66,12 @@ def _options(args: argparse.Namespace, **extra: Any) -> CompileOptions:
 
 
 def _import(args: argparse.Namespace) -> Any:
-    from .ir.onnx_importer import import_onnx
+    from .ir.onnx_importer import OnnxImportError, import_onnx
 
-    return import_onnx(args.model, fallback=args.fallback)
+    try:
+        return import_onnx(args.model, fallback=args.fallback)
+    except OnnxImportError as exc:  # say it in the command line's words
+        raise OnnxImportError(str(exc).replace("import with fallback='reference'", "use --fallback reference")) from exc
 
 
 def _summary(before: Graph, result: PipelineResult) -> None:
@@ -144,6 +148,14 @@ def cmd_dump(args: argparse.Namespace) -> None:
     console.print(result.summary_text())
 
 
+def _closed_pipe(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, BrokenPipeError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "dump": cmd_dump}
 
 
@@ -152,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except Exception as exc:
+        if _closed_pipe(exc):  # `heteropass dump ... | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         if args.debug:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
