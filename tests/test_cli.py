@@ -99,7 +99,8 @@ def test_missing_and_truncated_files_are_one_line_errors(model: Path, tmp_path: 
 
 def test_unsupported_op_fails_without_fallback_and_runs_with_it(unsupported: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    _one_line_error(capsys, ["compile", str(unsupported)], "ReverseSequence is not supported", "use --fallback reference")
+    _one_line_error(capsys, ["compile", str(unsupported)], "ReverseSequence is not supported",
+                    "use --fallback reference")
     assert main(["run", str(unsupported), "--fallback", "reference", "--repeats", "1"]) == 0
     assert "median latency" in capsys.readouterr().out
 
