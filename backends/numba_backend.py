@@ -4,15 +4,20 @@ It claims `fused` regions of kind "elementwise", "reduction" and "gemm" whose ev
 compile, single elementwise ops, last-dim softmax/log_softmax/layer_norm/rms_norm and
 sum/mean/amax/amin, and float linear/matmul/bmm/conv (see gemm.py). Float16/bfloat16 and symbolic
 shapes are left to the next backend. A partition compiles to Python glue that calls one kernel per
-node; each kernel takes its operands and an optional `out=` list of preallocated contiguous outputs:
+node; each kernel takes its operands and an optional `out=` list of preallocated contiguous outputs,
+and calls the compiled loop through ctypes with the tensors' addresses:
 
     def numba_0(x, out=None):
         [v1] = region_1(x, out=out)
         return [v1]
 
     def region_1(a0, out=None):
-        o0, = out if out is not None else (torch.empty((64, 128), dtype=torch.float32),)
-        k_region_1(flat(a0), flat_out(o0))
+        a0 = a0.contiguous()
+        if out is None:
+            o0, = (torch.empty((64, 128), dtype=torch.float32),)
+        else:
+            o0, = contiguous_out(out)
+        k_region_1(a0.data_ptr(), o0.data_ptr())
         return [o0]
 
 Kernels live in files under the cache folder (default `~/.cache/heteropass/numba`), one module
@@ -31,33 +36,28 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from numba import from_dtype
-from numba import types as nb_types
 
 from ..ir import Graph, Node, get_op
 from .base import Backend, Kernel
 from .codegen import Namer, load_function, python_name
 from .gemm import GemmPlan, choose_plan, plan_gemm, supports_product
 from .numba_codegen import (
-    NP_TYPE,
     REDUCE_OPS,
     ROW_OPS,
+    KernelSpec,
     Unsupported,
     build_spec,
     check_elementwise,
     emit_kernel,
     kernel_module,
+    pointer_entry,
 )
 
 _REGION_KINDS = ("elementwise", "reduction", "gemm")
 _HERE = Path(__file__).parent
 # Kernel files are named after their source and the code generator's, so an edit to either makes new files.
 _GENERATOR_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(_HERE.glob("numba_*.py")))).hexdigest()[:8]
-
-
-_NUMPY_DTYPE = {dt: torch.empty(0, dtype=dt.torch).numpy().dtype for dt in NP_TYPE}
 
 
 def default_cache_dir() -> Path:
@@ -81,8 +81,8 @@ class NumbaBackend(Backend):
         return True
 
     def compile(self, partition: Graph) -> Kernel:
-        namer = Namer(["torch", "flat", "flat_out", "out"])
-        namespace: dict[str, Any] = {"torch": torch, "flat": flat, "flat_out": flat_out}
+        namer = Namer(["torch", "contiguous_out", "out"])
+        namespace: dict[str, Any] = {"torch": torch, "contiguous_out": contiguous_out}
         sources: list[str] = []
         kernel_sources: list[str] = []
         regions: dict[int, str] = {}
@@ -122,24 +122,30 @@ class NumbaBackend(Backend):
         kernel_name = namer.reserve(f"k_{name}")
         spec, consts = build_spec(body, kind, kernel_name)
         kernel_src = emit_kernel(spec)
-        namespace[kernel_name] = self._load_kernel(kernel_src, kernel_name, spec.arrays)
+        entry_src = pointer_entry(spec, kernel_name, f"{kernel_name}_ptr")
+        namespace[kernel_name] = self._load_kernel(kernel_src, kernel_name, spec)
         const_names = []
         for value in consts:
+            # The tensor stays alive in the namespace under its own name; the glue passes its address.
             const_name = namer.reserve(f"{name}_{python_name(value.name)}")
-            namespace[const_name] = value.const.contiguous().numpy().reshape(-1)
+            namespace[f"{const_name}_tensor"] = tensor = value.const.contiguous()
+            namespace[const_name] = tensor.data_ptr()
             const_names.append(const_name)
         params = [f"a{i}" for i in range(len(body.inputs))]
         outs = [f"o{i}" for i in range(len(body.outputs))]
         allocs = ", ".join(f"torch.empty({tuple(v.type.static_shape())}, dtype={v.type.dtype.torch})"
                            for v in body.outputs)
         numel = math.prod([*spec.outer, spec.inner])
-        args = [f"flat({p})" for p in params] + const_names + [f"flat_out({o})" for o in outs]
-        lines = [f"def {name}({', '.join([*params, 'out=None'])}):",
-                 f"    {', '.join(outs)}, = out if out is not None else ({allocs},)"]
+        args = [f"{p}.data_ptr()" for p in params] + const_names + [f"{o}.data_ptr()" for o in outs]
+        lines = [f"def {name}({', '.join([*params, 'out=None'])}):"]
+        # The kernel reads row-major memory: strided inputs become contiguous copies held until it returns.
+        lines += [f"    {p} = {p}.contiguous()" for p in params]
+        lines += [f"    if out is None:\n        {', '.join(outs)}, = ({allocs},)",
+                  f"    else:\n        {', '.join(outs)}, = contiguous_out(out)"]
         call = f"{kernel_name}({', '.join(args)})"
         lines.append(f"    {call}" if numel else f"    # empty iteration space: no kernel call ({call})")
         lines.append(f"    return [{', '.join(outs)}]")
-        return "\n".join(lines) + "\n", [kernel_src], True
+        return "\n".join(lines) + "\n", [kernel_src, entry_src], True
 
     def _compile_gemm(self, body: Graph, name: str, namer: Namer,
                       namespace: dict[str, Any]) -> tuple[str, list[str], bool]:
@@ -185,9 +191,9 @@ class NumbaBackend(Backend):
     def _epilogue_seconds(self, option: GemmPlan, product: torch.Tensor) -> float:
         """The time `option`'s epilogue kernel takes on `product` (in place, as the glue runs it)."""
         assert option.epilogue is not None
-        namespace: dict[str, Any] = {"torch": torch, "flat": flat, "flat_out": flat_out}
+        namespace: dict[str, Any] = {"torch": torch, "contiguous_out": contiguous_out}
         glue, _, _ = self._compile_region(option.epilogue, "elementwise", "epilogue",
-                                      Namer(["torch", "flat", "flat_out", "out"]), namespace)
+                                      Namer(["torch", "contiguous_out", "out"]), namespace)
         epilogue = load_function(glue, namespace, "epilogue")
         args = [product] + [torch.randn(v.type.static_shape()).to(v.type.dtype.torch)
                             for v in option.epilogue.inputs[1:]]
@@ -200,8 +206,10 @@ class NumbaBackend(Backend):
             best = min(best, time.perf_counter() - start)
         return best
 
-    def _load_kernel(self, source: str, name: str, arrays: list) -> Any:
-        module_source = kernel_module([source.replace(f"def {name}(", "def kernel(", 1)])
+    def _load_kernel(self, source: str, name: str, spec: KernelSpec) -> Any:
+        """The ctypes entry of kernel `source` (see `pointer_entry`), from Numba's disk cache when it has it."""
+        module_source = kernel_module([source.replace(f"def {name}(", "def kernel(", 1),
+                                       pointer_entry(spec, "kernel", "kernel_ptr")])
         digest = hashlib.sha1((_GENERATOR_HASH + module_source).encode()).hexdigest()[:16]
         path = self.cache_dir / f"k_{digest}.py"
         if not path.exists():
@@ -216,12 +224,15 @@ class NumbaBackend(Backend):
             spec = importlib.util.spec_from_file_location(module_name, path)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            # Registered first: the cfunc compiles (or loads from the cache) while the module executes,
+            # and a cached entry finds its globals by module name.
             sys.modules[module_name] = module
-        kernel = module.kernel
-        signature = tuple(nb_types.Array(from_dtype(_NUMPY_DTYPE[a.dtype]), 1, "C") for a in arrays)
-        kernel.compile(signature)  # now, from the disk cache when there is one; not on the first call
-        return kernel
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+        return module.kernel_ptr.ctypes
 
 
 def _compilable(plan: GemmPlan) -> GemmPlan:
@@ -243,18 +254,12 @@ def _epilogue_operands(body: Graph, plan: GemmPlan) -> list:
     return [v for v in body.inputs if v.name in names]
 
 
-def flat(t: torch.Tensor) -> np.ndarray:
-    """A 1-D NumPy view of `t`'s elements in row-major order (a contiguous copy when `t` is strided)."""
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return t.numpy().reshape(-1)
-
-
-def flat_out(t: torch.Tensor) -> np.ndarray:
-    """A 1-D NumPy view of output buffer `t`, which must be contiguous: the kernel writes through it."""
-    if not t.is_contiguous():
-        raise ValueError(f"out= buffers must be contiguous, got strides {t.stride()} for shape {list(t.shape)}")
-    return t.numpy().reshape(-1)
+def contiguous_out(out: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`out`, whose buffers must be contiguous: the kernel writes row-major memory through their addresses."""
+    for t in out:
+        if not t.is_contiguous():
+            raise ValueError(f"out= buffers must be contiguous, got strides {t.stride()} for shape {list(t.shape)}")
+    return out
 
 
 def _region_of(node: Node) -> tuple[Graph, str]:

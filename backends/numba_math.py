@@ -190,8 +190,13 @@ def gelu_f32(x):
 
 @njit(inline="always")
 def gelu_tanh_f32(x):
-    """Tanh GELU: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    return _HALF * x * (_ONE + tanh_f32(_SQRT_2_PI * (x + _GELU_CUBIC * x * x * x)))
+    """Tanh GELU: x/2 (1 + tanh(z)) with z = sqrt(2/pi) (x + 0.044715 x^3), computed as x / (1 + exp(-2z)).
+
+    The identity 1 + tanh(z) = 2 sigmoid(2z) needs one exp and one division and no branch on |z|
+    (exp overflowing to inf gives exactly -0 for very negative x).
+    """
+    z = _SQRT_2_PI * (x + _GELU_CUBIC * x * x * x)
+    return x / (_ONE + exp_f32(-(z + z)))
 
 
 @njit(inline="always")

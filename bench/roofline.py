@@ -1,0 +1,72 @@
+"""Achieved memory bandwidth of Numba fused elementwise kernels against `y.copy_(x)`, at one thread.
+
+    OMP_NUM_THREADS=1 python -m heteropass.bench.roofline [--numel N] [--repeats R]
+
+Bytes moved = every operand read once plus every output written once; a kernel is memory-bound
+when it reaches a good share of the copy's bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from heteropass.backends.numba_backend import NumbaBackend
+from heteropass.ir import parse_graph
+
+# name -> (region body over %x: f32[N] (and %y), operand count)
+CHAINS: dict[str, tuple[str, int]] = {
+    "gelu(x*a+b)": ("%0: f32[{n}] = mul(%x, %a)\n      %1: f32[{n}] = add(%0, %b)\n"
+                    "      %2: f32[{n}] = gelu(%1)\n      return %2", 1),
+    "gelu_tanh(x*a+b)": ("%0: f32[{n}] = mul(%x, %a)\n      %1: f32[{n}] = add(%0, %b)\n"
+                         '      %2: f32[{n}] = gelu(%1) {{approximate="tanh"}}\n      return %2', 1),
+    "relu(x+y)": ("%0: f32[{n}] = add(%x, %y)\n      %1: f32[{n}] = relu(%0)\n      return %1", 2),
+    "x*a+b": ("%0: f32[{n}] = mul(%x, %a)\n      %1: f32[{n}] = add(%0, %b)\n      return %1", 1),
+    "sigmoid(x)*y": ("%0: f32[{n}] = sigmoid(%x)\n      %1: f32[{n}] = mul(%0, %y)\n      return %1", 2),
+}
+
+
+def region(body: str, operands: int, n: int) -> str:
+    params = ", ".join(f"%{p}: f32[{n}]" for p in "xy"[:operands])
+    args = ", ".join(f"%{p}" for p in "xy"[:operands])
+    text = body.format(n=n)
+    return (f"graph m({params}) -> (f32[{n}]) {{\n"
+            f'  %r: f32[{n}] = fused[op]({args}) {{kind="elementwise"}}\n    graph region({params}) -> (f32[{n}]) {{\n'
+            f"      const %a: f32[] = 1.5\n      const %b: f32[] = 0.25\n      {text}\n    }}\n  return %r\n}}\n")
+
+
+def seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--numel", type=int, default=1 << 24)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    n = args.numel
+    x, y, out = torch.randn(n), torch.randn(n), torch.empty(n)
+    copy = 2 * 4 * n / seconds(lambda: out.copy_(x), args.repeats)
+    print(f"copy: {copy / 1e9:.1f} GB/s ({n} float32)")
+    backend = NumbaBackend()
+    for name, (body, operands) in CHAINS.items():
+        graph = parse_graph(region(body, operands, n))
+        kernel = backend.compile(graph)
+        inputs = (x, y)[:operands]
+        rate = (operands + 1) * 4 * n / seconds(lambda k=kernel, i=inputs: k(*i, out=[out]), args.repeats)
+        print(f"{name:>18}: {rate / 1e9:6.1f} GB/s  {100 * rate / copy:5.1f}% of copy")
+
+
+if __name__ == "__main__":
+    main()
