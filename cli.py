@@ -26,7 +26,7 @@ from .ir import Graph
 from .ir.sample import random_inputs
 from .passes.manager import PipelineResult
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Achieved memory bandwidth of Numba fused elementwise kernels against `y.copy_(x)`, at one thread.
 
-    OMP_NUM_THREADS=1 python -m heteropass.bench.roofline [--numel N] [--repeats R]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/roofline.py [--numel N] [--repeats R]
 
 Bytes moved = every operand read once plus every output written once; a kernel is memory-bound
 when it reaches a good share of the copy's bandwidth.
