@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import torch
 from hypothesis import given
 
-from heteropass.ir import DType, Graph, parse_graph, run_graph, verify
-from heteropass.ir.compare import assert_graphs_equal
-from heteropass.ir.sample import random_inputs
+from heteropass.ir import DType
 from heteropass.passes.base import PassResult
 from heteropass.passes.fuse_gemm_epilogue import FuseGemmEpiloguePass
-from heteropass.passes.fusion_util import check_region_contract
 from heteropass.testing import assert_pass_preserves_semantics, graph_and_inputs
 
-
-def check_regions(graph: Graph) -> None:
-    for node in graph.nodes:
-        if node.op == "fused":
-            check_region_contract(node)
+from .fusion_checks import check_fusion, check_regions
 
 
 def check(before: str, expected: str) -> PassResult:
-    """Run the pass on `before`; check the result against `expected`, the region contract, the reference
-    interpreter and a second run that must change nothing."""
-    graph = parse_graph(before)
-    original = graph.clone()
-    result = FuseGemmEpiloguePass()(graph)
-    verify(graph)
-    assert_graphs_equal(graph, expected)
-    check_regions(graph)
-    inputs = random_inputs(original)
-    for want, got in zip(run_graph(original, *inputs), run_graph(graph, *inputs), strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert not FuseGemmEpiloguePass()(graph).modified
-    return result
+    return check_fusion(FuseGemmEpiloguePass, before, expected)
 
 
 def unchanged(text: str) -> None:
