@@ -1,4 +1,5 @@
-"""Shared test configuration: hypothesis profiles and single-threaded torch.
+"""Shared test configuration: hypothesis profiles, single-threaded torch, and summaries that tests
+record with `record_property("summary", text)`, printed at the end of the run (also under xdist).
 
 Profiles, chosen with HETEROPASS_HYPOTHESIS_PROFILE:
 - "ci" (default): reproducible (derandomized, no example database), sized for a 2-core machine;
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -24,3 +26,16 @@ settings.register_profile("dev", max_examples=30, deadline=None, suppress_health
 settings.register_profile("thorough", max_examples=3000, deadline=None, suppress_health_check=_SLOW_IS_FINE,
                           print_blob=True)
 settings.load_profile(os.environ.get("HETEROPASS_HYPOTHESIS_PROFILE", "ci"))
+
+
+_SUMMARIES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _SUMMARIES.extend(str(value) for key, value in report.user_properties if key == "summary")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for summary in _SUMMARIES:
+        terminalreporter.write_line(summary)

@@ -104,7 +104,7 @@ def _numeric(model: onnx.ModelProto) -> bool:
 
 
 @pytest.mark.slow
-def test_onnx_node_suite(request: pytest.FixtureRequest) -> None:
+def test_onnx_node_suite(record_property: Callable[[str, object], None]) -> None:
     cases = load_model_tests(kind="node")
     failures, native = _failures(cases, _check)
     numeric = {case.name for case in cases if _numeric(case.model)}
@@ -113,9 +113,7 @@ def test_onnx_node_suite(request: pytest.FixtureRequest) -> None:
               f"reference fallback); numeric-only subset: {len(numeric - set(failures))}/{len(numeric)} pass, "
               f"{len(numeric & native)} natively; onnxruntime.backend: {ORT_PASSES}/{ORT_CASES} pass "
               f"(recorded {ORT_RECORDED})")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(report)
+    record_property("summary", report)  # printed at the end of the run by conftest.py
     unexpected = {name: msg for name, msg in failures.items() if name not in REASONS}
     fixed = sorted(set(REASONS) - set(failures))
     assert not unexpected, f"{report}\nunexpected failures:\n" + "\n".join(f"{k}: {v}" for k, v in unexpected.items())
