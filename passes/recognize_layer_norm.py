@@ -4,17 +4,8 @@ optional elementwise weight and bias) becomes `layer_norm`."""
 from __future__ import annotations
 
 from ..ir import Node, Value
+from .norm_patterns import check_affine, check_normalized, normalize, trailing_dims
 from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
-
-
-def trailing_dims(node: Node) -> int | None:
-    """How many trailing dims a keepdim reduction covers (dims exactly the last k), else None."""
-    dims, rank = node.attrs["dims"], node.inputs[0].type.rank
-    if dims is None or not node.attrs["keepdim"] or rank == 0:
-        return None
-    normalized = sorted(d % rank for d in dims)
-    k = len(normalized)
-    return k if normalized == list(range(rank - k, rank)) else None
 
 
 def _describe_reduction(node: Node) -> str:
@@ -40,31 +31,11 @@ def _check_core(m: Match) -> str | None:
     if m.node("var").op == "var" and m.node("var").attrs["correction"] != 0:
         return "the variance uses a correction (layer norm's is biased)"
     assert k is not None
-    shape = x.type.shape[x.type.rank - k:]
-    if not all(isinstance(d, int) for d in shape):
-        return f"the normalized shape {list(shape)} is not static"
-    if m["eps"].type.dtype != x.type.dtype and m["eps"].type.rank > 0:
-        return f"eps {m['eps'].type} would promote {x.type}"
-    if m.scalar("eps") < 0:
-        return "eps is negative"
-    return None
+    return check_normalized(m, k)
 
 
 def _layer_norm(m: Match) -> Value:
-    x = m["x"]
-    k = trailing_dims(m.node("mean"))
-    assert k is not None
-    return m.call("layer_norm", x, normalized_shape=x.type.shape[x.type.rank - k:], eps=m.scalar("eps"))
-
-
-def _check_affine(m: Match) -> str | None:
-    norm, operand = m.node("norm"), m["p"]
-    shape = tuple(norm.attrs["normalized_shape"])
-    if operand.type.shape != shape:
-        return f"%{operand.name} has shape {list(operand.type.shape)}, expected the normalized shape {list(shape)}"
-    if operand.type.dtype != norm.outputs[0].type.dtype:
-        return f"%{operand.name} is {operand.type.dtype}, the norm is {norm.outputs[0].type.dtype}"
-    return None
+    return normalize(m, "layer_norm")
 
 
 def _with_weight(m: Match) -> Value:
@@ -88,9 +59,9 @@ RULES = RuleSet([
     Rule("layer-norm", Pat.any(Pat("div", _centered, Pat("sqrt", _shifted)),
                                Pat("mul", _centered, Pat("rsqrt", _shifted))), _layer_norm, _check_core),
     Rule("layer-norm-weight", Pat("mul", Pat("layer_norm", Pat.var(), name="norm"), Pat.var("p")), _with_weight,
-         _check_affine),
+         check_affine),
     Rule("layer-norm-bias", Pat("add", Pat("layer_norm", Pat.var(), Pat.var(), name="norm"), Pat.var("p")),
-         _with_bias, _check_affine),
+         _with_bias, check_affine),
 ])
 
 
