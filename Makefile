@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0" numba onnx onnxscript onnx-ir onnxruntime \
-		hypothesis pytest pytest-xdist ruff rich "transformers>=4.40" graphviz pillow
+		hypothesis pytest pytest-xdist ruff rich "transformers>=4.40" graphviz pillow scikit-learn
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

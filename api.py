@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,20 @@ import torch
 from .backends import resolve_backends
 from .backends.base import Backend
 from .backends.executable import Executable, build_executable
-from .ir import Graph, format_graph
+from .ir import Graph, format_graph, run_graph
 from .ir.torch_importer import TorchProgram, import_module
 from .passes.base import PassContext
 from .passes.instruments import dump_dir_from_env, instruments_for
 from .passes.manager import PassManager, PipelineResult
 from .passes.pipelines import default_pipeline
+from .passes.precision_config import ErrorMetrics, PrecisionConfig, measure_batches
 
 
 @dataclass(frozen=True)
 class CompileOptions:
     """Everything that steers a compilation. `disable` names passes to skip (kebab-case);
-    `backends` names the backends in priority order (the reference backend runs the rest)."""
+    `backends` names the backends in priority order (the reference backend runs the rest);
+    `precision` is the precision request (a `PrecisionConfig`, or just its precision name)."""
 
     opt_level: int = 2
     dump_dir: str | None = None
@@ -36,6 +39,11 @@ class CompileOptions:
     check_each: bool = False
     backends: tuple[str, ...] = ("reference",)
     dump_onnx: bool = False
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.precision, str):
+            object.__setattr__(self, "precision", PrecisionConfig(self.precision))
 
 
 def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend | str] | None = None
@@ -50,7 +58,8 @@ def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend |
                                   print_after_change=options.print_after_change,
                                   verify_each=options.verify_each, check_each=options.check_each,
                                   dump_onnx=options.dump_onnx)
-    result = PassManager(default_pipeline(options.opt_level), ctx, instruments).run(graph)
+    pipeline = default_pipeline(options.opt_level, options.precision if options.precision.active else None)
+    result = PassManager(pipeline, ctx, instruments).run(graph)
     planned = options.opt_level >= 2 and "plan-memory" not in options.disable
     chosen = resolve_backends(options.backends if backends is None else backends)
     executable = build_executable(result.graph, chosen, plan_memory=planned)
@@ -62,17 +71,26 @@ def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend |
     return result, executable
 
 
+def measure_accuracy(reference: Graph, executable: Executable, batches: Sequence[Sequence[torch.Tensor]]
+                     ) -> ErrorMetrics:
+    """The executable's error against the float32 reference interpreter on `batches` of graph inputs."""
+    expected = [run_graph(reference, *batch) for batch in batches]
+    return measure_batches(expected, [executable(*batch) for batch in batches])
+
+
 class CompiledModule:
     """A compiled model: call it like the model. `graph` is the optimized IR, `code` the emitted
-    module's source, `report` what each pass did and how long it took."""
+    module's source, `report` what each pass did and how long it took, and, for a lowered precision,
+    `accuracy`: the error against float32 on the calibration inputs (or the example inputs)."""
 
     def __init__(self, program: TorchProgram, pipeline: PipelineResult, executable: Executable,
-                 options: CompileOptions, import_ms: float) -> None:
+                 options: CompileOptions, import_ms: float, accuracy: ErrorMetrics | None = None) -> None:
         self.program = program
         self.pipeline = pipeline
         self.executable = executable
         self.options = options
         self.import_ms = import_ms
+        self.accuracy = accuracy
 
     @property
     def graph(self) -> Graph:
@@ -88,7 +106,12 @@ class CompiledModule:
 
     @property
     def report(self) -> str:
-        return self.pipeline.summary_text()
+        text = self.pipeline.summary_text()
+        if self.accuracy is not None:
+            batches = max(len(self.options.precision.calibration), 1)
+            text += (f"\nprecision {self.options.precision.precision}: error vs float32 on {batches} "
+                     f"calibration batch(es): {self.accuracy}")
+        return text
 
     def save_onnx(self, path: str) -> None:
         """Write the optimized graph as an ONNX model. Inputs keep the model's argument names; an
@@ -119,7 +142,9 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
             example_kwargs: dict[str, Any] | None = None, opt_level: int = 2, dump_dir: str | None = None,
             strict: bool = False, disable: Sequence[str] = (), backends: Sequence[Backend | str] = ("reference",),
             print_after_all: bool = False, print_after_change: bool = False, verify_each: bool = False,
-            check_each: bool = False, dump_onnx: bool = False) -> CompiledModule:
+            check_each: bool = False, dump_onnx: bool = False, precision: str = "fp32",
+            calibration: Sequence[Any] | None = None, tolerance: float | None = None,
+            precision_options: dict[str, Any] | None = None) -> CompiledModule:
     """Compile `model` for inputs shaped like `example_inputs` (a tuple of positional arguments).
 
     `opt_level` 0-3 picks the pipeline; `dump_dir` (or the HETEROPASS_DUMP_DIR environment variable)
@@ -127,16 +152,52 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     pass), `summary.json` and the emitted module; `strict=True` turns ops
     heteropass does not know into an error instead of a PyTorch fallback; `backends` lists the
     backends to use in priority order, by name ("numba", "reference") or as instances.
+
+    `precision` lowers the model: "bf16"/"fp16" (matmuls and convolutions in the low type, norms,
+    softmax and reductions kept in float32), "int8-weight" (int8 weights, float activations),
+    "int8-dynamic" (activations quantized at run time) or "int8-static" (activation ranges from
+    `calibration`, a list of example inputs shaped like `example_inputs`). With `tolerance` (the
+    largest max-relative error of the outputs against float32 on the calibration inputs, or on
+    the example inputs when there are none) the passes keep the ops that would exceed it in float32
+    and say why in the dumps. `precision_options` sets the other `PrecisionConfig` fields
+    (`allow`, `deny`, `keep_nodes`, `block_size`, `granularity`, `calibration_method`, `percentile`).
+    The measured error is `compiled.accuracy` and ends `compiled.report`.
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    start = time.perf_counter()
+    program = import_module(model, example_inputs, strict=strict, example_kwargs=example_kwargs)
+    import_ms = (time.perf_counter() - start) * 1e3
+    config = _precision_config(program, precision, calibration, tolerance, precision_options, example_inputs,
+                               example_kwargs)
     options = CompileOptions(opt_level=opt_level, dump_dir=dump_dir_from_env(dump_dir), strict=strict,
                              disable=tuple(disable), print_after_all=print_after_all,
                              print_after_change=print_after_change, verify_each=verify_each,
                              check_each=check_each, dump_onnx=dump_onnx,
-                             backends=tuple(b if isinstance(b, str) else b.name for b in backends))
-    start = time.perf_counter()
-    program = import_module(model, example_inputs, strict=strict, example_kwargs=example_kwargs)
-    import_ms = (time.perf_counter() - start) * 1e3
+                             backends=tuple(b if isinstance(b, str) else b.name for b in backends),
+                             precision=config)
     pipeline, executable = optimize(program.graph, options, backends)
-    return CompiledModule(program, pipeline, executable, options, import_ms)
+    accuracy = None
+    if config.active:
+        batches = config.calibration or (program.flatten_inputs(example_inputs, example_kwargs),)
+        accuracy = measure_accuracy(program.graph, executable, batches)
+        if options.dump_dir:
+            Path(options.dump_dir, "precision.json").write_text(json.dumps(
+                {"precision": config.precision, "tolerance": config.tolerance, "calibration_batches": len(batches),
+                 "error_vs_fp32": accuracy.as_dict()}, indent=2) + "\n")
+    return CompiledModule(program, pipeline, executable, options, import_ms, accuracy)
+
+
+def _precision_config(program: TorchProgram, precision: str, calibration: Sequence[Any] | None,
+                      tolerance: float | None, options: dict[str, Any] | None, example_inputs: tuple[Any, ...],
+                      example_kwargs: dict[str, Any] | None) -> PrecisionConfig:
+    """The precision request with calibration inputs flattened to graph-input order. A tolerance without
+    calibration inputs is measured on the example inputs."""
+    batches = [program.flatten_inputs(b if isinstance(b, tuple) else (b,), example_kwargs) for b in calibration or ()]
+    if tolerance is not None and not batches:
+        batches = [program.flatten_inputs(example_inputs, example_kwargs)]
+    if precision == "int8-static" and not batches:
+        raise ValueError("precision='int8-static' needs calibration=[inputs, ...]: example inputs shaped like "
+                         "example_inputs whose activation ranges set the quantization scales")
+    return PrecisionConfig(precision, calibration=tuple(tuple(b) for b in batches), tolerance=tolerance,
+                           **(options or {}))

@@ -2,6 +2,7 @@
 
     heteropass compile model.onnx --opt-level 2 --dump-dir dumps/ -o optimized.onnx
     heteropass run model.onnx --inputs random
+    heteropass compile model.onnx --precision int8-static --calibration-batches 8 --tolerance 0.02
     heteropass dump model.onnx --print-after-all
 
 Errors print as one line and exit with status 1 (`--debug` shows the traceback).
@@ -21,10 +22,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .api import CompileOptions, optimize
+from .api import CompileOptions, measure_accuracy, optimize
+from .backends.executable import Executable
 from .ir import Graph
 from .ir.sample import random_inputs
 from .passes.manager import PipelineResult
+from .passes.precision_config import PRECISIONS, PrecisionConfig
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -41,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--disable", default="", help="comma-separated pass names to skip")
         sub.add_argument("--fallback", choices=["reference", "onnxruntime"],
                          help="run ops heteropass does not support through this evaluator instead of failing")
+        sub.add_argument("--precision", choices=PRECISIONS, default="fp32", help="lower the model to this precision")
+        sub.add_argument("--tolerance", type=float,
+                         help="largest max-relative output error vs float32; ops that exceed it stay float32")
+        sub.add_argument("--calibration-batches", type=int, default=4,
+                         help="random input batches that calibrate int8-static and measure the error (default 4)")
         # SUPPRESS as default: otherwise the subcommand's False overwrites `heteropass --debug compile ...`.
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return sub
@@ -60,9 +68,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace, **extra: Any) -> CompileOptions:
+def _options(args: argparse.Namespace, graph: Graph, **extra: Any) -> CompileOptions:
     disable = tuple(name for name in args.disable.split(",") if name)
-    return CompileOptions(opt_level=args.opt_level, disable=disable, **extra)
+    return CompileOptions(opt_level=args.opt_level, disable=disable, precision=_precision(args, graph), **extra)
+
+
+def _precision(args: argparse.Namespace, graph: Graph) -> PrecisionConfig:
+    """The precision request; calibration batches are random inputs (seeds 1000, 1001, ...), which an
+    ONNX file gives us no better source of."""
+    needs_data = args.precision == "int8-static" or args.tolerance is not None
+    batches = [random_inputs(graph, seed=1000 + i) for i in range(args.calibration_batches)] if needs_data else []
+    return PrecisionConfig(args.precision, calibration=tuple(tuple(b) for b in batches), tolerance=args.tolerance)
+
+
+def _print_accuracy(graph: Graph, options: CompileOptions, executable: Executable) -> None:
+    if options.precision.active:
+        batches = options.precision.calibration or (tuple(random_inputs(graph, seed=1000)),)
+        console.print(f"precision {options.precision.precision}: error vs float32 on {len(batches)} random "
+                      f"batch(es): {measure_accuracy(graph, executable, batches)}")
 
 
 def _import(args: argparse.Namespace) -> Any:
@@ -95,8 +118,10 @@ def _summary(before: Graph, result: PipelineResult) -> None:
 def cmd_compile(args: argparse.Namespace) -> None:
     program = _import(args)
     before = program.graph.clone()
-    result, _ = optimize(program.graph, _options(args, dump_dir=args.dump_dir, dump_onnx=args.dump_onnx))
+    options = _options(args, program.graph, dump_dir=args.dump_dir, dump_onnx=args.dump_onnx)
+    result, executable = optimize(program.graph, options)
     _summary(before, result)
+    _print_accuracy(before, options, executable)
     if args.output:
         from .ir.onnx_exporter import save_onnx
 
@@ -121,7 +146,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     program = _import(args)
     inputs = random_inputs(program.graph, seed=args.seed)
-    _, executable = optimize(program.graph, _options(args))
+    options = _options(args, program.graph)
+    _, executable = optimize(program.graph, options)
+    _print_accuracy(program.graph, options, executable)
     outputs = executable(*inputs)
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     feed = {name: t.numpy() for name, t in zip(program.input_names, inputs, strict=True)}
@@ -143,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_dump(args: argparse.Namespace) -> None:
     program = _import(args)
     print_all = args.print_after_all or not args.print_after_change
-    result, _ = optimize(program.graph, _options(args, print_after_all=print_all,
+    result, _ = optimize(program.graph, _options(args, program.graph, print_after_all=print_all,
                                                  print_after_change=args.print_after_change and not print_all))
     console.print(result.summary_text())
 

@@ -15,6 +15,7 @@ import torch
 
 from .graph import Node
 from .onnx_exporter import ONNX_DTYPES, Emitter, fail, tensor_proto
+from .ops.quant import weight_scale_axis
 from .types import DType, TensorType
 
 Rule = Callable[[Emitter, Node, list[str]], str | list[str]]
@@ -734,3 +735,65 @@ def _grid_sample(em: Emitter, node: Node, x: list[str]) -> str:
 @rule("bitcast")
 def _bitcast(em: Emitter, node: Node, x: list[str]) -> str:
     raise fail(node, "ONNX cannot reinterpret the bits of a tensor as another type")
+
+
+# -- quantization ---------------------------------------------------------------------------------
+def _quant_attrs(em: Emitter, node: Node, block_size: int, axis: int) -> dict[str, Any]:
+    if block_size and em.opset < 21:
+        raise fail(node, "group-wise (blocked) scales need opset 21")
+    return {"axis": axis, "block_size": block_size or None}
+
+
+def _zero_point(em: Emitter, node: Node, x: list[str], scale: TensorType, dtype: DType) -> str:
+    """The node's zero point, or zeros of the output type (ONNX reads the output type from it)."""
+    if len(x) == 3:
+        return x[2]
+    return em.const(torch.zeros(scale.static_shape(), dtype=dtype.torch), "zero_point")
+
+
+@rule("quantize")
+def _quantize(em: Emitter, node: Node, x: list[str]) -> str:
+    scale = _in(node, 1)
+    zero = _zero_point(em, node, x, scale, _out(node).dtype)
+    return em.op("QuantizeLinear", em.cast(x[0], _in(node).dtype, scale.dtype), x[1], zero,
+                 **_quant_attrs(em, node, node.attrs["block_size"], node.attrs["axis"]))
+
+
+@rule("dequantize")
+def _dequantize(em: Emitter, node: Node, x: list[str]) -> str:
+    return em.op("DequantizeLinear", *x, **_quant_attrs(em, node, node.attrs["block_size"], node.attrs["axis"]))
+
+
+def _linear_of(em: Emitter, node: Node, x: str, w: str, bias: str | None) -> str:
+    """x @ w.T (+ bias) for a float weight w [out, in]."""
+    if _in(node).rank == 2:
+        return em.op("Gemm", x, w, bias, transB=1)
+    y = em.op("MatMul", x, em.op("Transpose", w, perm=[1, 0]))
+    return em.op("Add", y, bias) if bias is not None else y
+
+
+@rule("linear_weight_int8")
+def _linear_weight_int8(em: Emitter, node: Node, x: list[str]) -> str:
+    """DequantizeLinear of the int8 weight feeding a Gemm/MatMul: the QDQ form runtimes fuse."""
+    zero = _zero_point(em, node, x[:2], _in(node, 2), DType.i8)
+    block = node.attrs["block_size"]
+    w = em.op("DequantizeLinear", x[1], x[2], zero, **_quant_attrs(em, node, block, weight_scale_axis(block)))
+    return _linear_of(em, node, x[0], w, x[3] if len(x) == 4 else None)
+
+
+@rule("linear_dynamic_int8")
+def _linear_dynamic_int8(em: Emitter, node: Node, x: list[str]) -> str:
+    """Symmetric int8 quantization of x per row (or tensor), MatMulInteger with the int8 weight, rescale."""
+    dtype = _in(node).dtype
+    xf = em.cast(x[0], dtype, DType.f32)
+    keep = node.attrs["granularity"] == "row"
+    axes = em.ints([-1]) if keep else None
+    amax = em.op("ReduceMax", em.op("Abs", xf), axes, keepdims=int(keep))
+    x_scale = em.op("Div", em.op("Max", amax, em.scalar(1e-12, DType.f32)), em.scalar(127.0, DType.f32))
+    xq = em.op("Clip", em.op("Round", em.op("Div", xf, x_scale)), em.scalar(-127.0, DType.f32),
+               em.scalar(127.0, DType.f32))
+    product = em.op("MatMulInteger", em.cast(xq, DType.f32, DType.i8), em.op("Transpose", x[1], perm=[1, 0]))
+    y = em.op("Mul", em.op("Mul", em.cast(product, DType.i32, DType.f32), x_scale), x[2])
+    if len(x) == 4:
+        y = em.op("Add", y, x[3])
+    return em.cast(y, DType.f32, _out(node).dtype)

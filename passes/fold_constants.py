@@ -56,7 +56,7 @@ class FoldConstantsPass(Pass):
 
     @staticmethod
     def _worth_folding(graph: Graph, node: Node, max_numel: int) -> bool:
-        if get_op(node.op).kind == "opaque" or not all(v.is_constant for v in node.inputs):
+        if node.op == "dequantize" or get_op(node.op).kind == "opaque" or not all(v.is_constant for v in node.inputs):
             return False
         if all(not v.uses and not graph.is_output(v) for v in node.outputs):
             return False  # dead: eliminate-dead-code removes it without computing it

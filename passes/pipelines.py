@@ -11,9 +11,14 @@ from .fuse_elementwise import FuseElementwisePass
 from .fuse_gemm_epilogue import FuseGemmEpiloguePass
 from .fuse_linear_bias import FuseLinearBiasPass
 from .fuse_reductions import FuseReductionsPass
+from .lower_precision import LowerPrecisionPass
 from .manager import Fixpoint
 from .plan_memory import PlanMemoryPass
+from .precision_config import PrecisionConfig
 from .propagate_shapes import PropagateShapesPass
+from .quantize_dynamic import QuantizeDynamicPass
+from .quantize_static import QuantizeStaticPass
+from .quantize_weights import QuantizeWeightsPass
 from .recognize_attention import RecognizeAttentionPass
 from .recognize_gelu import RecognizeGeluPass
 from .recognize_layer_norm import RecognizeLayerNormPass
@@ -40,6 +45,10 @@ _PASSES: tuple[type[Pass], ...] = (
     FuseReductionsPass,
     FuseElementwisePass,
     PlanMemoryPass,
+    LowerPrecisionPass,
+    QuantizeWeightsPass,
+    QuantizeDynamicPass,
+    QuantizeStaticPass,
 )
 
 
@@ -66,15 +75,32 @@ def _fuse() -> list[Pass]:
     return [FuseGemmEpiloguePass(), FuseReductionsPass(), FuseElementwisePass()]
 
 
-def default_pipeline(opt_level: int) -> list[Pass | Fixpoint]:
+def precision_passes(config: PrecisionConfig) -> list[Pass]:
+    """The passes that carry out a precision request: none for fp32; bf16/fp16 lowering (with the
+    error budget when `config.tolerance` is set); one of the three int8 quantization passes."""
+    if config.precision == "fp32":
+        return []
+    passes: dict[str, type[Pass]] = {
+        "bf16": LowerPrecisionPass, "fp16": LowerPrecisionPass, "int8-weight": QuantizeWeightsPass,
+        "int8-dynamic": QuantizeDynamicPass, "int8-static": QuantizeStaticPass,
+    }
+    return [passes[config.precision](config)]  # type: ignore[call-arg]
+
+
+def default_pipeline(opt_level: int, precision: PrecisionConfig | None = None) -> list[Pass | Fixpoint]:
     """O0: shapes only (later stages rely on static shapes); O1: shapes and dead code; O2/O3: shapes,
     cleanup (simplify, fold, CSE, DCE to a fixpoint), pattern recognition, cleanup again, fusion, and
-    memory planning (which reports the plan; the executable allocates by it)."""
+    memory planning (which reports the plan; the executable allocates by it).
+
+    A `precision` request inserts its passes after pattern recognition (so they see whole linear,
+    attention and norm ops) and before fusion (so kernels are generated for the lowered types).
+    """
     if opt_level not in OPT_LEVELS:
         raise ValueError(f"opt_level must be one of {OPT_LEVELS}, got {opt_level}")
+    lowering = precision_passes(precision) if precision is not None else []
     if opt_level == 0:
-        return [PropagateShapesPass()]
+        return [PropagateShapesPass(), *lowering]
     if opt_level == 1:
-        return [PropagateShapesPass(), EliminateDeadCodePass()]
+        return [PropagateShapesPass(), *lowering, EliminateDeadCodePass()]
     return [PropagateShapesPass(), _cleanup("cleanup"), *_recognize(), _cleanup("cleanup-after-patterns"),
-            *_fuse(), PlanMemoryPass()]
+            *lowering, *_fuse(), PlanMemoryPass()]

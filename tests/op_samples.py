@@ -35,6 +35,13 @@ ONNX_SAMPLES: dict[str, Sample] = {
     "grid_sample": ([_t(1, 2, 4, 4), _t(1, 3, 3, 2)], {"align_corners": True}),
     "bitcast": ([_t(2, 3)], {"dtype": DType.i32}),
 }
+_I8 = DType.i8
+QUANT_SAMPLES: dict[str, Sample] = {
+    "quantize": ([_t(4, 6), _t(6)], {"axis": 1, "dtype": _I8}),
+    "dequantize": ([_t(4, 6, dtype=_I8), _t(4, 2), _t(4, 2, dtype=_I8)], {"axis": 1, "block_size": 3}),
+    "linear_weight_int8": ([_t(2, 3, 8), _t(5, 8, dtype=_I8), _t(5, 2), _t(5)], {"block_size": 4}),
+    "linear_dynamic_int8": ([_t(3, 8), _t(5, 8, dtype=_I8), _t(5), _t(5)], {}),
+}
 _REGION = parse_graph("""graph region(%a: f32[2,3], %b: f32[3]) -> (f32[2,3], f32[2]) {
   %0: f32[2,3] = add(%a, %b)
   %1: f32[2,3] = gelu(%0)

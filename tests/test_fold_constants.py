@@ -124,3 +124,15 @@ def test_folded_constant_is_named_after_the_node_and_owns_its_data() -> None:
     assert folded.name == "folded_t"
     assert folded.const is not None and folded.const.is_contiguous()
     assert folded.const.untyped_storage().nbytes() == 2 * 4 * 4
+
+
+def test_never_folds_dequantize_of_an_int8_weight() -> None:
+    text = """
+    graph g(%x: f32[2,4]) -> (f32[2,3]) {
+      const %w: i8[3,4] = [1, -2, 3, -4, 5, -6, 7, -8, 9, -10, 11, -12]
+      const %s: f32[3] = [0.5, 0.25, 0.125]
+      %0: f32[3,4] = dequantize(%w, %s) {axis=0}
+      %1: f32[2,3] = linear(%x, %0)
+      return %1
+    }"""
+    assert not check(text, text).modified

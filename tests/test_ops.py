@@ -8,7 +8,7 @@ import torch
 from heteropass.ir import OPS, DType, OpError, TensorType, get_op
 from heteropass.ir.sample import random_tensor
 
-from .op_samples import FUSION_SAMPLES, ONNX_SAMPLES
+from .op_samples import FUSION_SAMPLES, ONNX_SAMPLES, QUANT_SAMPLES
 
 F32, I64, BOOL = DType.f32, DType.i64, DType.bool
 
@@ -79,6 +79,7 @@ SAMPLES: dict[str, tuple[list[TensorType], dict]] = {
 
 SAMPLES.update(ONNX_SAMPLES)
 SAMPLES.update(FUSION_SAMPLES)
+SAMPLES.update(QUANT_SAMPLES)
 
 
 def test_every_op_has_a_sample() -> None:

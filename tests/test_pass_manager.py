@@ -24,6 +24,7 @@ from heteropass.passes import (
 )
 from heteropass.passes.manager import FixpointNotConverged
 from heteropass.passes.pipelines import default_pipeline, pass_registry
+from heteropass.passes.precision_config import PrecisionConfig
 
 TEXT = """
 graph g(%x: f32[4], %y: f32[4]) -> (f32[4]) {
@@ -253,8 +254,9 @@ def test_pass_registry_names_every_pass():
     registry = pass_registry()
     assert sorted(registry) == [
         "eliminate-common-subexpressions", "eliminate-dead-code", "fold-batchnorm-into-conv", "fold-constants",
-        "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias", "fuse-reductions", "plan-memory",
-        "propagate-shapes", "recognize-attention", "recognize-gelu", "recognize-layer-norm", "recognize-rms-norm",
+        "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias", "fuse-reductions", "lower-precision",
+        "plan-memory", "propagate-shapes", "quantize-dynamic", "quantize-static", "quantize-weights",
+        "recognize-attention", "recognize-gelu", "recognize-layer-norm", "recognize-rms-norm",
         "recognize-softmax", "simplify-algebra"]
     assert all(cls.name == name for name, cls in registry.items())
 
@@ -274,6 +276,16 @@ def test_default_pipelines_per_opt_level():
     assert flat(default_pipeline(3)) == flat(default_pipeline(2))
     with pytest.raises(ValueError, match="opt_level"):
         default_pipeline(4)
+
+
+@pytest.mark.parametrize("precision, name", [("bf16", "lower-precision"), ("fp16", "lower-precision"),
+                                             ("int8-weight", "quantize-weights"),
+                                             ("int8-dynamic", "quantize-dynamic")])
+def test_a_precision_request_runs_after_pattern_recognition_and_before_fusion(precision, name):
+    names = [item.name for item in default_pipeline(2, PrecisionConfig(precision))]
+    assert names.index("cleanup-after-patterns") + 1 == names.index(name) == names.index("fuse-gemm-epilogue") - 1
+    assert [item.name for item in default_pipeline(0, PrecisionConfig(precision))] == ["propagate-shapes", name]
+    assert [i.name for i in default_pipeline(2, PrecisionConfig("fp32"))] == [i.name for i in default_pipeline(2)]
 
 
 DEFAULT_INPUT = """

@@ -1,0 +1,107 @@
+"""Products through ONNX Runtime's MLAS kernels: one single-node ONNX session per product.
+
+On AVX2 machines MLAS's SGEMM and convolution beat both MKL (`F.linear`) and oneDNN, and a session
+prepacks its constant weights once. A product whose weight (and bias) are constants becomes a
+`Gemm` (2-D view of the input, so `[B, S, K]` activations need no copy) or a `Conv` session; the
+call binds the input and the output tensor's memory directly (`IOBinding`), so nothing is copied
+and the result lands in a preallocated `out=` buffer. `gemm.choose_plan` keeps it only where it is
+measured fastest. The session runs with PyTorch's thread count and without spinning threads, so
+its pool and PyTorch's OpenMP pool do not stall each other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..ir import DType, Node
+
+try:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError:  # onnxruntime is optional for this backend
+    ort = None
+
+
+def ort_available() -> bool:
+    return ort is not None
+
+
+def ort_product_call(node: Node) -> tuple[Callable[..., torch.Tensor], str] | None:
+    """`call(x, w, b, out=None)` computing `node` (a float32 linear, 2-D matmul or conv with constant
+    weight and bias) in an ONNX Runtime session, and its description; None when it does not apply."""
+    if ort is None or not _applies(node):
+        return None
+    weight = node.inputs[1].const
+    bias = node.inputs[2].const if len(node.inputs) > 2 else None
+    assert weight is not None
+    x_shape = tuple(node.inputs[0].type.static_shape())
+    y_shape = tuple(node.outputs[0].type.static_shape())
+    if node.op == "conv":
+        onnx_node, x_onnx, text = _conv(node, bias is not None), x_shape, "onnxruntime Conv"
+    else:
+        k = x_shape[-1]
+        x_onnx = (math.prod(x_shape[:-1]), k)
+        w = weight if node.op == "linear" else weight.t()
+        weight = w.contiguous()
+        onnx_node = helper.make_node("Gemm", ["x", "w", "b"] if bias is not None else ["x", "w"], ["y"], transB=1)
+        text = "onnxruntime Gemm(x, w, b, transB=1)"
+    y_onnx = (x_onnx[0], y_shape[-1]) if node.op != "conv" else y_shape
+    session = _session(onnx_node, x_onnx, y_onnx, weight, bias)
+
+    def call(x: torch.Tensor, w: object, b: object, out: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.contiguous()
+        y = torch.empty(y_shape, dtype=torch.float32) if out is None else out
+        binding = session.io_binding()
+        binding.bind_input("x", "cpu", 0, np.float32, x_onnx, x.data_ptr())
+        binding.bind_output("y", "cpu", 0, np.float32, y_onnx, y.data_ptr())
+        session.run_with_iobinding(binding)
+        return y
+
+    return call, text
+
+
+def _applies(node: Node) -> bool:
+    if node.op not in ("linear", "matmul", "conv"):
+        return False
+    types = [v.type for v in [*node.inputs, *node.outputs]]
+    if any(not t.is_static or t.dtype is not DType.f32 for t in types):
+        return False
+    if any(v.const is None for v in node.inputs[1:]) or node.inputs[1].type.rank != (2 if node.op != "conv" else
+                                                                                     node.inputs[0].type.rank):
+        return False
+    if node.op != "conv":
+        return node.inputs[0].type.rank >= 2 and math.prod(node.inputs[0].type.static_shape()) > 0
+    return node.inputs[0].type.rank in (3, 4, 5)
+
+
+def _conv(node: Node, has_bias: bool) -> object:
+    spatial = node.inputs[1].type.rank - 2
+
+    def per_dim(values: tuple[int, ...]) -> list[int]:
+        return list(values) * spatial if len(values) == 1 else list(values)
+
+    padding = per_dim(node.attrs["padding"])
+    return helper.make_node("Conv", ["x", "w", "b"] if has_bias else ["x", "w"], ["y"],
+                            strides=per_dim(node.attrs["stride"]), pads=padding + padding,
+                            dilations=per_dim(node.attrs["dilation"]), group=node.attrs["groups"])
+
+
+def _session(onnx_node: object, x_shape: tuple[int, ...], y_shape: tuple[int, ...], weight: torch.Tensor,
+             bias: torch.Tensor | None) -> object:
+    initializers = [numpy_helper.from_array(weight.detach().contiguous().numpy(), "w")]
+    if bias is not None:
+        initializers.append(numpy_helper.from_array(bias.detach().contiguous().numpy(), "b"))
+    graph = helper.make_graph([onnx_node], "product",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,67 @@
+"""ort_gemm.py: products with constant weights through ONNX Runtime match eager PyTorch, write into `out=`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from heteropass.backends.gemm import library_products
+from heteropass.backends.ort_gemm import ort_available, ort_product_call
+from heteropass.ir import Graph, TensorType
+
+pytestmark = pytest.mark.skipif(not ort_available(), reason="onnxruntime is not installed")
+
+
+def _node(op: str, x: torch.Tensor, operands: list[torch.Tensor | None], attrs: dict | None = None,
+          constant: bool = True):
+    graph = Graph("m")
+    inputs = [graph.add_input("x", TensorType.of(x))]
+    for i, tensor in enumerate(operands):
+        if tensor is not None:
+            inputs.append(graph.add_constant(f"c{i}", tensor) if constant else
+                          graph.add_input(f"c{i}", TensorType.of(tensor)))
+    node = graph.add_node(op, inputs, attrs or {})
+    graph.set_outputs(node.outputs)
+    return node
+
+
+@pytest.mark.parametrize("shape", [(4, 64), (2, 3, 64), (1, 64)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_eager_and_writes_into_out(shape: tuple[int, ...], bias: bool) -> None:
+    x, w, b = torch.randn(shape), torch.randn(40, 64) / 8, torch.randn(40) if bias else None
+    call, text = ort_product_call(_node("linear", x, [w, b]))
+    assert "Gemm" in text
+    out = torch.empty(*shape[:-1], 40)
+    assert call(x, w, b, out) is out
+    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(call(x.clone(), w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-5)
+
+
+def test_matmul_with_constant_right_operand() -> None:
+    x, w = torch.randn(2, 5, 24), torch.randn(24, 16)
+    call, _ = ort_product_call(_node("matmul", x, [w]))
+    torch.testing.assert_close(call(x, w, None), x @ w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial, groups", [(1, 1), (2, 1), (2, 2), (3, 1)])
+def test_conv_matches_eager(spatial: int, groups: int) -> None:
+    x, w, b = torch.randn(2, 4, *[7] * spatial), torch.randn(6, 4 // groups, *[3] * spatial), torch.randn(6)
+    attrs = {"stride": [2], "padding": [1], "dilation": [1], "groups": groups}
+    call, text = ort_product_call(_node("conv", x, [w, b], attrs))
+    assert "Conv" in text
+    conv = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
+    torch.testing.assert_close(call(x, w, b), conv(x, w, b, 2, 1, 1, groups), rtol=1e-4, atol=1e-5)
+
+
+def test_declines_run_time_weights_and_other_dtypes() -> None:
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    assert ort_product_call(_node("linear", x, [w], constant=False)) is None
+    assert ort_product_call(_node("linear", x.double(), [w.double()])) is None
+    assert ort_product_call(_node("matmul", x, [w.t().contiguous()])) is not None
+
+
+def test_is_one_of_the_timed_library_options() -> None:
+    x, w, b = torch.randn(4, 64), torch.randn(40, 64), torch.randn(40)
+    texts = [p.text for p in library_products(_node("linear", x, [w, b]))]
+    assert any("onnxruntime" in t for t in texts)

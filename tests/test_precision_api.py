@@ -1,0 +1,112 @@
+"""`heteropass.compile(..., precision=...)` end to end: the four model families in every precision, the
+error report, the tolerance, dumps, the command line and torch.compile."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._pytree import tree_leaves
+
+import heteropass as hp
+from heteropass.cli import main
+from heteropass.passes.precision_config import PRECISIONS, measure_error
+from heteropass.testing import models
+
+MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[..., tuple]]] = {
+    "mlp": (models.mlp, models.mlp_inputs),
+    "cnn": (models.resnet_cnn, models.resnet_inputs),
+    "gpt2": (models.hf_gpt2, models.hf_gpt2_inputs),
+    "bert": (models.hf_bert, models.hf_bert_inputs),
+}
+# Largest max-relative error against float32 (relative to the output's largest magnitude). bf16 keeps 8
+# mantissa bits (rounding 2^-9 per operand), fp16 11 bits; int8 has 127 steps per channel or tensor. The
+# measured errors on these models are 3e-4..5e-3 (bf16), 7e-5..7e-4 (fp16), 6e-4..1.1e-2 (int8): the bounds
+# leave 3-5x room for other seeds.
+BOUNDS = {"bf16": 2e-2, "fp16": 3e-3, "int8-weight": 3e-2, "int8-dynamic": 5e-2, "int8-static": 5e-2}
+LOWERED_OPS = {"bf16": "cast", "fp16": "cast", "int8-weight": "linear_weight_int8",
+               "int8-dynamic": "linear_dynamic_int8", "int8-static": "dequantize"}
+
+
+def _ops(graph: hp.ir.Graph) -> set[str]:
+    found = set()
+    for node in graph.nodes:
+        found.add(node.op)
+        if node.op == "fused":
+            found |= _ops(node.attrs["body"])
+    return found
+
+
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_compiles_in_every_precision_within_its_bound(name: str, precision: str) -> None:
+    make, inputs = MODELS[name]
+    model = make()
+    cm = hp.compile(model, inputs(seed=1), precision=precision, calibration=[inputs(seed=s) for s in (2, 3, 4)])
+    assert cm.accuracy is not None and cm.accuracy.max_rel <= BOUNDS[precision]
+    assert f"precision {precision}: error vs float32 on 3 calibration batch(es): max_rel" in cm.report
+    lowered = LOWERED_OPS[precision]
+    if name == "cnn" and precision.startswith("int8-") and precision != "int8-static":
+        lowered = "dequantize" if precision == "int8-weight" else "conv"  # dynamic int8 leaves convolutions
+    assert lowered in _ops(cm.graph)
+    held_out = inputs(seed=9)
+    with torch.no_grad():
+        expected = [t for t in tree_leaves(model(*held_out)) if isinstance(t, torch.Tensor)]
+    actual = [t for t in tree_leaves(cm(*held_out)) if isinstance(t, torch.Tensor)]
+    assert [t.dtype for t in actual] == [t.dtype for t in expected]  # outputs keep the model's types
+    assert measure_error(expected, actual).max_rel <= BOUNDS[precision]
+
+
+def test_fp32_is_untouched_and_reports_no_accuracy() -> None:
+    cm = hp.compile(models.mlp(), models.mlp_inputs(), precision="fp32")
+    assert cm.accuracy is None and "precision" not in cm.report
+
+
+def test_tolerance_keeps_sensitive_nodes_in_float32_and_says_why(tmp_path: Path) -> None:
+    model, batches = models.mlp(), [models.mlp_inputs(seed=s) for s in range(4)]
+    loose = hp.compile(model, batches[0], precision="int8-dynamic", calibration=batches)
+    tight = hp.compile(model, batches[0], precision="int8-dynamic", calibration=batches, tolerance=4e-3,
+                       dump_dir=str(tmp_path))
+    assert tight.accuracy.max_rel <= 4e-3 < loose.accuracy.max_rel
+    float_linears = [n for n in tight.graph.nodes
+                     if n.op == "linear" or (n.op == "fused" and "linear" in _ops(n.attrs["body"]))]
+    assert float_linears
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    notes = [note for p in summary["passes"] if p["name"] == "quantize-dynamic" for note in p["notes"]]
+    assert any(note.startswith("kept %") and "tolerance" in note for note in notes)
+    report = json.loads((tmp_path / "precision.json").read_text())
+    assert report["precision"] == "int8-dynamic" and report["error_vs_fp32"]["max_rel"] <= 4e-3
+
+
+def test_bf16_tolerance_without_calibration_measures_on_the_example_inputs() -> None:
+    cm = hp.compile(models.mlp(), models.mlp_inputs(), precision="bf16", tolerance=1e-6)
+    assert cm.accuracy.max_rel <= 1e-6  # nothing can be lowered that tightly: every product stays f32
+    assert "cast" not in _ops(cm.graph)
+
+
+def test_bad_precision_requests_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hp.compile(models.mlp(), models.mlp_inputs(), precision="int4")
+    with pytest.raises(ValueError, match="int8-static' needs calibration"):
+        hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-static")
+    with pytest.raises(ValueError, match="granularity"):
+        hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-dynamic",
+                   precision_options={"granularity": "column"})
+
+
+def test_torch_compile_backend_takes_a_precision() -> None:
+    model, x = models.mlp(), models.mlp_inputs()
+    compiled = torch.compile(model, backend="heteropass", options={"precision": "int8-weight"})
+    with torch.no_grad():
+        assert measure_error([model(x[0])], [compiled(x[0])]).max_rel <= BOUNDS["int8-weight"]
+
+
+def test_command_line_lowers_and_prints_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mlp.onnx"
+    hp.compile(models.mlp(), models.mlp_inputs()).save_onnx(str(path))
+    assert main(["compile", str(path), "--precision", "int8-static", "--calibration-batches", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "quantize-static" in printed and "precision int8-static: error vs float32 on 2 random batch(es)" in printed
