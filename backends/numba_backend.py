@@ -2,10 +2,13 @@
 
 It claims `fused` regions of kind "elementwise", "reduction" and "gemm" whose every body op it can
 compile, single elementwise ops, last-dim softmax/log_softmax/layer_norm/rms_norm and
-sum/mean/amax/amin, and float linear/matmul/bmm/conv (see gemm.py). Float16/bfloat16 and symbolic
-shapes are left to the next backend. A partition compiles to Python glue that calls one kernel per
-node; each kernel takes its operands and an optional `out=` list of preallocated contiguous outputs,
-and calls the compiled loop through ctypes with the tensors' addresses:
+sum/mean/amax/amin, float linear/matmul/bmm/conv (see gemm.py), and linear_weight_int8 /
+linear_dynamic_int8 on float32 activations (see quant_gemm.py); views, lookups, pooling and attention
+run through PyTorch inside its partitions (`_LIBRARY_KINDS`). Float16/bfloat16 (slower than
+float32 on AVX2 CPUs without native half arithmetic) and symbolic shapes are left to the next
+backend. A partition compiles to Python glue that calls one kernel per node; each kernel takes its
+operands and an optional `out=` list of preallocated contiguous outputs, and calls the compiled
+loop through ctypes with the tensors' addresses:
 
     def numba_0(x, out=None):
         [v1] = region_1(x, out=out)
@@ -38,9 +41,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..ir import Graph, Node, get_op
+from ..ir import DType, Graph, Node, TensorType, get_op
+from ..ir.ops.registry import as_outputs
 from .base import Backend, Kernel
-from .codegen import Namer, load_function, python_name
+from .codegen import Namer, load_function, py_literal, python_name
 from .gemm import GemmPlan, choose_plan, plan_gemm, supports_product
 from .numba_codegen import (
     REDUCE_OPS,
@@ -55,6 +59,15 @@ from .numba_codegen import (
 )
 
 _REGION_KINDS = ("elementwise", "reduction", "gemm")
+# Compiled by quant_gemm.py, which imports Numba: loaded only when a graph has one of these.
+_QUANT_OPS = ("linear_weight_int8", "linear_dynamic_int8")
+# Run inside a partition through PyTorch's own kernels: views and copies (reshape, transpose, split,
+# concat: no arithmetic to generate, and a view costs no copy), lookups (embedding, gather), pooling,
+# and attention, whose two products and softmax ATen fuses in one flash-attention kernel (the library
+# route GEMM takes too). Claiming them keeps transformer layers in one partition instead of
+# alternating with the reference backend at every reshape.
+_LIBRARY_KINDS = ("shape", "split", "concat", "index", "pool")
+_LIBRARY_OPS = ("scaled_dot_product_attention",)
 _HERE = Path(__file__).parent
 # Kernel files are named after their source and the code generator's, so an edit to either makes new files.
 _GENERATOR_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(_HERE.glob("numba_*.py")))).hexdigest()[:8]
@@ -81,7 +94,7 @@ class NumbaBackend(Backend):
         return True
 
     def compile(self, partition: Graph) -> Kernel:
-        namer = Namer(["torch", "contiguous_out", "out"])
+        namer = Namer(["torch", "contiguous_out", "out", "DType", "as_outputs"])
         namespace: dict[str, Any] = {"torch": torch, "contiguous_out": contiguous_out}
         sources: list[str] = []
         kernel_sources: list[str] = []
@@ -91,6 +104,8 @@ class NumbaBackend(Backend):
             body, kind = _region_of(node)
             name = namer.reserve(python_name(f"region_{node.outputs[0].name}"))
             glue, kernels, accepts_out = self._compile_region(body, kind, name, namer, namespace)
+            if [v.type for v in body.outputs] != [v.type for v in node.outputs]:
+                glue = _reshaping_outputs(glue, name, node, namer)
             sources.append(glue)
             kernel_sources.extend(kernels)
             regions[id(node)] = name
@@ -119,6 +134,10 @@ class NumbaBackend(Backend):
         loads the kernels into `namespace`."""
         if kind == "gemm":
             return self._compile_gemm(body, name, namer, namespace)
+        if kind == "quant":
+            return _compile_quant(body, name, namer, namespace)
+        if kind == "library":
+            return _compile_library(body, name, namer, namespace)
         kernel_name = namer.reserve(f"k_{name}")
         spec, consts = build_spec(body, kind, kernel_name)
         kernel_src = emit_kernel(spec)
@@ -267,7 +286,7 @@ def _region_of(node: Node) -> tuple[Graph, str]:
     Raises Unsupported or ValueError when this backend cannot compile it."""
     if node.op == "fused":
         kind = node.attrs["kind"]
-        body = node.attrs["body"]
+        body = _with_constant_operands(node)
         if kind not in _REGION_KINDS:
             raise Unsupported(f"fused region of kind {kind}")
     else:
@@ -277,8 +296,22 @@ def _region_of(node: Node) -> tuple[Graph, str]:
             kind = "elementwise"
         elif node.op in REDUCE_OPS or node.op in ROW_OPS:
             kind = "reduction"
+            collapsed = _collapsed_reduction(node)
+            if collapsed is not None:
+                _check_region(collapsed, kind)
+                return collapsed, kind
         elif supports_product(node):
             kind = "gemm"
+        elif node.op in _QUANT_OPS:
+            from .quant_gemm import supports_quant_linear
+
+            if not supports_quant_linear(node):
+                raise Unsupported(f"{node.op} on {[str(v.type) for v in node.inputs]}")
+            kind = "quant"
+        elif op.kind in _LIBRARY_KINDS or node.op in _LIBRARY_OPS:
+            if not all(v.type.is_static for v in [*node.inputs, *node.outputs]):
+                raise Unsupported(f"{node.op} with symbolic shapes")
+            kind = "library"
         else:
             raise Unsupported(f"op {node.op}")
         body = _single_node_body(node)
@@ -286,7 +319,104 @@ def _region_of(node: Node) -> tuple[Graph, str]:
     return body, kind
 
 
+def _with_constant_operands(node: Node) -> Graph:
+    """The body of region `node` with the inputs that the node feeds constants turned into those constants,
+    so that a library product can prepack a constant weight. The region then takes only its other operands."""
+    body: Graph = node.attrs["body"]
+    if all(v.const is None for v in node.inputs):
+        return body
+    copy = Graph(body.name)
+    mapping = {id(inner): copy.add_constant(inner.name, outer.const) if outer.const is not None
+               else copy.add_input(inner.name, inner.type)
+               for inner, outer in zip(body.inputs, node.inputs, strict=True)}
+    mapping.update((id(v), copy.add_constant(v.name, v.const)) for v in body.constants.values())
+    for n in body.nodes:
+        new = copy.add_node(n.op, [mapping[id(v)] for v in n.inputs], n.attrs, output_types=[v.type for v in n.outputs],
+                            names=[v.name for v in n.outputs])
+        mapping.update((id(a), b) for a, b in zip(n.outputs, new.outputs, strict=True))
+    copy.set_outputs(mapping[id(v)] for v in body.outputs)
+    return copy
+
+
+def _compile_quant(body: Graph, name: str, namer: Namer, namespace: dict[str, Any]) -> tuple[str, list[str], bool]:
+    """Glue for a quantized linear: the quant_gemm plan measured fastest on its shapes; it writes into `out=`."""
+    from .quant_gemm import choose_quant_plan
+
+    node = body.nodes[0]
+    plan = choose_quant_plan(node)
+    call_name = namer.reserve(f"{name}_{python_name(plan.name)}")
+    namespace[call_name] = plan.call
+    index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
+    operands = []
+    for value in node.inputs:
+        if value.const is None:
+            operands.append(index[id(value)])
+        else:
+            operands.append(namer.reserve(f"{name}_{python_name(value.name)}"))
+            namespace[operands[-1]] = value.const
+    operands += ["None"] * (4 - len(operands))
+    params = [f"a{i}" for i in range(len(body.inputs))]
+    source = (f"def {name}({', '.join([*params, 'out=None'])}):\n"
+              f"    # {node.op}: {plan.text}\n"
+              f"    return [{call_name}({', '.join(operands)}, out=None if out is None else contiguous_out(out)[0])]\n")
+    return source, [], True
+
+
+def _collapsed_reduction(node: Node) -> Graph | None:
+    """A reduction over several trailing dims (a global average pool's `mean` over H and W) as the
+    last-dim reduction the kernels compute, over the contiguous input viewed as [..., H*W]: the memory
+    is the same, so the kernel runs on the original tensor. Its outputs then have the trailing dims
+    merged (see `_reshaping_outputs`). None for other reductions."""
+    if node.op not in REDUCE_OPS or len(node.inputs) != 1 or not node.inputs[0].type.is_static:
+        return None
+    shape = node.inputs[0].type.static_shape()
+    dims = sorted(d % len(shape) for d in node.attrs["dims"] or ()) if shape else []
+    if len(dims) < 2 or dims != list(range(len(shape) - len(dims), len(shape))):
+        return None
+    body = Graph(node.op)
+    x = body.add_input(node.inputs[0].name, TensorType((*shape[:dims[0]], math.prod(shape[dims[0]:])),
+                                                       node.inputs[0].type.dtype))
+    reduced = body.add_node(node.op, [x], {**node.attrs, "dims": (-1,)}, names=[v.name for v in node.outputs])
+    body.set_outputs(reduced.outputs)
+    return body
+
+
+def _reshaping_outputs(glue: str, name: str, node: Node, namer: Namer) -> str:
+    """`glue` renamed, under a function `name` that views its results in the shapes of `node`'s outputs."""
+    inner = namer.reserve(f"{name}_rows")
+    shapes = [tuple(v.type.static_shape()) for v in node.outputs]
+    params = glue[glue.index("(") + 1:glue.index(")")]
+    call_args = ", ".join("out=out" if p == "out=None" else p for p in params.split(", "))
+    results = ", ".join(f"r{i}.reshape({shape})" for i, shape in enumerate(shapes))
+    targets = ", ".join(f"r{i}" for i in range(len(shapes)))
+    return (glue.replace(f"def {name}(", f"def {inner}(", 1) +
+            f"\ndef {name}({params}):\n    [{targets}] = {inner}({call_args})\n    return [{results}]\n")
+
+
+def _compile_library(body: Graph, name: str, namer: Namer, namespace: dict[str, Any]
+                     ) -> tuple[str, list[str], bool]:
+    """Glue that calls the op's PyTorch implementation (see `_LIBRARY_KINDS`); it makes its own outputs."""
+    node = body.nodes[0]
+    function = namer.reserve(f"{name}_{node.op}")
+    namespace.update({function: get_op(node.op).reference, "DType": DType, "as_outputs": as_outputs})
+    index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
+    args = []
+    for value in node.inputs:
+        if value.const is None:
+            args.append(index[id(value)])
+        else:
+            args.append(namer.reserve(f"{name}_{python_name(value.name)}"))
+            namespace[args[-1]] = value.const
+    args += [f"{key}={py_literal(value)}" for key, value in node.attrs.items()]
+    params = [f"a{i}" for i in range(len(body.inputs))]
+    source = (f"def {name}({', '.join([*params, 'out=None'])}):\n"
+              f"    return as_outputs({function}({', '.join(args)}))\n")
+    return source, [], False
+
+
 def _check_region(body: Graph, kind: str) -> None:
+    if kind in ("quant", "library"):
+        return
     if kind == "gemm":
         plan = plan_gemm(body)
         if plan.epilogue is not None:
@@ -320,10 +450,10 @@ def _partition_source(partition: Graph, function: str, namer: Namer, regions: di
     lines = [f"def {function}({', '.join([*(namer(v) for v in partition.inputs), 'out=None'])}):"]
     written: set[int] = set()
     for node in partition.nodes:
-        if node.op == "fused":
-            args = [namer(v) for v in node.inputs]
-        else:  # a one-node body takes the distinct non-constant operands
-            args = [namer(v) for v in dict.fromkeys(v for v in node.inputs if v.const is None)]
+        # A region body takes the node's non-constant operands (see `_with_constant_operands`); a one-node
+        # body takes the distinct ones.
+        args = [namer(v) for v in (node.inputs if node.op == "fused" else dict.fromkeys(node.inputs))
+                if v.const is None]
         wanted = [position.get(id(v)) for v in node.outputs]
         targets = ", ".join(namer(v) for v in node.outputs)
         if all(w is not None for w in wanted) and id(node) in takes_out:

@@ -259,7 +259,7 @@ def test_kernels_write_into_out_buffers() -> None:
     "graph m(%x: f32[6,5]) -> (f32[5]) {\n  %0: f32[5] = sum(%x) {dims=[0]}\n  return %0\n}",
     "graph m(%x: f32[6,5]) -> (f32[]) {\n  %0: f32[] = sum(%x)\n  return %0\n}",
     "graph m(%x: i64[6,5]) -> (i64[6,5]) {\n  %0: i64[6,5] = pow(%x, %x)\n  return %0\n}",
-    "graph m(%x: f32[2,3,4]) -> (f32[2,4,3]) {\n  %0: f32[2,4,3] = transpose(%x) {dim0=1, dim1=2}\n  return %0\n}",
+    "graph m(%x: f32[2,3,4]) -> (f32[3]) {\n  %0: f32[3] = sum(%x) {dims=[0, 2]}\n  return %0\n}",
     region("generic", "%x: f32[4]", "f32[4]", "%0: f32[4] = exp(%x)\nreturn %0"),
     region("elementwise", "%x: f32[4,5]", "f32[4]", "%0: f32[4] = sum(%x) {dims=[-1]}\nreturn %0"),
     region("reduction", "%x: f32[4,5]", "f32[5]", "%0: f32[5] = sum(%x) {dims=[0]}\nreturn %0"),
@@ -271,6 +271,32 @@ def test_supports_declines_what_it_cannot_compile(text: str) -> None:
     assert not NUMBA.supports(graph.nodes[-1])
     check_reference_runs = build_executable(graph.clone(), BACKENDS)
     assert all(p.backend is not NUMBA for p in check_reference_runs.partitions)
+
+
+LIBRARY_GRAPH = """
+graph m(%x: f32[2,3,8,8], %q: f32[2,4,6,8], %ids: i64[2,5]) -> (f32[2,3,4,4], f32[2,3], f32[2,3,1,1],
+                                                                   f32[2,6,4,8], f32[2,5,8], f32[2,4,6,4]) {
+  const %table: f32[10,8]
+  %0: f32[2,3,4,4] = max_pool(%x) {kernel=[2, 2], stride=[2, 2]}
+  %1: f32[2,3] = mean(%x) {dims=[2, 3]}
+  %2: f32[2,3,1,1] = amax(%x) {dims=[-1, -2], keepdim=true}
+  %3: f32[2,4,6,8] = scaled_dot_product_attention(%q, %q, %q) {is_causal=true}
+  %4: f32[2,6,4,8] = transpose(%3) {dim0=1, dim1=2}
+  %5: f32[2,5,8] = embedding(%table, %ids)
+  %6: f32[2,4,6,4], %7: f32[2,4,6,4] = split(%q) {sizes=[4, 4], dim=3}
+  return %0, %1, %2, %4, %5, %6
+}"""
+
+
+def test_views_lookups_pooling_attention_and_trailing_reductions_stay_in_one_numba_partition() -> None:
+    graph = parse_graph(LIBRARY_GRAPH, constants={"table": torch.randn(10, 8)})
+    assert all(NUMBA.supports(n) for n in graph.nodes)
+    executable = build_executable(graph.clone(), BACKENDS)
+    assert [p.backend for p in executable.partitions] == [NUMBA]
+    assert "as_outputs(region_" in executable.code and "_rows(a0" in executable.code
+    inputs = random_inputs(graph)
+    inputs[2] = torch.randint(0, 10, (2, 5))
+    assert_outputs_close(executable(*inputs), run_graph(graph, *inputs), 1e-5, 1e-6)
 
 
 def test_supports_claims_regions_and_single_ops() -> None:

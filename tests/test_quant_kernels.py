@@ -1,0 +1,235 @@
+"""quant_gemm.py: every plan for linear_weight_int8 / linear_dynamic_int8 computes the op's reference
+(dequantize, then a float32 linear), the dynamic path quantizes x exactly as the reference does and
+multiplies int8 values exactly, and the Numba backend claims and compiles these nodes.
+
+Tolerance: the kernels sum the products in another order than the reference's GEMM (vector lanes,
+blocks scaled after their partial sums), and any two float32 summation orders of K terms differ by
+at most about 2 * K * eps * sum(|terms|); `assert_within_accumulation_error` allows that, elementwise.
+A wrong scale, block index or rounding of x is off by orders of magnitude more.
+"""
+
+from __future__ import annotations
+
+import re
+
+import llvmlite.binding as llvm
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from heteropass.backends import quant_gemm
+from heteropass.backends.executable import build_executable
+from heteropass.backends.numba_backend import NumbaBackend
+from heteropass.backends.reference import ReferenceBackend
+from heteropass.ir import DType, Graph, TensorType, get_op
+from heteropass.ir.ops.quant import quantize_rows_symmetric
+from heteropass.testing import assert_outputs_close
+
+NUMBA = NumbaBackend()
+BACKENDS = [NUMBA, ReferenceBackend()]
+EPS = torch.finfo(torch.float32).eps
+WEIGHT_ATTRS = [{"block_size": 0}, {"block_size": 32}, {"block_size": 48}]  # 48 leaves a short last block of 160
+DYNAMIC_ATTRS = [{"granularity": "row"}, {"granularity": "tensor"}]
+
+
+def operands(op: str, x_shape: tuple[int, ...], out: int, attrs: dict, bias: bool,
+             seed: int = 0) -> list[torch.Tensor | None]:
+    """x ~ N(0, 1) with no zeros, full-range int8 weights with no zeros, positive scales, a random bias."""
+    g = torch.Generator().manual_seed(seed)
+    inner = x_shape[-1]
+    x = torch.randn(x_shape, generator=g)
+    x = torch.where(x == 0, 0.5, x)
+    qweight = torch.randint(-127, 127, (out, inner), generator=g, dtype=torch.int8)
+    qweight = torch.where(qweight == 0, 127, qweight).to(torch.int8)
+    block = attrs.get("block_size", 0)
+    scale_shape = (out, -(-inner // block)) if block else (out,)
+    scale = (torch.rand(scale_shape, generator=g) + 0.5) / (127 * inner**0.5)
+    return [x, qweight, scale, torch.randn(out, generator=g) if bias else None]
+
+
+def quant_node(op: str, args: list[torch.Tensor | None], attrs: dict, constant_weights: bool = False
+               ) -> tuple[Graph, list[torch.Tensor]]:
+    """A graph of one `op` node on `args`: x is an input; the rest inputs too, or constants."""
+    graph = Graph("m")
+    values, inputs = [], []
+    for name, tensor in zip(("x", "w", "s", "b"), args, strict=True):
+        if tensor is None:
+            continue
+        if constant_weights and name != "x":
+            values.append(graph.add_constant(name, tensor))
+        else:
+            values.append(graph.add_input(name, TensorType.of(tensor)))
+            inputs.append(tensor)
+    graph.set_outputs([graph.call(op, *values, **attrs)])
+    return graph, inputs
+
+
+def assert_within_accumulation_error(actual: torch.Tensor, op: str, args: list[torch.Tensor | None],
+                                     attrs: dict) -> None:
+    x, qweight, scale, bias = args
+    expected = get_op(op).reference(*[a for a in args if a is not None], **attrs)
+    block = attrs.get("block_size", 0)
+    weight = get_op("dequantize").reference(qweight, scale, axis=1 if block else 0, block_size=block)
+    if op == "linear_dynamic_int8":
+        q, x_scale = quantize_rows_symmetric(x, attrs["granularity"])
+        x = q.float() * x_scale
+    magnitude = x.abs().double() @ weight.abs().double().t() + (0 if bias is None else bias.abs().double())
+    bound = (2 * x.shape[-1] + 8) * EPS * magnitude
+    assert actual.shape == expected.shape
+    excess = (actual.double() - expected.double()).abs() - bound
+    assert excess.max() <= 0, f"off by {excess.max():.3g} beyond the accumulation bound at {excess.argmax()}"
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("op, attrs", [("linear_weight_int8", a) for a in WEIGHT_ATTRS]
+                         + [("linear_dynamic_int8", a) for a in DYNAMIC_ATTRS])
+def test_every_plan_matches_the_reference(op: str, attrs: dict, rows: int, bias: bool) -> None:
+    args = operands(op, (rows, 160), 37, attrs, bias)
+    graph, _ = quant_node(op, args, attrs)
+    plans = quant_gemm.quant_plans(graph.nodes[0])
+    assert len(plans) >= 2
+    for plan in plans:
+        assert_within_accumulation_error(plan.call(*args), op, args, attrs)
+
+
+@pytest.mark.parametrize("op, attrs", [("linear_weight_int8", {"block_size": 48}),
+                                       ("linear_dynamic_int8", {"granularity": "row"})])
+def test_three_dimensional_x_and_out_buffers(op: str, attrs: dict) -> None:
+    args = operands(op, (2, 5, 160), 37, attrs, bias=True)
+    graph, _ = quant_node(op, args, attrs)
+    for plan in quant_gemm.quant_plans(graph.nodes[0]):
+        out = torch.full((2, 5, 37), float("nan"))
+        assert plan.call(*args, out=out) is out
+        assert_within_accumulation_error(out, op, args, attrs)
+
+
+@given(rows=st.integers(1, 9), out=st.integers(1, 40), inner=st.integers(1, 200), block=st.integers(0, 70),
+       dynamic=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+@settings(max_examples=40)
+def test_plans_match_the_reference_on_random_shapes(rows: int, out: int, inner: int, block: int, dynamic: bool,
+                                                    bias: bool, seed: int) -> None:
+    op = "linear_dynamic_int8" if dynamic else "linear_weight_int8"
+    attrs = {"granularity": ("row", "tensor")[seed % 2]} if dynamic else {"block_size": block}
+    args = operands(op, (rows, inner), out, attrs, bias, seed)
+    graph, _ = quant_node(op, args, attrs)
+    for plan in quant_gemm.quant_plans(graph.nodes[0]):
+        assert_within_accumulation_error(plan.call(*args), op, args, attrs)
+
+
+@pytest.mark.parametrize("granularity", ["row", "tensor"])
+def test_x_is_quantized_exactly_as_the_reference_does(granularity: str) -> None:
+    x = torch.randn(6, 300) * torch.logspace(-3, 3, 6).unsqueeze(1)
+    # Rows whose amax is 127 have scale 1: their halves are ties that round to even.
+    x[0, :4] = torch.tensor([127.0, 2.5, -3.5, 0.5])
+    x[1] = 0.0
+    shape = quant_gemm._Shape(6, 1, 300, 300)
+    q, scale = quant_gemm._quantize(x, shape, per_row=granularity == "row")
+    expected_q, expected_scale = quantize_rows_symmetric(x, granularity)
+    assert torch.equal(q, expected_q.to(torch.int16))
+    assert torch.equal(scale, expected_scale.reshape(-1))
+    if granularity == "row":
+        assert q[0, :4].tolist() == [127, 2, -4, 0]
+
+
+def test_x_is_divided_by_its_scale_not_multiplied_by_the_reciprocal() -> None:
+    """Near halves, x / s and x * (1 / s) round to different integers; the reference divides."""
+    scale = torch.tensor(1.0) / 127.0
+    halves = (torch.arange(-126, 126, dtype=torch.float32) + 0.5) * scale
+    near = torch.cat([halves, torch.nextafter(halves, halves + 1), torch.nextafter(halves, halves - 1)])
+    near = torch.cat([near, torch.nextafter(near, near + 1), torch.nextafter(near, near - 1)])
+    differs = near[torch.round(near / scale) != torch.round(near * (1 / scale))]
+    assert differs.numel() > 0
+    x = torch.cat([torch.tensor([1.0]), differs]).unsqueeze(0)
+    q, _ = quant_gemm._quantize(x, quant_gemm._Shape(1, 1, x.shape[1], x.shape[1]), per_row=True)
+    assert torch.equal(q, quantize_rows_symmetric(x, "row")[0].to(torch.int16))
+
+
+@pytest.mark.parametrize("kernel", ["int_gemv", "int_rows"])
+def test_int8_products_are_exact_at_full_range(kernel: str) -> None:
+    """The int16 pair sums of vpmaddwd cannot saturate; vpmaddubsw-style u8*s8 kernels would."""
+    g = torch.Generator().manual_seed(1)
+    inner = 1031  # 127 * 127 * 1031 > 2**24: the float32 result rounds, the int32 sum must not
+    q = torch.randint(-127, 128, (5, inner), generator=g, dtype=torch.int16)
+    w = torch.randint(-128, 128, (7, inner), generator=g, dtype=torch.int8)
+    q[0], w[0], w[1] = 127, 127, -128
+    ones_x, ones_w, zeros = torch.ones(5), torch.ones(7), torch.zeros(7)
+    y = torch.empty(5, 7)
+    quant_gemm.entry(kernel)(q.data_ptr(), w.data_ptr(), ones_x.data_ptr(), ones_w.data_ptr(), zeros.data_ptr(),
+                             y.data_ptr(), 5, 7, inner, 1)
+    exact = q.long() @ w.long().t()
+    assert torch.equal(y, exact.float())
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 35, 64, 1031])
+def test_the_vector_dot_covers_every_element_once(length: int) -> None:
+    """`_dot_i8` on slices that start mid-array and end in its scalar tail, full-range weights included."""
+    g = torch.Generator().manual_seed(length)
+    x = torch.randn(length + 7, generator=g)
+    w = torch.randint(-128, 128, (length + 3,), generator=g, dtype=torch.int8)
+    if length >= 2:
+        w[3], w[4] = -128, 127
+    dot = njit(**{**quant_gemm._JIT, "cache": False})(lambda a, b, i, j, n: quant_gemm._dot_i8(a, b, i, j, n))
+    actual = dot(x.numpy(), w.numpy(), 7, 3, length)
+    terms = x[7:].double() * w[3:].double()
+    assert abs(actual - terms.sum().item()) <= (2 * length + 8) * EPS * terms.abs().sum().item()
+
+
+@pytest.mark.skipif("avx2" not in {k for k, v in llvm.get_host_cpu_features().items() if v},
+                    reason="the vector instructions checked are AVX2's")
+def test_hot_loops_vectorize() -> None:
+    """The weight stream is converted and multiplied 8 lanes at a time for four rows of x, 4 lanes at a time
+    (`_dot_i8`) for one; the int8 dot uses vpmaddwd. A scalar loop (say, a signed/unsigned index mix that
+    Numba types float64) is about 20x slower."""
+    jit = {**quant_gemm._JIT, "cache": False}
+    f32, i8, i16 = (torch.ones(64, dtype=t).numpy() for t in (torch.float32, torch.int8, torch.int16))
+    gemv = njit(**jit)(quant_gemm._weight_gemv.py_func)
+    gemv(f32, i8, f32, f32, f32, 1, 1, 64, 32)
+    asm = "".join(gemv.inspect_asm().values())
+    assert re.search(r"vcvtdq2ps\t%ymm", asm) and re.search(r"vfmadd\d+ps\t.*%ymm", asm)
+    assert re.search(r"vcvtdq2ps\t%xmm", asm) and re.search(r"vfmadd\d+ps\t.*%xmm", asm)
+    dot = njit(**jit)(quant_gemm._int_gemv.py_func)
+    dot(i16, i8, f32, f32, f32, f32, 1, 1, 64, 1)
+    assert "vpmaddwd" in "".join(dot.inspect_asm().values())
+
+
+@pytest.mark.parametrize("constant_weights", [True, False])
+@pytest.mark.parametrize("op, attrs", [("linear_weight_int8", {"block_size": 0}),
+                                       ("linear_weight_int8", {"block_size": 48}),
+                                       ("linear_dynamic_int8", {"granularity": "row"}),
+                                       ("linear_dynamic_int8", {"granularity": "tensor"})])
+def test_numba_backend_claims_and_compiles_quantized_linears(op: str, attrs: dict, constant_weights: bool) -> None:
+    args = operands(op, (3, 4, 160), 37, attrs, bias=True)
+    graph, inputs = quant_node(op, args, attrs, constant_weights)
+    assert NUMBA.supports(graph.nodes[0])
+    executable = build_executable(graph.clone(), BACKENDS)
+    assert [p.backend for p in executable.partitions] == [NUMBA], executable.code
+    assert f"# {op}: Numba" in executable.code
+    (actual,) = executable(*inputs)
+    assert_within_accumulation_error(actual, op, args, attrs)
+    assert_outputs_close([actual], [get_op(op).reference(*[a for a in args if a is not None], **attrs)],
+                         rtol=1e-4, atol=1e-5)
+
+
+def test_backend_declines_what_the_kernels_do_not_compute() -> None:
+    x, weight, scale = torch.randn(2, 16), torch.ones(4, 16, dtype=torch.int8), torch.ones(4)
+    half, _ = quant_node("linear_weight_int8", [x.half(), weight, scale.half(), None], {"block_size": 0})
+    symbolic = Graph("m")
+    value = symbolic.add_input("x", TensorType(("n", 16), DType.f32))
+    constants = [symbolic.add_constant("w", weight), symbolic.add_constant("s", scale)]
+    symbolic.add_node("linear_dynamic_int8", [value, *constants], output_types=[TensorType(("n", 4), DType.f32)])
+    for node in (half.nodes[0], symbolic.nodes[0]):
+        assert not NUMBA.supports(node)
+
+
+def test_the_measured_choice_is_remembered_per_shape() -> None:
+    args = operands("linear_weight_int8", (1, 96), 24, {"block_size": 0}, bias=False)
+    graph, _ = quant_node("linear_weight_int8", args, {"block_size": 0})
+    choices: dict[tuple, str] = {}
+    plan = quant_gemm.choose_quant_plan(graph.nodes[0], choices)
+    assert list(choices.values()) == [plan.name]
+    assert plan.name in {p.name for p in quant_gemm.quant_plans(graph.nodes[0])}
+    assert quant_gemm.choose_quant_plan(graph.nodes[0], choices).name == plan.name
+    assert len(choices) == 1
