@@ -338,6 +338,19 @@ def _with_constant_operands(node: Node) -> Graph:
     return copy
 
 
+def _operand_names(body: Graph, name: str, namer: Namer, namespace: dict[str, Any]) -> list[str]:
+    """Glue names of a one-node body's operands: its parameters `a0, a1, ...`, or a constant bound in `namespace`."""
+    index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
+    names = []
+    for value in body.nodes[0].inputs:
+        if value.const is None:
+            names.append(index[id(value)])
+        else:
+            names.append(namer.reserve(f"{name}_{python_name(value.name)}"))
+            namespace[names[-1]] = value.const
+    return names
+
+
 def _compile_quant(body: Graph, name: str, namer: Namer, namespace: dict[str, Any]) -> tuple[str, list[str], bool]:
     """Glue for a quantized linear: the quant_gemm plan measured fastest on its shapes; it writes into `out=`."""
     from .quant_gemm import choose_quant_plan
@@ -346,15 +359,7 @@ def _compile_quant(body: Graph, name: str, namer: Namer, namespace: dict[str, An
     plan = choose_quant_plan(node)
     call_name = namer.reserve(f"{name}_{python_name(plan.name)}")
     namespace[call_name] = plan.call
-    index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
-    operands = []
-    for value in node.inputs:
-        if value.const is None:
-            operands.append(index[id(value)])
-        else:
-            operands.append(namer.reserve(f"{name}_{python_name(value.name)}"))
-            namespace[operands[-1]] = value.const
-    operands += ["None"] * (4 - len(operands))
+    operands = _operand_names(body, name, namer, namespace) + ["None"] * (4 - len(node.inputs))
     params = [f"a{i}" for i in range(len(body.inputs))]
     source = (f"def {name}({', '.join([*params, 'out=None'])}):\n"
               f"    # {node.op}: {plan.text}\n"
@@ -399,14 +404,7 @@ def _compile_library(body: Graph, name: str, namer: Namer, namespace: dict[str, 
     node = body.nodes[0]
     function = namer.reserve(f"{name}_{node.op}")
     namespace.update({function: get_op(node.op).reference, "DType": DType, "as_outputs": as_outputs})
-    index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
-    args = []
-    for value in node.inputs:
-        if value.const is None:
-            args.append(index[id(value)])
-        else:
-            args.append(namer.reserve(f"{name}_{python_name(value.name)}"))
-            namespace[args[-1]] = value.const
+    args = _operand_names(body, name, namer, namespace)
     args += [f"{key}={py_literal(value)}" for key, value in node.attrs.items()]
     params = [f"a{i}" for i in range(len(body.inputs))]
     source = (f"def {name}({', '.join([*params, 'out=None'])}):\n"

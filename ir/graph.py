@@ -60,6 +60,12 @@ class Node:
         self.graph: Graph | None = None
 
     @property
+    def name(self) -> str:
+        """A node is named by its first output (`%linear_1 = linear(...)` is node "linear_1"), as the
+        dumps show it; precision overrides (`keep_nodes`) and pass notes use this name."""
+        return self.outputs[0].name
+
+    @property
     def output(self) -> Value:
         if len(self.outputs) != 1:
             raise ValueError(f"node {self.op} has {len(self.outputs)} outputs; use .outputs")

@@ -67,11 +67,6 @@ Mode = str
 LOWERED, FOLLOWS, KEPT, AS_IS = "lower", "follow", "keep", "as-is"
 
 
-def node_name(node: Node) -> str:
-    """A node is named by its first output (`%linear_1` -> "linear_1")."""
-    return node.outputs[0].name
-
-
 def fits(tensor: torch.Tensor, dtype: DType) -> bool:
     """Whether converting `tensor` to `dtype` creates no infinities (f16 tops out at 65504)."""
     converted = tensor.to(dtype.torch)
@@ -103,7 +98,7 @@ def _cannot_lower(node: Node, target: DType) -> str | None:
 
 
 def _classify(node: Node, config: PrecisionConfig, target: DType) -> tuple[Mode, str | None]:
-    if node_name(node) in config.keep_nodes:
+    if node.name in config.keep_nodes:
         return KEPT, "it is named in keep_nodes"
     if node.op in config.deny:
         return KEPT, "its op is on the deny list"
@@ -122,7 +117,7 @@ def plan(graph: Graph, config: PrecisionConfig, target: DType) -> Plan:
     """Classify every node by the op lists and the config's overrides (keep_nodes, then deny, then allow)."""
     result = Plan()
     for node in graph.nodes:
-        name = node_name(node)
+        name = node.name
         mode, reason = _classify(node, config, target)
         result.modes[name] = mode
         if mode == LOWERED:
@@ -217,15 +212,15 @@ def rewrite(graph: Graph, target: DType, modes: dict[str, Mode], lowered: frozen
     are kept). Returns the counts: lowered, followed (now in `target`), casts, constants_converted."""
     work = _Rewrite(graph, target)
     for node in list(graph.nodes):
-        mode = modes.get(node_name(node), KEPT)
-        work.visit(node, KEPT if mode == LOWERED and node_name(node) not in lowered else mode)
+        mode = modes.get(node.name, KEPT)
+        work.visit(node, KEPT if mode == LOWERED and node.name not in lowered else mode)
     work.finish()
     return work.counts
 
 
 def _group_notes(graph: Graph, reasons: dict[str, str], config: PrecisionConfig) -> list[str]:
     """One note per (op, reason): "kept softmax at f32 (%3, %9): <reason>"."""
-    ops = {node_name(n): n.op for n in graph.nodes}
+    ops = {n.name: n.op for n in graph.nodes}
     groups: dict[tuple[str, str], list[str]] = {}
     for name, reason in reasons.items():
         groups.setdefault((ops[name], reason), []).append(f"%{name}")

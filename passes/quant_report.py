@@ -22,15 +22,11 @@ Apply = Callable[[Graph, Collection[str]], None]  # quantizes the named nodes of
 WhyNot = Callable[[Node], str | None]  # why a node of a quantizable op cannot be quantized
 
 
-def node_name(node: Node) -> str:
-    """A node is named by its first output."""
-    return node.outputs[0].name
-
 
 def replace_node(graph: Graph, old: Node, new: Node) -> None:
     """Put single-output `new` in the place of `old`, drop what only `old` read, and give `new` the old
     output name, so that dumps, `keep_nodes` and the report keep calling the node by one name."""
-    name = node_name(old)
+    name = old.name
     graph.replace_all_uses(old.outputs[0], new.outputs[0])
     graph.remove_dead([old])
     new.outputs[0].name = graph.fresh_name(name)
@@ -43,7 +39,7 @@ def find_candidates(graph: Graph, config: PrecisionConfig, ops: Collection[str],
     for node in graph.nodes:
         if node.op not in ops:
             continue
-        name = node_name(node)
+        name = node.name
         if node.op in config.deny:
             reason: str | None = f"{node.op} is in the precision config's deny list"
         elif name in config.keep_nodes:
@@ -158,7 +154,7 @@ def _choose(graph: Graph, candidates: list[str], apply: Apply, config: Precision
 
 def _weight_bytes(graph: Graph, names: Collection[str]) -> int:
     """Bytes of the distinct constants the named nodes read besides a bias (operands 0 and 1)."""
-    constants = {id(v): v for node in graph.nodes if node_name(node) in names for v in node.inputs[:2]
+    constants = {id(v): v for node in graph.nodes if node.name in names for v in node.inputs[:2]
                  if v.const is not None}
     return sum(v.const.nbytes for v in constants.values())  # type: ignore[union-attr]
 

@@ -8,7 +8,7 @@ from collections.abc import Collection
 from ..ir import DType, Graph, Node
 from .base import Pass, PassContext, PassResult
 from .precision_config import PrecisionConfig
-from .quant_report import find_candidates, node_name, quantize_nodes, replace_node
+from .quant_report import find_candidates, quantize_nodes, replace_node
 from .quantize_weights import CONV_OUT_AXIS, Int8Weights, constant_weight_why_not
 
 DYNAMIC_OPS = ("linear", "matmul")
@@ -39,7 +39,7 @@ class QuantizeDynamicPass(Pass):
 
     def call(self, graph: Graph, ctx: PassContext) -> PassResult:
         candidates, notes = find_candidates(graph, self.config, DYNAMIC_OPS, _why_not)
-        convs = [f"%{node_name(n)}" for n in graph.nodes if n.op in CONV_OUT_AXIS]
+        convs = [f"%{n.name}" for n in graph.nodes if n.op in CONV_OUT_AXIS]
         if convs:
             what = "1 convolution stays" if len(convs) == 1 else f"{len(convs)} convolutions stay"
             notes.append(f"{what} in float ({', '.join(convs)}): dynamic int8 covers linear layers, as "
@@ -51,7 +51,7 @@ class QuantizeDynamicPass(Pass):
         """Replace the named linear / matmul nodes of `graph` by linear_dynamic_int8."""
         weights = Int8Weights(graph)
         for node in graph:
-            if node_name(node) not in names:
+            if node.name not in names:
                 continue
             q, scale = weights.get(node.inputs[1], transpose=node.op == "matmul", axis=0)
             new = graph.add_node("linear_dynamic_int8", [node.inputs[0], q, scale, *node.inputs[2:]],

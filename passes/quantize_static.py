@@ -10,7 +10,7 @@ from ..ir import DType, Graph, Node, Value
 from .base import Pass, PassContext, PassResult
 from .calibration import QuantParams, calibrate
 from .precision_config import PrecisionConfig
-from .quant_report import find_candidates, node_name, quantize_nodes
+from .quant_report import find_candidates, quantize_nodes
 from .quantize_weights import CONV_OUT_AXIS, Int8Weights, drop_if_unused, scale_as
 
 STATIC_OPS = ("linear", "matmul", "conv", "conv_transpose")
@@ -68,7 +68,7 @@ class QuantizeStaticPass(Pass):
                                                    "none were given, nothing was quantized"])
         candidates, notes = find_candidates(graph, self.config, STATIC_OPS, _why_not)
         chosen = set(candidates)
-        activations = {v.name for node in graph.nodes if node_name(node) in chosen
+        activations = {v.name for node in graph.nodes if node.name in chosen
                        for _, v in quantized_operands(node) if v.const is None}
         params = calibrate(graph, activations, self.config) if activations else {}
         report = quantize_nodes(graph, candidates, lambda g, names: self.apply(g, names, params), self.config)
@@ -81,7 +81,7 @@ class QuantizeStaticPass(Pass):
         weights = Int8Weights(graph)
         activations: dict[str, Value] = {}
         for node in graph:
-            if node_name(node) not in names:
+            if node.name not in names:
                 continue
             for index, value in quantized_operands(node):
                 if value.const is not None:

@@ -13,7 +13,7 @@ from ..ir.ops.quant import quantize, weight_scale_axis
 from .base import Pass, PassContext, PassResult
 from .calibration import quant_params
 from .precision_config import PrecisionConfig
-from .quant_report import find_candidates, node_name, quantize_nodes, replace_node
+from .quant_report import find_candidates, quantize_nodes, replace_node
 
 WEIGHT_OPS = ("linear", "matmul", "conv", "conv_transpose")
 # Output-channel axis: conv weights are [out, in/groups, ...], transposed ones [in, out/groups, ...].
@@ -115,7 +115,7 @@ class QuantizeWeightsPass(Pass):
         weights = Int8Weights(graph)
         block_size = self.config.block_size
         for node in graph:
-            if node_name(node) not in names:
+            if node.name not in names:
                 continue
             w = node.inputs[1]
             if node.op in CONV_OUT_AXIS:

@@ -17,7 +17,6 @@ from heteropass.ir.torch_importer import import_module
 from heteropass.passes.base import PassResult
 from heteropass.passes.calibration import ValueRecorder
 from heteropass.passes.precision_config import ErrorMetrics, PrecisionConfig, measure_batches, measure_error
-from heteropass.passes.quant_report import node_name
 from heteropass.passes.quantize_dynamic import QuantizeDynamicPass
 from heteropass.passes.quantize_static import QuantizeStaticPass
 from heteropass.passes.quantize_weights import QuantizeWeightsPass
@@ -127,7 +126,7 @@ def test_report_measures_each_quantized_node() -> None:
     assert len(layers) == 3
     for node in graph.nodes:
         if node.op == "linear_weight_int8":
-            name = node_name(node)
+            name = node.name
             metrics = measure_batches(_node_values(reference, name), _node_values(graph, name))
             assert f"quantized %{name}: {metrics}" in layers
     output = _error_vs_float(graph, CALIBRATION)
@@ -167,7 +166,7 @@ def test_fallback_keeps_the_most_damaging_nodes_in_float(mode: str, tolerance: f
     assert kept[0].startswith(f"kept %{max(alone, key=alone.__getitem__)} in fp32")
     for note in kept:
         name = note.split()[1][1:]
-        assert next(n for n in graph.nodes if node_name(n) == name).op == "linear"
+        assert next(n for n in graph.nodes if n.name == name).op == "linear"
 
 
 def test_tight_tolerance_leaves_the_graph_in_float() -> None:
