@@ -13,7 +13,6 @@ a region; `choose_plan` times them on the region's shapes and keeps the fastest.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from ..ir import DType, Graph, Node, Value, get_op
 from .ort_gemm import ort_product_call
+from .timing import fastest_runs
 
 PRODUCT_OPS = ("linear", "matmul", "bmm", "conv")
 
@@ -130,15 +130,14 @@ def library_products(node: Node) -> list[Product]:
     return products
 
 
-# Measured choices, per (options, operand shapes) in this process: timing is a property of the machine.
+# Measured choices, per (options, operand shapes, threads) in this process: timing is a property of the machine.
 _CHOICES: dict[tuple, int] = {}
-_BUDGET_S = 0.003
 
 
 def choose_plan(plan: GemmPlan, epilogue_seconds: Callable[[GemmPlan, torch.Tensor], float],
                 choices: dict[tuple, int] = _CHOICES) -> GemmPlan:
-    """The fastest of `plan.options`, timed on random operands of the region's shapes (a few ms each)
-    and remembered in `choices`.
+    """The fastest of `plan.options`, timed on random operands of the region's shapes, the options
+    taking turns (`timing.fastest_runs`), and remembered in `choices`.
 
     `epilogue_seconds(option, product)` times an option's Numba epilogue on its product; it is only
     asked for when options differ in whether they have one.
@@ -147,38 +146,26 @@ def choose_plan(plan: GemmPlan, epilogue_seconds: Callable[[GemmPlan, torch.Tens
     if len(options) == 1:
         return plan
     key = (tuple(o.product.text for o in options),
-           tuple(tuple(v.type.static_shape()) if v is not None else None for o in options for v in o.operands))
+           tuple(tuple(v.type.static_shape()) if v is not None else None for o in options for v in o.operands),
+           torch.get_num_threads())
     if key not in choices:
-        times = []
-        mixed = len({o.epilogue is None for o in options}) > 1
-        for option in options:
-            args = [None if v is None else _example(v) for v in option.operands]
-            if args[2] is not None:
-                args[2] = args[2].reshape(-1)  # a conv bias add broadcasts a [C, 1, 1] tensor
-            seconds, product = _time(lambda o=option, a=args: o.product.call(*a))
-            if mixed and option.epilogue is not None and seconds < min(times, default=float("inf")):
-                seconds += epilogue_seconds(option, product)
-            times.append(seconds)
-        choices[key] = times.index(min(times))
+        operands = [_examples(option) for option in options]
+        seconds = fastest_runs({i: (lambda o=option, a=args: o.product.call(*a))
+                                for i, (option, args) in enumerate(zip(options, operands, strict=True))})
+        if len({o.epilogue is None for o in options}) > 1:
+            for i, option in enumerate(options):
+                if option.epilogue is not None:
+                    seconds[i] += epilogue_seconds(option, option.product.call(*operands[i]))
+        choices[key] = min(seconds, key=seconds.__getitem__)
     return options[choices[key]]
 
 
-def _example(value: Value) -> torch.Tensor:
-    return torch.randn(value.type.static_shape(), dtype=value.type.dtype.torch)
-
-
-def _time(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-    """The fastest of a few runs of `fn` after a warm-up (the minimum resists load on a shared machine)."""
-    result = fn()
-    best = float("inf")
-    deadline = time.perf_counter() + _BUDGET_S
-    for _ in range(20):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-        if start + best > deadline or time.perf_counter() > deadline:
-            break
-    return best, result
+def _examples(option: GemmPlan) -> list[torch.Tensor | None]:
+    args = [None if v is None else torch.randn(v.type.static_shape(), dtype=v.type.dtype.torch)
+            for v in option.operands]
+    if args[2] is not None:
+        args[2] = args[2].reshape(-1)  # a conv bias add broadcasts a [C, 1, 1] tensor
+    return args
 
 
 def _expand(values: tuple[int, ...], rank: int) -> list[int]:

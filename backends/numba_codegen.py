@@ -527,7 +527,10 @@ def emit_kernel(spec: KernelSpec) -> str:
     """The @njit source of `spec` (a module-level function named `spec.name`)."""
     arrays = {a.name: a for a in spec.arrays}
     flags = "FASTMATH_REDUCTION" if spec.reduction else "FASTMATH_ELEMENTWISE"
-    lines = ["@njit(cache=True, fastmath=" + flags + ', error_model="numpy", nogil=True)',
+    # An elementwise kernel is inlined into its entry, which calls it once per way it may alias (see
+    # `pointer_entry`); the entry then carries the same flags.
+    inline = "" if spec.reduction else ', inline="always"'
+    lines = ["@njit(cache=True, fastmath=" + flags + ', error_model="numpy", nogil=True' + inline + ")",
              f"def {spec.name}({', '.join(a.name for a in spec.arrays)}):"]
     indent = "    "
     bases = {a.name: "0" for a in spec.arrays}
@@ -637,14 +640,30 @@ def pointer_entry(spec: KernelSpec, kernel: str, name: str) -> str:
     NumPy views, which matters for the small tensors of a batch-1 model.
     """
     space = [*spec.outer, spec.inner]
-    views = []
+    lines = []
     for i, array in enumerate(spec.arrays):
         extent = 1 + sum(st * (n - 1) for st, n in zip(array.strides, space, strict=True))
-        views.append(f"carray(p{i}, ({extent},), {NP_TYPE[array.dtype]})")
+        lines.append(f"    v{i} = carray(p{i}, ({extent},), {NP_TYPE[array.dtype]})")
+    views = [f"v{i}" for i in range(len(spec.arrays))]
+    call = f"{kernel}({', '.join(views)})"
+    # Writing an output over an input of the same layout (in place, as buffer reuse does) defeats
+    # LLVM's vectorizer: it guards the vector loop with an overlap check, which fails, and runs the
+    # scalar loop, 3-4x slower. With the inlined kernel called on one array for both, the vector loop
+    # needs no check.
+    outputs = [spec.arrays.index(a) for a, _ in spec.stores]
+    aliases = [] if spec.reduction or not outputs else [
+        i for i, a in enumerate(spec.arrays) if a.name.startswith("a") and a.dtype == spec.arrays[outputs[0]].dtype
+        and a.strides == spec.arrays[outputs[0]].strides][:2]
+    for keyword, i in zip(["if", "elif"], aliases, strict=False):
+        shared = [views[i] if j == outputs[0] else v for j, v in enumerate(views)]
+        lines += [f"    {keyword} v{i}.ctypes.data == v{outputs[0]}.ctypes.data:",
+                  f"        {kernel}({', '.join(shared)})"]
+    lines += ["    else:", f"        {call}"] if aliases else [f"    {call}"]
     params = ", ".join(f"p{i}" for i in range(len(spec.arrays)))
     signature = ", ".join(["voidptr"] * len(spec.arrays))
-    return (f'@cfunc("void({signature})", cache=True, nogil=True)\n'
-            f"def {name}({params}):\n    {kernel}({', '.join(views)})\n")
+    flags = "FASTMATH_REDUCTION" if spec.reduction else "FASTMATH_ELEMENTWISE"
+    return (f'@cfunc("void({signature})", cache=True, nogil=True, fastmath={flags}, error_model="numpy")\n'
+            f"def {name}({params}):\n" + "\n".join(lines) + "\n")
 
 
 def kernel_module(kernels: list[str]) -> str:

@@ -30,7 +30,6 @@ arithmetic, torch's bf16 and fp16 `F.linear` are slower than float32 (bench/quan
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -43,6 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..ir import DType, Node
+from .timing import fastest_runs
 
 QUANT_LINEAR_OPS = ("linear_weight_int8", "linear_dynamic_int8")
 # reassoc lets the dot products vectorize; no arcp: quantizing x divides by its scale exactly as torch does.
@@ -399,7 +399,6 @@ def quant_plans(node: Node) -> list[QuantPlan]:
 
 # Measured choices per (op, shapes, attributes, threads) in this process: timing is a property of the machine.
 _CHOICES: dict[tuple, str] = {}
-_BUDGET_S = 0.01
 
 
 def choose_quant_plan(node: Node, choices: dict[tuple, str] = _CHOICES) -> QuantPlan:
@@ -410,7 +409,7 @@ def choose_quant_plan(node: Node, choices: dict[tuple, str] = _CHOICES) -> Quant
            torch.get_num_threads())
     if key not in choices:
         args = example_operands(node)
-        times = _fastest_runs({plan.name: (lambda p=plan: p.call(*args)) for plan in plans})
+        times = fastest_runs({plan.name: (lambda p=plan: p.call(*args)) for plan in plans})
         choices[key] = min(times, key=times.__getitem__)
     return next(plan for plan in plans if plan.name == choices[key])
 
@@ -427,21 +426,3 @@ def example_operands(node: Node) -> list[torch.Tensor | None]:
         else:
             operands.append(torch.rand(shape) + 0.5 if value is node.inputs[2] else torch.randn(shape))
     return operands + [None] * (4 - len(operands))
-
-
-def _fastest_runs(runs: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Each run's fastest time after a warm-up, the runs taking turns (so that load from other processes
-    hits them alike) until the budget is spent, at least twice each (the minimum resists load)."""
-    best = {}
-    for name, fn in runs.items():
-        fn()
-        best[name] = float("inf")
-    deadline = time.perf_counter() + _BUDGET_S
-    for turn in range(20):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-        if turn >= 1 and time.perf_counter() > deadline:
-            break
-    return best
