@@ -13,6 +13,7 @@ from .fuse_linear_bias import FuseLinearBiasPass
 from .fuse_reductions import FuseReductionsPass
 from .lower_precision import LowerPrecisionPass
 from .manager import Fixpoint
+from .merge_parallel_linears import MergeParallelLinearsPass
 from .plan_memory import PlanMemoryPass
 from .precision_config import PrecisionConfig
 from .propagate_shapes import PropagateShapesPass
@@ -40,6 +41,7 @@ _PASSES: tuple[type[Pass], ...] = (
     RecognizeRmsNormPass,
     RecognizeGeluPass,
     FuseLinearBiasPass,
+    MergeParallelLinearsPass,
     FoldBatchNormIntoConvPass,
     FuseGemmEpiloguePass,
     FuseReductionsPass,
@@ -64,9 +66,10 @@ def _cleanup(name: str) -> Fixpoint:
 
 def _recognize() -> list[Pass]:
     """Decomposed forms raised to the ops backends have fast kernels for. Order matters: attention
-    reads a softmax; a layer norm's centred part is also an RMS norm."""
+    reads a softmax; a layer norm's centred part is also an RMS norm; parallel linears merge once
+    their bias adds have joined them."""
     return [RecognizeSoftmaxPass(), RecognizeAttentionPass(), RecognizeLayerNormPass(), RecognizeRmsNormPass(),
-            RecognizeGeluPass(), FuseLinearBiasPass(), FoldBatchNormIntoConvPass()]
+            RecognizeGeluPass(), FuseLinearBiasPass(), MergeParallelLinearsPass(), FoldBatchNormIntoConvPass()]
 
 
 def _fuse() -> list[Pass]:

@@ -255,8 +255,8 @@ def test_pass_registry_names_every_pass():
     assert sorted(registry) == [
         "eliminate-common-subexpressions", "eliminate-dead-code", "fold-batchnorm-into-conv", "fold-constants",
         "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias", "fuse-reductions", "lower-precision",
-        "plan-memory", "propagate-shapes", "quantize-dynamic", "quantize-static", "quantize-weights",
-        "recognize-attention", "recognize-gelu", "recognize-layer-norm", "recognize-rms-norm",
+        "merge-parallel-linears", "plan-memory", "propagate-shapes", "quantize-dynamic", "quantize-static",
+        "quantize-weights", "recognize-attention", "recognize-gelu", "recognize-layer-norm", "recognize-rms-norm",
         "recognize-softmax", "simplify-algebra"]
     assert all(cls.name == name for name, cls in registry.items())
 
@@ -269,7 +269,7 @@ def test_default_pipelines_per_opt_level():
     assert flat(default_pipeline(0)) == ["propagate-shapes"]
     assert flat(default_pipeline(1)) == ["propagate-shapes", "eliminate-dead-code"]
     recognize = ["recognize-softmax", "recognize-attention", "recognize-layer-norm", "recognize-rms-norm",
-                 "recognize-gelu", "fuse-linear-bias", "fold-batchnorm-into-conv"]
+                 "recognize-gelu", "fuse-linear-bias", "merge-parallel-linears", "fold-batchnorm-into-conv"]
     fuse = ["fuse-gemm-epilogue", "fuse-reductions", "fuse-elementwise"]
     assert flat(default_pipeline(2)) == ["propagate-shapes", ("cleanup", cleanup), *recognize,
                                          ("cleanup-after-patterns", cleanup), *fuse, "plan-memory"]

@@ -1,0 +1,62 @@
+"""merge-parallel-linears: linears that read the same input with constant weights become one linear over
+the concatenated weights, followed by a `split` of its output: one larger product instead of several small
+ones (the Q, K and V projections of attention; TVM's CombineParallelDense)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ir import Graph, Node, Value
+from .base import Pass, PassContext, PassResult
+
+
+def _key(node: Node) -> tuple | None:
+    """What linears must share to merge: the input, the weight's type apart from its rows, bias or not.
+    None for a linear that cannot merge (run-time or shared weights)."""
+    if node.op != "linear":
+        return None
+    x, weight, *bias = node.inputs
+    params = [weight, *bias]
+    if any(v.const is None or len(v.uses) != 1 for v in params) or weight.type.rank != 2:
+        return None
+    return (id(x), weight.type.shape[1], weight.type.dtype, len(bias))
+
+
+def _merge(graph: Graph, group: list[Node]) -> None:
+    first = group[0]
+    x = first.inputs[0]
+    name = "_".join(node.name for node in group)
+    params = [graph.add_constant(f"{name}.weight", torch.cat([n.inputs[1].const for n in group]))]
+    if len(first.inputs) == 3:
+        params.append(graph.add_constant(f"{name}.bias", torch.cat([n.inputs[2].const for n in group])))
+    merged = graph.add_node("linear", [x, *params], before=first, source=first.source)
+    sizes = [n.outputs[0].type.shape[-1] for n in group]
+    split = graph.add_node("split", merged.outputs, {"sizes": sizes, "dim": -1}, before=first)
+    for node, part in zip(group, split.outputs, strict=True):
+        graph.replace_all_uses(node.outputs[0], part)
+    old: list[Value] = [v for node in group for v in node.inputs[1:]]
+    for node in group:
+        graph.remove_node(node)
+    for value in old:
+        graph.remove_constant(value)
+
+
+class MergeParallelLinearsPass(Pass):
+    """Merge every group of two or more linears with the same input, constant weights of the same width
+    and dtype read by nothing else, and all or none with a bias; the merged node takes the place of
+    the group's first member."""
+
+    name = "merge-parallel-linears"
+    opt_level = 2
+
+    def call(self, graph: Graph, ctx: PassContext) -> PassResult:
+        groups: dict[tuple, list[Node]] = {}
+        for node in graph.nodes:
+            key = _key(node)
+            if key is not None:
+                groups.setdefault(key, []).append(node)
+        merged = [group for group in groups.values() if len(group) > 1]
+        for group in merged:
+            _merge(graph, group)
+        return PassResult(graph, bool(merged), {"groups_merged": len(merged),
+                                                "linears_merged": sum(len(g) for g in merged)})
