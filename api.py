@@ -14,13 +14,13 @@ import torch
 from .backends import resolve_backends
 from .backends.base import Backend
 from .backends.executable import Executable, build_executable
-from .ir import Graph, format_graph, run_graph
+from .ir import Graph, TensorType, format_graph, run_graph
 from .ir.torch_importer import TorchProgram, import_module
 from .passes.base import PassContext
 from .passes.instruments import dump_dir_from_env, instruments_for
 from .passes.manager import PassManager, PipelineResult
 from .passes.pipelines import default_pipeline
-from .passes.precision_config import ErrorMetrics, PrecisionConfig, measure_batches
+from .passes.precision_config import PRECISIONS, ErrorMetrics, PrecisionConfig, measure_batches
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,9 @@ class CompiledModule:
         text = self.pipeline.summary_text()
         if self.accuracy is not None:
             batches = max(len(self.options.precision.calibration), 1)
-            text += (f"\nprecision {self.options.precision.precision}: error vs float32 on {batches} "
-                     f"calibration batch(es): {self.accuracy}")
+            where = "calibration batch(es)" if self.options.precision.calibration else "example input batch(es)"
+            text += (f"\nprecision {self.options.precision.precision}: error vs float32 on {batches} {where}: "
+                     f"{self.accuracy}")
         return text
 
     def save_onnx(self, path: str) -> None:
@@ -165,6 +166,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    _check_precision_request(precision, precision_options)
     start = time.perf_counter()
     program = import_module(model, example_inputs, strict=strict, example_kwargs=example_kwargs)
     import_ms = (time.perf_counter() - start) * 1e3
@@ -183,9 +185,23 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
         accuracy = measure_accuracy(program.graph, executable, batches)
         if options.dump_dir:
             Path(options.dump_dir, "precision.json").write_text(json.dumps(
-                {"precision": config.precision, "tolerance": config.tolerance, "calibration_batches": len(batches),
+                {"precision": config.precision, "tolerance": config.tolerance, "batches": len(batches),
+                 "inputs": "calibration" if config.calibration else "example",
                  "error_vs_fp32": accuracy.as_dict()}, indent=2) + "\n")
     return CompiledModule(program, pipeline, executable, options, import_ms, accuracy)
+
+
+_PRECISION_OPTIONS = ("allow", "deny", "keep_nodes", "block_size", "granularity", "calibration_method", "percentile")
+
+
+def _check_precision_request(precision: str, options: dict[str, Any] | None) -> None:
+    """Fail before the (slow) import on a precision or option that cannot work."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    unknown = sorted(set(options or {}) - set(_PRECISION_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown precision_options {unknown}; known: {list(_PRECISION_OPTIONS)} (calibration "
+                         f"and tolerance are arguments of compile)")
 
 
 def _precision_config(program: TorchProgram, precision: str, calibration: Sequence[Any] | None,
@@ -193,7 +209,13 @@ def _precision_config(program: TorchProgram, precision: str, calibration: Sequen
                       example_kwargs: dict[str, Any] | None) -> PrecisionConfig:
     """The precision request with calibration inputs flattened to graph-input order. A tolerance without
     calibration inputs is measured on the example inputs."""
-    batches = [program.flatten_inputs(b if isinstance(b, tuple) else (b,), example_kwargs) for b in calibration or ()]
+    batches = [program.flatten_inputs(tuple(b) if isinstance(b, tuple | list) else (b,), example_kwargs)
+               for b in calibration or ()]
+    for index, batch in enumerate(batches):
+        for i, (tensor, value) in enumerate(zip(batch, program.graph.inputs, strict=True)):
+            if TensorType.of(tensor) != value.type:
+                raise ValueError(f"calibration batch {index}: input {i} '{value.name}' expects {value.type}, "
+                                 f"got {TensorType.of(tensor)}")
     if tolerance is not None and not batches:
         batches = [program.flatten_inputs(example_inputs, example_kwargs)]
     if precision == "int8-static" and not batches:

@@ -4,9 +4,9 @@ It claims `fused` regions of kind "elementwise", "reduction" and "gemm" whose ev
 compile, single elementwise ops, last-dim softmax/log_softmax/layer_norm/rms_norm and
 sum/mean/amax/amin, float linear/matmul/bmm/conv (see gemm.py), and linear_weight_int8 /
 linear_dynamic_int8 on float32 activations (see quant_gemm.py); views, lookups, pooling and attention
-run through PyTorch inside its partitions (`_LIBRARY_KINDS`). Float16/bfloat16 (slower than
-float32 on AVX2 CPUs without native half arithmetic) and symbolic shapes are left to the next
-backend. A partition compiles to Python glue that calls one kernel per node; each kernel takes its
+(of any dtype) run through PyTorch inside its partitions (`_LIBRARY_KINDS`). Float16/bfloat16 compute
+(slower than float32 on AVX2 CPUs without native half arithmetic) and symbolic shapes are left to the
+next backend. A partition compiles to Python glue that calls one kernel per node; each kernel takes its
 operands and an optional `out=` list of preallocated contiguous outputs, and calls the compiled
 loop through ctypes with the tensors' addresses:
 
@@ -121,11 +121,11 @@ class NumbaBackend(Backend):
         fn = load_function("\n\n".join([source, *sources]), namespace, function)
         fn.source = "\n\n".join([source, *sources, *kernel_sources])
         fn.accepts_out = accepts_out
-        # One elementwise or gemm region reads each element of an input before it writes that element
-        # of an output (the library product reads all of its inputs first). Reductions write a row's
-        # results before their last pass over the row, and a later node may read an earlier node's input.
+        # One elementwise region reads each element of its inputs before it writes that element of an
+        # output. A library product may write its output while still reading its input; reductions write a
+        # row's results before their last pass over the row; a later node may read an earlier one's input.
         kinds = [_region_of(node)[1] for node in partition.nodes]
-        fn.inplace_safe = len(kinds) == 1 and kinds[0] in ("elementwise", "gemm")
+        fn.inplace_safe = len(kinds) == 1 and kinds[0] == "elementwise"
         return fn
 
     def _compile_region(self, body: Graph, kind: str, name: str, namer: Namer,
@@ -372,7 +372,8 @@ def _collapsed_reduction(node: Node) -> Graph | None:
     last-dim reduction the kernels compute, over the contiguous input viewed as [..., H*W]: the memory
     is the same, so the kernel runs on the original tensor. Its outputs then have the trailing dims
     merged (see `_reshaping_outputs`). None for other reductions."""
-    if node.op not in REDUCE_OPS or len(node.inputs) != 1 or not node.inputs[0].type.is_static:
+    if (node.op not in REDUCE_OPS or len(node.inputs) != 1 or not node.inputs[0].type.is_static
+            or node.inputs[0].const is not None):
         return None
     shape = node.inputs[0].type.static_shape()
     dims = sorted(d % len(shape) for d in node.attrs["dims"] or ()) if shape else []
@@ -390,8 +391,8 @@ def _reshaping_outputs(glue: str, name: str, node: Node, namer: Namer) -> str:
     """`glue` renamed, under a function `name` that views its results in the shapes of `node`'s outputs."""
     inner = namer.reserve(f"{name}_rows")
     shapes = [tuple(v.type.static_shape()) for v in node.outputs]
-    params = glue[glue.index("(") + 1:glue.index(")")]
-    call_args = ", ".join("out=out" if p == "out=None" else p for p in params.split(", "))
+    operands = [f"a{i}" for i in range(sum(v.const is None for v in dict.fromkeys(node.inputs)))]
+    params, call_args = ", ".join([*operands, "out=None"]), ", ".join([*operands, "out=out"])
     results = ", ".join(f"r{i}.reshape({shape})" for i, shape in enumerate(shapes))
     targets = ", ".join(f"r{i}" for i in range(len(shapes)))
     return (glue.replace(f"def {name}(", f"def {inner}(", 1) +

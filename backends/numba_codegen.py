@@ -605,10 +605,12 @@ def emit_kernel(spec: KernelSpec) -> str:
     full_stores = [(a, d) for a, d in spec.stores if d.full]
     for _, d in full_stores:
         emit_full(d, done, body, inner_indent)
-    for array, d in spec.stores:
-        if not d.full:
-            emit_row(d)
-            lines.append(f"{indent}{array.name}[{bases[array.name]}] = {d.name}")
+    # Every row value before the first store: an output may share its buffer with an input read later.
+    row_stores = [(a, d) for a, d in spec.stores if not d.full]
+    for _, d in row_stores:
+        emit_row(d)
+    for array, d in row_stores:
+        lines.append(f"{indent}{array.name}[{bases[array.name]}] = {d.name}")
     if full_stores:
         lines.append(f"{indent}for j in range({spec.inner}):")
         lines.extend(body)

@@ -5,8 +5,10 @@ prepacks its constant weights once. A product whose weight (and bias) are consta
 `Gemm` (2-D view of the input, so `[B, S, K]` activations need no copy) or a `Conv` session; the
 call binds the input and the output tensor's memory directly (`IOBinding`), so nothing is copied
 and the result lands in a preallocated `out=` buffer. `gemm.choose_plan` keeps it only where it is
-measured fastest. The session runs with PyTorch's thread count and without spinning threads, so
-its pool and PyTorch's OpenMP pool do not stall each other.
+measured fastest; the session is made at the first call, so options that are only listed cost
+nothing. The session runs with PyTorch's thread count and without spinning threads, so its pool
+and PyTorch's OpenMP pool do not stall each other (each session owns `threads - 1` parked worker
+threads; ONNX Runtime's global pool would share them, but its size is fixed per process).
 """
 
 from __future__ import annotations
@@ -50,9 +52,12 @@ def ort_product_call(node: Node) -> tuple[Callable[..., torch.Tensor], str] | No
         onnx_node = helper.make_node("Gemm", ["x", "w", "b"] if bias is not None else ["x", "w"], ["y"], transB=1)
         text = "onnxruntime Gemm(x, w, b, transB=1)"
     y_onnx = (x_onnx[0], y_shape[-1]) if node.op != "conv" else y_shape
-    session = _session(onnx_node, x_onnx, y_onnx, weight, bias)
+    sessions: list[object] = []  # made at the first call: planning lists options it never runs
 
     def call(x: torch.Tensor, w: object, b: object, out: torch.Tensor | None = None) -> torch.Tensor:
+        if not sessions:
+            sessions.append(_session(onnx_node, x_onnx, y_onnx, weight, bias))
+        session = sessions[0]
         x = x.contiguous()
         y = torch.empty(y_shape, dtype=torch.float32) if out is None else out
         binding = session.io_binding()

@@ -241,4 +241,10 @@ def calibrate(graph: Graph, names: Collection[str], config: PrecisionConfig,
     """Per-tensor scale and zero point of each named value on `config.calibration`, by its calibration method."""
     observers = observe(graph, names, config.calibration,
                         lambda: make_observer(config.calibration_method, config.percentile))
-    return {name: observer.qparams(dtype) for name, observer in observers.items()}
+    params = {}
+    for name, observer in observers.items():
+        try:
+            params[name] = observer.qparams(dtype)
+        except ValueError as exc:
+            raise ValueError(f"calibrating %{name}: {exc} (every calibration value was NaN or infinite)") from exc
+    return params

@@ -19,7 +19,7 @@ def _key(node: Node) -> tuple | None:
     params = [weight, *bias]
     if any(v.const is None or len(v.uses) != 1 for v in params) or weight.type.rank != 2:
         return None
-    return (id(x), weight.type.shape[1], weight.type.dtype, len(bias))
+    return (id(x), weight.type.shape[1], weight.type.dtype, tuple(b.type.dtype for b in bias))
 
 
 def _merge(graph: Graph, group: list[Node]) -> None:
@@ -29,16 +29,19 @@ def _merge(graph: Graph, group: list[Node]) -> None:
     params = [graph.add_constant(f"{name}.weight", torch.cat([n.inputs[1].const for n in group]))]
     if len(first.inputs) == 3:
         params.append(graph.add_constant(f"{name}.bias", torch.cat([n.inputs[2].const for n in group])))
-    merged = graph.add_node("linear", [x, *params], before=first, source=first.source)
+    merged = graph.add_node("linear", [x, *params], before=first, names=[name], source=first.source)
     sizes = [n.outputs[0].type.shape[-1] for n in group]
     split = graph.add_node("split", merged.outputs, {"sizes": sizes, "dim": -1}, before=first)
     for node, part in zip(group, split.outputs, strict=True):
         graph.replace_all_uses(node.outputs[0], part)
     old: list[Value] = [v for node in group for v in node.inputs[1:]]
+    names = [node.name for node in group]
     for node in group:
         graph.remove_node(node)
     for value in old:
         graph.remove_constant(value)
+    for part, original in zip(split.outputs, names, strict=True):
+        part.name = graph.fresh_name(original)  # the members' names live on: dumps and users keep them
 
 
 class MergeParallelLinearsPass(Pass):

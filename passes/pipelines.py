@@ -66,16 +66,17 @@ def _cleanup(name: str) -> Fixpoint:
 
 def _recognize() -> list[Pass]:
     """Decomposed forms raised to the ops backends have fast kernels for. Order matters: attention
-    reads a softmax; a layer norm's centred part is also an RMS norm; parallel linears merge once
-    their bias adds have joined them."""
+    reads a softmax; a layer norm's centred part is also an RMS norm."""
     return [RecognizeSoftmaxPass(), RecognizeAttentionPass(), RecognizeLayerNormPass(), RecognizeRmsNormPass(),
-            RecognizeGeluPass(), FuseLinearBiasPass(), MergeParallelLinearsPass(), FoldBatchNormIntoConvPass()]
+            RecognizeGeluPass(), FuseLinearBiasPass(), FoldBatchNormIntoConvPass()]
 
 
 def _fuse() -> list[Pass]:
-    """Group nodes into regions a backend compiles as one kernel: GEMM epilogues first (they sit
-    on the most expensive nodes), then reductions with their prologue/epilogue, then the rest."""
-    return [FuseGemmEpiloguePass(), FuseReductionsPass(), FuseElementwisePass()]
+    """Group work into fewer, larger kernels: parallel linears into one product (after the precision
+    passes, so that `keep_nodes` still finds the linears by name), then regions a backend compiles as
+    one kernel: GEMM epilogues first (they sit on the most expensive nodes), then reductions with
+    their prologue/epilogue, then the rest."""
+    return [MergeParallelLinearsPass(), FuseGemmEpiloguePass(), FuseReductionsPass(), FuseElementwisePass()]
 
 
 def precision_passes(config: PrecisionConfig) -> list[Pass]:

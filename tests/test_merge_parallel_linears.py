@@ -42,6 +42,7 @@ def test_query_key_value_projections_become_one_product_and_a_split() -> None:
     assert merged.inputs[1].type == TensorType((8, 4), DType.f32) and merged.inputs[2].type.shape == (8,)
     assert graph.nodes[1].attrs == {"sizes": (3, 2, 3), "dim": -1}
     assert sorted(graph.constants) == ["q_k_v.bias", "q_k_v.weight"]
+    assert [v.name for v in graph.nodes[1].outputs] == ["q", "k", "v"] and graph.nodes[0].name == "q_k_v"
     x = torch.randn(2, 5, 4)
     for got, want in zip(run_graph(graph, x), run_graph(original, x), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
@@ -77,9 +78,9 @@ def test_two_bias_free_linears_merge() -> None:
     }""", """
     graph g(%x: f32[5,4]) -> (f32[5,2], f32[5,3]) {
       const %0_1.weight: f32[5,4]
-      %2: f32[5,5] = linear(%x, %0_1.weight)
-      %3: f32[5,2], %4: f32[5,3] = split(%2) {sizes=[2, 3], dim=-1}
-      return %3, %4
+      %0_1: f32[5,5] = linear(%x, %0_1.weight)
+      %0: f32[5,2], %1: f32[5,3] = split(%0_1) {sizes=[2, 3], dim=-1}
+      return %0, %1
     }""")
 
 

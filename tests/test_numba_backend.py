@@ -333,3 +333,33 @@ def test_second_process_loads_kernels_from_the_disk_cache(tmp_path: Path) -> Non
     (cold, cold_hits, cold_misses), (warm, warm_hits, warm_misses) = runs
     assert (cold_hits, cold_misses, warm_hits, warm_misses) == ("0", "1", "1", "0")
     assert float(warm) < float(cold) / 2, runs
+
+
+def test_trailing_reduction_of_a_constant_runs() -> None:
+    graph = parse_graph("""
+    graph m(%x: f32[2,3,1,1]) -> (f32[2,3,1,1]) {
+      const %c: f32[2,3,4,4]
+      %0: f32[2,3,1,1] = mean(%c) {dims=[2, 3], keepdim=true}
+      %1: f32[2,3,1,1] = add(%0, %x)
+      return %1
+    }""", constants={"c": torch.randn(2, 3, 4, 4)})
+    executable = build_executable(graph.clone(), BACKENDS)
+    x = torch.randn(2, 3, 1, 1)
+    assert_outputs_close(executable(x), run_graph(graph, x), 1e-5, 1e-6)
+
+
+def test_single_element_kernel_reads_every_input_before_writing_over_one() -> None:
+    graph = parse_graph("""
+    graph m(%a: f32[1], %b: f32[1]) -> (f32[1], f32[1]) {
+      %r0: f32[1], %r1: f32[1] = fused[add, mul](%a, %b) {kind="elementwise"}
+        graph region(%a: f32[1], %b: f32[1]) -> (f32[1], f32[1]) {
+          %0: f32[1] = add(%a, %a)
+          %1: f32[1] = mul(%b, %b)
+          return %0, %1
+        }
+      return %r0, %r1
+    }""")
+    kernel = NumbaBackend().compile(graph)
+    a, b = torch.tensor([3.0]), torch.tensor([5.0])
+    first, second = kernel(a, b, out=[b, torch.empty(1)])  # the first output overwrites input b
+    assert first.item() == 6.0 and second.item() == 25.0

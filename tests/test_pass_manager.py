@@ -269,8 +269,8 @@ def test_default_pipelines_per_opt_level():
     assert flat(default_pipeline(0)) == ["propagate-shapes"]
     assert flat(default_pipeline(1)) == ["propagate-shapes", "eliminate-dead-code"]
     recognize = ["recognize-softmax", "recognize-attention", "recognize-layer-norm", "recognize-rms-norm",
-                 "recognize-gelu", "fuse-linear-bias", "merge-parallel-linears", "fold-batchnorm-into-conv"]
-    fuse = ["fuse-gemm-epilogue", "fuse-reductions", "fuse-elementwise"]
+                 "recognize-gelu", "fuse-linear-bias", "fold-batchnorm-into-conv"]
+    fuse = ["merge-parallel-linears", "fuse-gemm-epilogue", "fuse-reductions", "fuse-elementwise"]
     assert flat(default_pipeline(2)) == ["propagate-shapes", ("cleanup", cleanup), *recognize,
                                          ("cleanup-after-patterns", cleanup), *fuse, "plan-memory"]
     assert flat(default_pipeline(3)) == flat(default_pipeline(2))
@@ -283,7 +283,7 @@ def test_default_pipelines_per_opt_level():
                                              ("int8-dynamic", "quantize-dynamic")])
 def test_a_precision_request_runs_after_pattern_recognition_and_before_fusion(precision, name):
     names = [item.name for item in default_pipeline(2, PrecisionConfig(precision))]
-    assert names.index("cleanup-after-patterns") + 1 == names.index(name) == names.index("fuse-gemm-epilogue") - 1
+    assert names.index("cleanup-after-patterns") + 1 == names.index(name) == names.index("merge-parallel-linears") - 1
     assert [item.name for item in default_pipeline(0, PrecisionConfig(precision))] == ["propagate-shapes", name]
     assert [i.name for i in default_pipeline(2, PrecisionConfig("fp32"))] == [i.name for i in default_pipeline(2)]
 

@@ -63,6 +63,8 @@ def test_every_model_compiles_in_every_precision_within_its_bound(name: str, pre
 def test_fp32_is_untouched_and_reports_no_accuracy() -> None:
     cm = hp.compile(models.mlp(), models.mlp_inputs(), precision="fp32")
     assert cm.accuracy is None and "precision" not in cm.report
+    weight_only = hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-weight")
+    assert "on 1 example input batch(es)" in weight_only.report
 
 
 def test_tolerance_keeps_sensitive_nodes_in_float32_and_says_why(tmp_path: Path) -> None:
@@ -79,12 +81,13 @@ def test_tolerance_keeps_sensitive_nodes_in_float32_and_says_why(tmp_path: Path)
     assert any(note.startswith("kept %") and "tolerance" in note for note in notes)
     report = json.loads((tmp_path / "precision.json").read_text())
     assert report["precision"] == "int8-dynamic" and report["error_vs_fp32"]["max_rel"] <= 4e-3
+    assert report["batches"] == 4 and report["inputs"] == "calibration"
 
 
 def test_bf16_tolerance_without_calibration_measures_on_the_example_inputs() -> None:
     cm = hp.compile(models.mlp(), models.mlp_inputs(), precision="bf16", tolerance=1e-6)
     assert cm.accuracy.max_rel <= 1e-6  # nothing can be lowered that tightly: every product stays f32
-    assert "cast" not in _ops(cm.graph)
+    assert "cast" not in _ops(cm.graph) and "on 1 calibration batch(es)" in cm.report
 
 
 def test_bad_precision_requests_are_clear_errors() -> None:
@@ -95,6 +98,11 @@ def test_bad_precision_requests_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="granularity"):
         hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-dynamic",
                    precision_options={"granularity": "column"})
+    with pytest.raises(ValueError, match=r"unknown precision_options \['tolerance'\]"):
+        hp.compile(models.mlp(), models.mlp_inputs(), precision="bf16", precision_options={"tolerance": 0.1})
+    with pytest.raises(ValueError, match=r"calibration batch 1: input 0 'x' expects f32\[8,64\], got f32\[4,64\]"):
+        hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-static",
+                   calibration=[models.mlp_inputs(), models.mlp_inputs(batch=4)])
 
 
 def test_torch_compile_backend_takes_a_precision() -> None:
