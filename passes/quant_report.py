@@ -50,6 +50,9 @@ def find_candidates(graph: Graph, config: PrecisionConfig, ops: Collection[str],
             names.append(name)
         else:
             notes.append(f"%{name} ({node.op}) stays in float: {reason}")
+    missing = sorted(config.keep_nodes - {node.name for node in graph.nodes})
+    if missing:
+        notes.append("keep_nodes names no node of this graph: " + ", ".join(f"%{n}" for n in missing))
     return names, notes
 
 

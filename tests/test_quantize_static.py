@@ -137,8 +137,9 @@ def test_without_calibration_nothing_happens() -> None:
 
 def test_denied_and_kept_nodes_stay() -> None:
     graph = mlp_graph()
-    result = _static(*CALIBRATION, deny={"matmul"}, keep_nodes={"0", "4"})(graph)
+    result = _static(*CALIBRATION, deny={"matmul"}, keep_nodes={"0", "4", "q_proj"})(graph)
     assert "%0 (linear) stays in float: it is in the precision config's keep_nodes" in result.notes
+    assert "keep_nodes names no node of this graph: %q_proj" in result.notes
     assert [n.op for n in graph.nodes] == ["linear", "gelu", "quantize", "dequantize", "dequantize", "linear",
                                            "relu", "linear"]
 
