@@ -177,7 +177,8 @@ class NodeContext:
         opdef = get_op(op)
         checked = opdef.check_attrs(dict(attrs), context=f"{self.where}: {op}")
         types = opdef.infer([v.type for v in inputs], checked)
-        if (opdef.kind != "opaque" and all(v.const is not None for v in inputs)
+        # An int8 weight's dequantize is not folded: that would store the weight as float again.
+        if (opdef.kind != "opaque" and op != "dequantize" and all(v.const is not None for v in inputs)
                 and all(t.is_static and t.numel <= FOLD_MAX_NUMEL for t in types)):
             results = opdef.run([v.const for v in inputs], checked)  # type: ignore[misc]
             return [self.constant(r.clone(memory_format=torch.contiguous_format), hint="folded") for r in results]

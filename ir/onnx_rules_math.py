@@ -396,6 +396,14 @@ def _saturate(ctx: NodeContext, y: Value, dtype: DType) -> Value:
     return ctx.cast(ctx.call("clamp", y, min=float(info.min), max=float(info.max)), dtype)
 
 
+def _quant_attrs(ctx: NodeContext, x: Value, scale: Value) -> dict[str, int]:
+    """The IR's `axis` / `block_size` attributes for an ONNX (De)QuantizeLinear node; a per-tensor scale
+    ignores the axis, and a 1-D operand has only axis 0 (ONNX's default axis 1 included)."""
+    per_axis = scale.type.rank > 0 and x.type.rank > 1
+    return {"axis": normalize_axis(ctx.attr("axis", 1), x.type.rank, ctx) if per_axis else 0,
+            "block_size": ctx.attr("block_size", 0)}
+
+
 @rule("QuantizeLinear")
 def quantize_linear(ctx: NodeContext) -> list[Value]:
     x, scale, zero = ctx.input(0), ctx.input(1), ctx.optional(2)
@@ -403,6 +411,10 @@ def quantize_linear(ctx: NodeContext) -> list[Value]:
     dtype = dtype_of(out, ctx.where) if out else (zero.type.dtype if zero is not None else DType.u8)
     if dtype.is_floating or dtype is DType.bool:
         raise ctx.unsupported(f"to {dtype} is not supported")
+    if dtype in (DType.i8, DType.u8) and scale.type.dtype.is_floating and x.type.rank > 0:
+        # The IR's own op: int8 quantization stays one readable node that exports back as QuantizeLinear.
+        zero_point = [zero] if zero is not None else []
+        return [ctx.call("quantize", x, scale, *zero_point, dtype=dtype, **_quant_attrs(ctx, x, scale))]
     xf = ctx.cast(x, DType.f32)
     y = ctx.call("round", ctx.call("div", xf, ctx.cast(_per_axis(ctx, scale, x), DType.f32)))
     if zero is not None:
@@ -415,11 +427,15 @@ def dequantize_linear(ctx: NodeContext) -> list[Value]:
     x, scale, zero = ctx.input(0), ctx.input(1), ctx.optional(2)
     if x.type.dtype.is_floating:
         raise ctx.unsupported(f"from {x.type.dtype} is not supported")
+    out = ctx.attr("output_dtype", 0)
+    if x.type.dtype in (DType.i8, DType.u8) and scale.type.dtype.is_floating and x.type.rank > 0:
+        zero_point = [zero] if zero is not None else []
+        y = ctx.call("dequantize", x, scale, *zero_point, **_quant_attrs(ctx, x, scale))
+        return [ctx.cast(y, dtype_of(out, ctx.where) if out else scale.type.dtype)]
     xf = ctx.cast(x, DType.f32)
     if zero is not None:
         xf = ctx.call("sub", xf, ctx.cast(_per_axis(ctx, zero, x), DType.f32))
     y = ctx.call("mul", xf, ctx.cast(_per_axis(ctx, scale, x), DType.f32))
-    out = ctx.attr("output_dtype", 0)
     return [ctx.cast(y, dtype_of(out, ctx.where) if out else scale.type.dtype)]
 
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from heteropass.ir import verify
+from heteropass.ir import run_graph, verify
 from heteropass.ir.compare import assert_graphs_equal
+from heteropass.ir.onnx_exporter import export_onnx
 from heteropass.ir.onnx_importer import OnnxImportError, import_onnx
 from heteropass.onnx_backend import HeteropassBackend
 from heteropass.testing import models
@@ -299,3 +300,30 @@ def test_torch_exported_models(name: str) -> None:
     (actual,) = HeteropassBackend.prepare(proto).run([t.numpy() for t in inputs])
     with torch.no_grad():
         np.testing.assert_allclose(actual, model(*inputs).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_qdq_model_imports_as_quantize_dequantize_and_exports_back() -> None:
+    """The form ONNX Runtime's quantizer writes: activations through QuantizeLinear/DequantizeLinear,
+    an int8 weight with per-channel scales through DequantizeLinear, then MatMul."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    model = make_model(nodes, [("x", TensorProto.FLOAT, [3, 8])], [("y", TensorProto.FLOAT, [3, 4])], {
+        "sx": np.array(0.02, dtype=np.float32), "zx": np.array(128, dtype=np.uint8),
+        "wq": rng.integers(-127, 128, (8, 4)).astype(np.int8), "sw": rng.uniform(0.01, 0.02, 4).astype(np.float32)})
+    program = import_onnx(model)
+    verify(program.graph)
+    ops = [n.op for n in program.graph.nodes]
+    assert ops.count("quantize") == 1 and ops.count("dequantize") == 2
+    feeds = random_feeds(model)
+    # Without graph optimizations: ORT's fused u8 x s8 kernel saturates int16 sums on AVX2 machines.
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = run_graph(program.graph, torch.from_numpy(feeds["x"]))[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    exported = export_onnx(program.graph)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in exported.graph.node}
