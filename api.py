@@ -155,13 +155,15 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     backends to use in priority order, by name ("numba", "reference") or as instances.
 
     `precision` lowers the model: "bf16"/"fp16" (matmuls and convolutions in the low type, norms,
-    softmax and reductions kept in float32), "int8-weight" (int8 weights, float activations),
+    softmax and reductions kept in float32), "int8-weight" (int8 weights; the linears' inputs rounded
+    per row to 16 bits, or kept float32 with `precision_options={"activation_bits": 32}`),
     "int8-dynamic" (activations quantized at run time) or "int8-static" (activation ranges from
     `calibration`, a list of example inputs shaped like `example_inputs`). With `tolerance` (the
     largest max-relative error of the outputs against float32 on the calibration inputs, or on
     the example inputs when there are none) the passes keep the ops that would exceed it in float32
-    and say why in the dumps. `precision_options` sets the other `PrecisionConfig` fields
-    (`allow`, `deny`, `keep_nodes`, `block_size`, `granularity`, `calibration_method`, `percentile`).
+    and say why in the dumps. `precision_options` sets the other `PrecisionConfig` fields (`allow`,
+    `deny`, `keep_nodes`, `block_size`, `activation_bits`, `granularity`, `calibration_method`,
+    `percentile`).
     The measured error is `compiled.accuracy` and ends `compiled.report`.
     """
     if not isinstance(example_inputs, tuple):
@@ -191,7 +193,8 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     return CompiledModule(program, pipeline, executable, options, import_ms, accuracy)
 
 
-_PRECISION_OPTIONS = ("allow", "deny", "keep_nodes", "block_size", "granularity", "calibration_method", "percentile")
+_PRECISION_OPTIONS = ("allow", "deny", "keep_nodes", "block_size", "activation_bits", "granularity",
+                      "calibration_method", "percentile")
 
 
 def _check_precision_request(precision: str, options: dict[str, Any] | None) -> None:

@@ -2,18 +2,21 @@
 
 Each op has a few ways to run; `choose_quant_plan` times them on the node's shapes and keeps the fastest:
 
-- "gemv" (weight-only): one pass over the int8 weight; the dot product's vector loop converts it to
-  float32 (vpmovsxbd, vcvtdq2ps, vfmadd on AVX2) and applies the scale once per output, or once per
-  block for group-wise scales. Best for a few rows of x (decode). A single row of x runs `_dot_i8`,
-  a loop written in LLVM IR on 4-lane vectors: on Zen 1 (8-lane AVX ops split in two halves) the
-  8-lane loop that LLVM picks for the same source is 15-30% slower.
-- "int-gemv" / "int-rows" (dynamic): x quantized to int8 per row (or per tensor) by one kernel that
-  finds the row's amax and rounds, then exact int32 dot products (vpmaddwd) and the rescale
-  `acc * x_scale[row] * w_scale[col] + bias`. "int-rows" widens each weight row to int16 once
-  for all rows of x.
+- "gemv" (weight-only, `activation_bits=32`): one pass over the int8 weight; the dot product's vector loop
+  converts it to float32 (vpmovsxbd, vcvtdq2ps, vfmadd on AVX2) and applies the scale once per output,
+  or once per block for group-wise scales. A single row of x runs `_dot_i8`, a loop written in LLVM IR
+  on 4-lane vectors: on Zen 1 (8-lane AVX ops split in two halves) the 8-lane loop that LLVM picks for
+  the same source is 15-30% slower. The int8 -> float32 conversion bounds it at ~6 G weights/s here.
+- "int-streams" (weight-only with `activation_bits=16`, and dynamic): x rounded per row (or per tensor)
+  to 16-bit (or 8-bit) integers by one kernel that finds the row's amax, then int16 x int8 dot products
+  by pmaddwd (`_dot4_i16`, LLVM IR: no conversion of the weights beyond a sign extension), exact in int32
+  over chunks of 512 inputs (16-bit) or the whole row (8-bit), rescaled `acc * x_scale * w_scale + bias`.
+  Four weight rows a quarter of the matrix apart are read at once: four memory streams draw about 1.5x
+  the DRAM bandwidth of one on this CPU (12-14 G weights/s from DRAM against 8-9 for one stream).
+- "int-rows" (dynamic, several rows of x): each weight row widened to int16 once for all rows of x.
 - "dequant-mm" (both): the weight dequantized per call, a chunk of rows at a time into a float32
-  buffer that stays in cache, each chunk multiplied by MKL (`torch.mm`); for the dynamic op x is
-  quantized and dequantized first, so this computes the reference's float product. Best for
+  buffer that stays in cache, each chunk multiplied by MKL (`torch.mm`); x is rounded first exactly
+  as the op rounds it (16 or 8 bits), so this computes the reference's float product. Best for
   large batches.
 
 The kernels are functions of this module with the sizes as arguments: each compiles once (or loads
@@ -30,6 +33,7 @@ arithmetic, torch's bf16 and fp16 `F.linear` are slower than float32 (bench/quan
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -116,6 +120,53 @@ def _dot_i8(typingctx, x, w, x_start, w_start, length):
     return sig, codegen
 
 
+_PAIRS = 8  # int16 lanes per pmaddwd: 128-bit vectors (on Zen 1 a 256-bit op is two 128-bit halves anyway)
+
+
+@intrinsic
+def _dot4_i16(typingctx, q, w, q_start, r0, r1, r2, r3, length):
+    """int32 sums of q[q_start + t] * w[r + t] for t < length, for the four weight offsets r (q int16, w int8
+    arrays): one loop loads each q vector once and multiplies it with the four rows by pmaddwd (pairs of
+    int16 products summed into int32 lanes), then a scalar loop for the rest. Exact while
+    length * max|q| * max|w| < 2**31."""
+    sig = types.UniTuple(types.int32, 4)(q, w, *[types.uint64] * 6)
+
+    def codegen(context, builder, signature, args):
+        qs, ws, q0, *rows, n = args
+        i64, i32, i16 = ir.IntType(64), ir.IntType(32), ir.IntType(16)
+        vq, vw, vacc = ir.VectorType(i16, _PAIRS), ir.VectorType(ir.IntType(8), _PAIRS), ir.VectorType(i32, _PAIRS // 2)
+        pmadd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vacc, [vq, vq]),
+                                               "llvm.x86.sse2.pmadd.wd")
+        qp = builder.gep(context.make_array(signature.args[0])(context, builder, qs).data, [q0])
+        wdata = context.make_array(signature.args[1])(context, builder, ws).data
+        wps = [builder.gep(wdata, [r]) for r in rows]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vacc, [0] * (_PAIRS // 2))) for _ in rows]
+        step = ir.Constant(i64, _PAIRS)
+        steps = builder.udiv(n, step)
+        with cgutils.for_range(builder, steps) as loop:
+            at = builder.mul(loop.index, step)
+            qv = builder.load(builder.bitcast(builder.gep(qp, [at]), vq.as_pointer()), align=2)
+            for wp, acc in zip(wps, accs, strict=True):
+                wv = builder.sext(builder.load(builder.bitcast(builder.gep(wp, [at]), vw.as_pointer()), align=1), vq)
+                builder.store(builder.add(builder.load(acc), builder.call(pmadd, [qv, wv])), acc)
+        done = builder.mul(steps, step)
+        sums = []
+        for wp, acc in zip(wps, accs, strict=True):
+            lanes = [builder.extract_element(builder.load(acc), ir.Constant(i32, t)) for t in range(_PAIRS // 2)]
+            while len(lanes) > 1:
+                lanes = [builder.add(a, b) for a, b in zip(lanes[::2], lanes[1::2], strict=True)]
+            total = cgutils.alloca_once_value(builder, lanes[0])
+            with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+                at = builder.add(done, loop.index)
+                product = builder.mul(builder.sext(builder.load(builder.gep(qp, [at])), i32),
+                                      builder.sext(builder.load(builder.gep(wp, [at])), i32))
+                builder.store(builder.add(builder.load(total), product), total)
+            sums.append(builder.load(total))
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return sig, codegen
+
+
 @njit(**_JIT)
 def _weight_gemv(x, w, s, bias, y, m, n, k, bs):
     """y[i, j] = sum over blocks b of s[j, b] * (x[i, b-th block] . w[j, b-th block]) + bias[j]; four rows
@@ -172,43 +223,68 @@ def _dequantize_rows(w, s, out, first, last, k, bs):
 
 
 @njit(**_JIT)
-def _quantize_rows(x, q, xs, m, k, per_row):
-    """q = round_half_even(x / scale) clamped to [-127, 127] with scale = max(amax |x|, 1e-12) / 127
+def _quantize_rows(x, q, xs, m, k, per_row, top):
+    """q = round_half_even(x / scale) clamped to [-top, top] with scale = max(amax |x|, 1e-12) / top
     over each row (per_row) or the whole tensor; xs gets the scales (one, or one per row)."""
     inner = uint64(k)
     rows = uint64(m) if per_row else uint64(1)
     span = inner if per_row else uint64(m) * inner
+    limit = np.float32(top)
     for r in range(rows):
         base = r * span
         amax = np.float32(0.0)
         for t in range(span):
             amax = max(amax, abs(x[base + t]))
-        scale = max(amax, np.float32(1e-12)) / np.float32(127.0)
+        scale = max(amax, np.float32(1e-12)) / limit
         xs[r] = scale
         for t in range(span):
             v = np.rint(x[base + t] / scale)
-            q[base + t] = np.int16(min(max(v, np.float32(-127.0)), np.float32(127.0)))
+            q[base + t] = np.int16(min(max(v, -limit), limit))
 
 
 @njit(**_JIT)
-def _int_gemv(q, w, xs, ws, bias, y, m, n, k, xs_step):
-    """y[i, j] = (q[i, :] . w[j, :]) * xs[i] * ws[j] + bias[j], the dot product exact in int32 (|q|, |w| <= 127
-    and in < 2**17). Numba types the products int64; reading the sum back as int32 lets LLVM narrow the loop
-    to pairwise int16 products summed in int32 (vpmaddwd)."""
-    inner, cols, step = uint64(k), uint64(n), uint64(xs_step)
-    for j in range(cols):
-        wr = j * inner
+def _int_streams(q, w, xs, ws, bias, y, m, n, k, bs, chunk, xs_step):
+    """y[i, j] = sum over blocks b of ws[j, b] * (q[i, block] . w[j, block]) * xs[i] + bias[j]: int16 x
+    int8 dot products, exact in int32 over `chunk` inputs at a time (`_dot4_i16`), summed in float32.
+    Four weight rows a quarter of the matrix apart are read together: four memory streams draw
+    about 1.5x the DRAM bandwidth of one on this CPU. Past the last row the streams repeat it (the
+    same value is written twice)."""
+    inner, cols, block, step, span = uint64(k), uint64(n), uint64(bs), uint64(xs_step), uint64(chunk)
+    nb = (inner + block - uint64(1)) // block
+    part = (cols + uint64(3)) // uint64(4)
+    last = cols - uint64(1)
+    for j0 in range(part):
+        j1, j2, j3 = min(j0 + part, last), min(j0 + uint64(2) * part, last), min(j0 + uint64(3) * part, last)
         for i in range(uint64(m)):
             xr = i * inner
-            acc = np.int32(0)
-            for kk in range(inner):
-                acc += np.int32(q[xr + kk]) * np.int32(w[wr + kk])
-            y[i * cols + j] = np.float32(np.int32(acc)) * xs[i * step] * ws[j] + bias[j]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for b in range(nb):
+                start = b * block
+                stop = min(start + block, inner)
+                p0 = p1 = p2 = p3 = np.float32(0.0)
+                for c in range(start, stop, span):
+                    d0, d1, d2, d3 = _dot4_i16(q, w, xr + c, j0 * inner + c, j1 * inner + c, j2 * inner + c,
+                                               j3 * inner + c, min(c + span, stop) - c)
+                    p0 += np.float32(d0)
+                    p1 += np.float32(d1)
+                    p2 += np.float32(d2)
+                    p3 += np.float32(d3)
+                a0 += p0 * ws[j0 * nb + b]
+                a1 += p1 * ws[j1 * nb + b]
+                a2 += p2 * ws[j2 * nb + b]
+                a3 += p3 * ws[j3 * nb + b]
+            xsi = xs[i * step]
+            y[i * cols + j0] = a0 * xsi + bias[j0]
+            y[i * cols + j1] = a1 * xsi + bias[j1]
+            y[i * cols + j2] = a2 * xsi + bias[j2]
+            y[i * cols + j3] = a3 * xsi + bias[j3]
 
 
 @njit(**_JIT)
 def _int_rows(q, w, xs, ws, bias, y, m, n, k, xs_step):
-    """`_int_gemv` with each weight row widened to int16 once, for many rows of x."""
+    """y[i, j] = (q[i, :] . w[j, :]) * xs[i] * ws[j] + bias[j] for int8-range q, with each weight row widened to
+    int16 once for all rows of x. Numba types the products int64; reading the sum back as int32 lets LLVM
+    narrow the loop to pmaddwd (exact: |q|, |w| <= 127 and k < 2**17)."""
     inner, cols, step = uint64(k), uint64(n), uint64(xs_step)
     row = np.empty(inner, np.int16)
     for j in range(cols):
@@ -236,16 +312,18 @@ def _dequantize_rows_entry(pw, ps, po, first, last, n, k, bs, ns):
                      carray(po, ((last - first) * k,), np.float32), first, last, k, bs)
 
 
-def _quantize_rows_entry(px, pq, pxs, m, k, per_row):
+def _quantize_rows_entry(px, pq, pxs, m, k, per_row, top):
     _quantize_rows(carray(px, (m * k,), np.float32), carray(pq, (m * k,), np.int16),
-                   carray(pxs, (m if per_row else 1,), np.float32), m, k, per_row)
+                   carray(pxs, (m if per_row else 1,), np.float32), m, k, per_row, top)
 
 
-def _int_gemv_entry(pq, pw, pxs, pws, pb, py, m, n, k, xs_step):
-    _int_gemv(carray(pq, (m * k,), np.int16), carray(pw, (n * k,), np.int8),
-              carray(pxs, (m if xs_step else 1,), np.float32),
-              carray(pws, (n,), np.float32), carray(pb, (n,), np.float32), carray(py, (m * n,), np.float32),
-              m, n, k, xs_step)
+def _int_streams_entry(px, pq, pxs, pw, pws, pb, py, m, n, k, bs, chunk, per_row, top, ns):
+    """x rounded into q and xs by `_quantize_rows`, then `_int_streams`: one call from Python."""
+    q = carray(pq, (m * k,), np.int16)
+    xs = carray(pxs, (m if per_row else 1,), np.float32)
+    _quantize_rows(carray(px, (m * k,), np.float32), q, xs, m, k, per_row, top)
+    _int_streams(q, carray(pw, (n * k,), np.int8), xs, carray(pws, (ns,), np.float32), carray(pb, (n,), np.float32),
+                 carray(py, (m * n,), np.float32), m, n, k, bs, chunk, per_row)
 
 
 def _int_rows_entry(pq, pw, pxs, pws, pb, py, m, n, k, xs_step):
@@ -264,7 +342,7 @@ def entry(name: str) -> Callable[..., None]:
     """The ctypes function of kernel `name`, compiled on first use (or loaded from Numba's disk cache)."""
     function, pointers, sizes = {
         "weight_gemv": (_weight_gemv_entry, 5, 5), "dequantize_rows": (_dequantize_rows_entry, 3, 6),
-        "quantize_rows": (_quantize_rows_entry, 3, 3), "int_gemv": (_int_gemv_entry, 6, 4),
+        "quantize_rows": (_quantize_rows_entry, 3, 4), "int_streams": (_int_streams_entry, 7, 8),
         "int_rows": (_int_rows_entry, 6, 4)}[name]
     return cfunc(_signature(pointers, sizes), cache=True, nogil=True)(function).ctypes
 
@@ -348,58 +426,99 @@ def _chunked_product(shape: _Shape, xf: torch.Tensor, qweight: torch.Tensor, sca
     return y
 
 
-def weight_dequant_mm(shape: _Shape) -> QuantPlan:
-    def call(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-             out: torch.Tensor | None = None) -> torch.Tensor:
-        return _chunked_product(shape, x.reshape(shape.rows, shape.inner), qweight, scale, bias, out, x.shape)
-
-    return QuantPlan("dequant-mm", call, "Numba dequantize_rows by chunks, each chunk times x by torch.mm")
+_INT8_TOP, _INT16_TOP = 127, 32767
+_INT16_CHUNK = 512  # inputs per exact int32 sum of int16 x int8 products: 512 * 32767 * 128 < 2**31
 
 
-def _quantize(x: torch.Tensor, shape: _Shape, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x's int8 values (as int16, what the int kernels read) and scales: one per row or one."""
+def _x_buffers(shape: _Shape, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Room for x's integer values (int16, what the int kernels read) and its scales: one per row or one."""
+    return torch.empty(shape.rows, shape.inner, dtype=torch.int16), torch.empty(shape.rows if per_row else 1)
+
+
+def _thread_buffers(shape: _Shape, per_row: bool) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """`_x_buffers` made once per thread and reused by its calls: calls that overlap (an executable's
+    other instances, on other threads) never share them."""
+    local = threading.local()
+
+    def buffers() -> tuple[torch.Tensor, torch.Tensor]:
+        made = getattr(local, "buffers", None)
+        if made is None:
+            made = local.buffers = _x_buffers(shape, per_row)
+        return made
+
+    return buffers
+
+
+def _quantize(x: torch.Tensor, shape: _Shape, per_row: bool, top: int,
+              buffers: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x rounded to integers in [-top, top] and its scales, written into `buffers` (new ones when None)."""
     x = x.contiguous()
-    q = torch.empty(shape.rows, shape.inner, dtype=torch.int16)
-    xs = torch.empty(shape.rows if per_row else 1)
-    entry("quantize_rows")(x.data_ptr(), q.data_ptr(), xs.data_ptr(), shape.rows, shape.inner, int(per_row))
+    q, xs = buffers or _x_buffers(shape, per_row)
+    entry("quantize_rows")(x.data_ptr(), q.data_ptr(), xs.data_ptr(), shape.rows, shape.inner, int(per_row), top)
     return q, xs
 
 
-def dynamic_int(shape: _Shape, per_row: bool, widen_rows: bool) -> QuantPlan:
-    kernel = entry("int_rows" if widen_rows else "int_gemv")
+def int_streams(shape: _Shape, per_row: bool, top: int) -> QuantPlan:
+    kernel = entry("int_streams")
+    chunk = _INT16_CHUNK if top > _INT8_TOP else shape.block
+    buffers = _thread_buffers(shape, per_row)
 
     def call(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
              out: torch.Tensor | None = None) -> torch.Tensor:
-        q, xs = _quantize(x, shape, per_row)
+        q, xs = buffers()
+        x, qweight, scale, b = x.contiguous(), qweight.contiguous(), scale.contiguous(), _bias(bias, shape)
+        y = _result(x, shape, out)
+        kernel(x.data_ptr(), q.data_ptr(), xs.data_ptr(), qweight.data_ptr(), scale.data_ptr(), b.data_ptr(),
+               y.data_ptr(), shape.rows, shape.out, shape.inner, shape.block, chunk, int(per_row), top, scale.numel())
+        return y
+
+    bits = 16 if top > _INT8_TOP else 8
+    return QuantPlan("int-streams", call, f"Numba quantize_rows to {bits} bits, then int_streams: int32 dot products "
+                                          "with four weight rows at a time")
+
+
+def int_rows(shape: _Shape, per_row: bool) -> QuantPlan:
+    kernel = entry("int_rows")
+    buffers = _thread_buffers(shape, per_row)
+
+    def call(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        q, xs = _quantize(x, shape, per_row, _INT8_TOP, buffers())
         qweight, scale, b = qweight.contiguous(), scale.contiguous(), _bias(bias, shape)
         y = _result(x, shape, out)
         kernel(q.data_ptr(), qweight.data_ptr(), xs.data_ptr(), scale.data_ptr(), b.data_ptr(), y.data_ptr(),
                shape.rows, shape.out, shape.inner, int(per_row))
         return y
 
-    name = "int-rows" if widen_rows else "int-gemv"
-    return QuantPlan(name, call, f"Numba quantize_rows, then {name.replace('-', '_')}: exact int32 dot products")
+    return QuantPlan("int-rows", call, "Numba quantize_rows to 8 bits, then int_rows: exact int32 dot products")
 
 
-def dynamic_dequant_mm(shape: _Shape, per_row: bool) -> QuantPlan:
+def dequant_mm(shape: _Shape, per_row: bool, top: int | None) -> QuantPlan:
+    """x (rounded to [-top, top] and scaled back unless top is None) times the dequantized weight."""
     def call(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
              out: torch.Tensor | None = None) -> torch.Tensor:
-        q, xs = _quantize(x, shape, per_row)
-        xf = q.to(torch.float32).mul_(xs.unsqueeze(1) if per_row else xs)
+        if top is None:
+            xf = x.reshape(shape.rows, shape.inner)
+        else:
+            q, xs = _quantize(x, shape, per_row, top)
+            xf = q.to(torch.float32).mul_(xs.unsqueeze(1) if per_row else xs)
         return _chunked_product(shape, xf, qweight, scale, bias, out, x.shape)
 
-    return QuantPlan("dequant-mm", call, "Numba quantize_rows, dequantized x times dequantize_rows chunks by torch.mm")
+    rounded = "" if top is None else f"Numba quantize_rows to {16 if top > _INT8_TOP else 8} bits and back, "
+    return QuantPlan("dequant-mm", call, f"{rounded}Numba dequantize_rows by chunks, each chunk times x by torch.mm")
 
 
 def quant_plans(node: Node) -> list[QuantPlan]:
     """Every way to compute quantized linear `node` (see the module docstring)."""
     shape = _Shape.of(node)
     if node.op == "linear_weight_int8":
-        return [weight_gemv(shape), weight_dequant_mm(shape)]
+        if node.attrs.get("activation_bits", 32) == 32:
+            return [weight_gemv(shape), dequant_mm(shape, per_row=True, top=None)]
+        return [int_streams(shape, per_row=True, top=_INT16_TOP), dequant_mm(shape, per_row=True, top=_INT16_TOP)]
     per_row = node.attrs["granularity"] == "row"
-    plans = [dynamic_int(shape, per_row, widen_rows=False), dynamic_dequant_mm(shape, per_row)]
+    plans = [int_streams(shape, per_row, _INT8_TOP), dequant_mm(shape, per_row, _INT8_TOP)]
     if shape.rows > 1:
-        plans.insert(1, dynamic_int(shape, per_row, widen_rows=True))
+        plans.insert(1, int_rows(shape, per_row))
     return plans
 
 

@@ -1,6 +1,7 @@
 """Batch-1 decode step of a GPT-2-style and a Llama-style model (KV cache of 128 past positions as inputs)
 and the 1024-4096-4096-1024 GELU MLP at batch 1 and 64, where weight bytes dominate: eager fp32, PyTorch
-dynamic int8, ONNX Runtime fp32 and dynamic int8, heteropass at fp32 / bf16 / int8-weight / int8-dynamic.
+dynamic int8, ONNX Runtime fp32 and dynamic int8, heteropass at fp32 / bf16 / int8-weight (16-bit rounded
+activations, and float32 ones: -a32) / int8-dynamic.
 One thread (OMP_NUM_THREADS=1, OMP_WAIT_POLICY=passive, torch.set_num_threads(1), ORT intra-op 1), medians
 of repeated runs, ratios over eager fp32 timed alternately with each system (the machine is shared, so
 both see the same load), and the error of all outputs against eager fp32 (`measure_error`: max_rel
@@ -111,9 +112,9 @@ def onnxruntime(quantize: bool, folder: Path) -> Runner:
     return runner
 
 
-def heteropass(precision: str) -> Runner:
+def heteropass(precision: str, options: dict[str, Any] | None = None) -> Runner:
     def runner(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], Any]:
-        compiled = heteropass_compiled(model, inputs, precision, [inputs])
+        compiled = heteropass_compiled(model, inputs, precision, [inputs], options)
 
         def run() -> Any:
             with torch.inference_mode():
@@ -131,6 +132,7 @@ def systems(folder: Path) -> dict[str, Runner]:
         "onnxruntime": onnxruntime(False, folder),
         "onnxruntime-dynamic-int8": onnxruntime(True, folder),
         **{f"heteropass-{p}": heteropass(p) for p in ("fp32", "bf16", "int8-weight", "int8-dynamic")},
+        "heteropass-int8-weight-a32": heteropass("int8-weight", {"activation_bits": 32}),
     }
 
 

@@ -165,12 +165,13 @@ def torch_dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 def heteropass_compiled(model: nn.Module, inputs: tuple[torch.Tensor, ...], precision: str,
-                        calibration: Sequence[tuple[torch.Tensor, ...]]) -> Any:
-    """`heteropass.compile` at `precision` on the numba and reference backends, calibrated on
-    `calibration` where the precision mode uses it."""
+                        calibration: Sequence[tuple[torch.Tensor, ...]], options: dict[str, Any] | None = None) -> Any:
+    """`heteropass.compile` at `precision` (with `precision_options`) on the numba and reference backends,
+    calibrated on `calibration` where the precision mode uses it."""
     import heteropass as hp
 
-    return hp.compile(model, inputs, precision=precision, calibration=list(calibration), backends=BACKENDS)
+    return hp.compile(model, inputs, precision=precision, calibration=list(calibration), backends=BACKENDS,
+                      precision_options=options)
 
 
 def output_tensors(result: Any) -> list[torch.Tensor]:

@@ -772,26 +772,35 @@ def _linear_of(em: Emitter, node: Node, x: str, w: str, bias: str | None) -> str
     return em.op("Add", y, bias) if bias is not None else y
 
 
+def _quantized_rows(em: Emitter, xf: str, top: float, per_row: bool) -> tuple[str, str]:
+    """x rounded symmetrically to integers in [-top, top] (as float) and its scale, per row or tensor."""
+    axes = em.ints([-1]) if per_row else None
+    amax = em.op("ReduceMax", em.op("Abs", xf), axes, keepdims=int(per_row))
+    x_scale = em.op("Div", em.op("Max", amax, em.scalar(1e-12, DType.f32)), em.scalar(top, DType.f32))
+    xq = em.op("Clip", em.op("Round", em.op("Div", xf, x_scale)), em.scalar(-top, DType.f32), em.scalar(top, DType.f32))
+    return xq, x_scale
+
+
 @rule("linear_weight_int8")
 def _linear_weight_int8(em: Emitter, node: Node, x: list[str]) -> str:
-    """DequantizeLinear of the int8 weight feeding a Gemm/MatMul: the QDQ form runtimes fuse."""
+    """DequantizeLinear of the int8 weight feeding a Gemm/MatMul: the QDQ form runtimes fuse; with
+    `activation_bits=16`, x rounded per row to its 16-bit grid first."""
     zero = _zero_point(em, node, x[:2], _in(node, 2), DType.i8)
     block = node.attrs["block_size"]
     w = em.op("DequantizeLinear", x[1], x[2], zero, **_quant_attrs(em, node, block, weight_scale_axis(block)))
-    return _linear_of(em, node, x[0], w, x[3] if len(x) == 4 else None)
+    xf = x[0]
+    if node.attrs["activation_bits"] == 16:
+        dtype = _in(node).dtype
+        xq, x_scale = _quantized_rows(em, em.cast(xf, dtype, DType.f32), 32767.0, per_row=True)
+        xf = em.cast(em.op("Mul", xq, x_scale), DType.f32, dtype)
+    return _linear_of(em, node, xf, w, x[3] if len(x) == 4 else None)
 
 
 @rule("linear_dynamic_int8")
 def _linear_dynamic_int8(em: Emitter, node: Node, x: list[str]) -> str:
     """Symmetric int8 quantization of x per row (or tensor), MatMulInteger with the int8 weight, rescale."""
-    dtype = _in(node).dtype
-    xf = em.cast(x[0], dtype, DType.f32)
-    keep = node.attrs["granularity"] == "row"
-    axes = em.ints([-1]) if keep else None
-    amax = em.op("ReduceMax", em.op("Abs", xf), axes, keepdims=int(keep))
-    x_scale = em.op("Div", em.op("Max", amax, em.scalar(1e-12, DType.f32)), em.scalar(127.0, DType.f32))
-    xq = em.op("Clip", em.op("Round", em.op("Div", xf, x_scale)), em.scalar(-127.0, DType.f32),
-               em.scalar(127.0, DType.f32))
+    xq, x_scale = _quantized_rows(em, em.cast(x[0], _in(node).dtype, DType.f32), 127.0,
+                                  per_row=node.attrs["granularity"] == "row")
     product = em.op("MatMulInteger", em.cast(xq, DType.f32, DType.i8), em.op("Transpose", x[1], perm=[1, 0]))
     y = em.op("Mul", em.op("Mul", em.cast(product, DType.i32, DType.f32), x_scale), x[2])
     if len(x) == 4:

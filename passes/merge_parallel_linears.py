@@ -1,6 +1,8 @@
 """merge-parallel-linears: linears that read the same input with constant weights become one linear over
 the concatenated weights, followed by a `split` of its output: one larger product instead of several small
-ones (the Q, K and V projections of attention; TVM's CombineParallelDense)."""
+ones (the Q, K and V projections of attention, an MLP's gate and up projections; TVM's CombineParallelDense).
+Int8 linears merge the same way with their rows of scales when their attributes are equal: every output
+channel keeps its own scale, and the per-row rounding of x depends on x alone."""
 
 from __future__ import annotations
 
@@ -9,27 +11,32 @@ import torch
 from ..ir import Graph, Node, Value
 from .base import Pass, PassContext, PassResult
 
+# op -> the names of its parameters after x, each concatenated along its first (output) dim
+_PARAMS = {"linear": ("weight", "bias"), "linear_weight_int8": ("weight", "scale", "bias"),
+           "linear_dynamic_int8": ("weight", "scale", "bias")}
+
 
 def _key(node: Node) -> tuple | None:
-    """What linears must share to merge: the input, the weight's type apart from its rows, bias or not.
-    None for a linear that cannot merge (run-time or shared weights)."""
-    if node.op != "linear":
+    """What linears must share to merge: the op and its attributes, the input, the parameters' types apart
+    from their rows, bias or not. None for a linear that cannot merge (run-time or shared parameters)."""
+    if node.op not in _PARAMS:
         return None
-    x, weight, *bias = node.inputs
-    params = [weight, *bias]
+    x, weight, *rest = node.inputs
+    params = [weight, *rest]
     if any(v.const is None or len(v.uses) != 1 for v in params) or weight.type.rank != 2:
         return None
-    return (id(x), weight.type.shape[1], weight.type.dtype, tuple(b.type.dtype for b in bias))
+    return (node.op, tuple(sorted(node.attrs.items())), id(x),
+            tuple((v.type.shape[1:], v.type.dtype) for v in params))
 
 
 def _merge(graph: Graph, group: list[Node]) -> None:
     first = group[0]
     x = first.inputs[0]
     name = "_".join(node.name for node in group)
-    params = [graph.add_constant(f"{name}.weight", torch.cat([n.inputs[1].const for n in group]))]
-    if len(first.inputs) == 3:
-        params.append(graph.add_constant(f"{name}.bias", torch.cat([n.inputs[2].const for n in group])))
-    merged = graph.add_node("linear", [x, *params], before=first, names=[name], source=first.source)
+    params = [graph.add_constant(f"{name}.{kind}", torch.cat([n.inputs[i].const for n in group]))
+              for i, kind in enumerate(_PARAMS[first.op][: len(first.inputs) - 1], start=1)]
+    merged = graph.add_node(first.op, [x, *params], dict(first.attrs), before=first, names=[name],
+                            source=first.source)
     sizes = [n.outputs[0].type.shape[-1] for n in group]
     split = graph.add_node("split", merged.outputs, {"sizes": sizes, "dim": -1}, before=first)
     for node, part in zip(group, split.outputs, strict=True):
@@ -45,9 +52,9 @@ def _merge(graph: Graph, group: list[Node]) -> None:
 
 
 class MergeParallelLinearsPass(Pass):
-    """Merge every group of two or more linears with the same input, constant weights of the same width
-    and dtype read by nothing else, and all or none with a bias; the merged node takes the place of
-    the group's first member."""
+    """Merge every group of two or more linears (float, or int8 with equal attributes) with the same input,
+    constant parameters of the same width and dtype read by nothing else, and all or none with a bias;
+    the merged node takes the place of the group's first member."""
 
     name = "merge-parallel-linears"
     opt_level = 2

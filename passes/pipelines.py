@@ -7,6 +7,7 @@ from .eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
 from .eliminate_dead_code import EliminateDeadCodePass
 from .fold_batchnorm_into_conv import FoldBatchNormIntoConvPass
 from .fold_constants import FoldConstantsPass
+from .fold_repeat_kv import FoldRepeatKvPass
 from .fuse_elementwise import FuseElementwisePass
 from .fuse_gemm_epilogue import FuseGemmEpiloguePass
 from .fuse_linear_bias import FuseLinearBiasPass
@@ -37,6 +38,7 @@ _PASSES: tuple[type[Pass], ...] = (
     EliminateDeadCodePass,
     RecognizeSoftmaxPass,
     RecognizeAttentionPass,
+    FoldRepeatKvPass,
     RecognizeLayerNormPass,
     RecognizeRmsNormPass,
     RecognizeGeluPass,
@@ -66,9 +68,10 @@ def _cleanup(name: str) -> Fixpoint:
 
 def _recognize() -> list[Pass]:
     """Decomposed forms raised to the ops backends have fast kernels for. Order matters: attention
-    reads a softmax; a layer norm's centred part is also an RMS norm."""
-    return [RecognizeSoftmaxPass(), RecognizeAttentionPass(), RecognizeLayerNormPass(), RecognizeRmsNormPass(),
-            RecognizeGeluPass(), FuseLinearBiasPass(), FoldBatchNormIntoConvPass()]
+    reads a softmax (and grouped-query attention reads an attention); a layer norm's centred part is
+    also an RMS norm."""
+    return [RecognizeSoftmaxPass(), RecognizeAttentionPass(), FoldRepeatKvPass(), RecognizeLayerNormPass(),
+            RecognizeRmsNormPass(), RecognizeGeluPass(), FuseLinearBiasPass(), FoldBatchNormIntoConvPass()]
 
 
 def _fuse() -> list[Pass]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+
 from ..ir import DType, Graph, Node, Value
 from .base import Pass, PassContext, PassResult
 
@@ -124,6 +126,20 @@ def _embedding_as_take(node: Node) -> Value | None:
                                source=node.source).output
 
 
+def _attention_without_mask(node: Node) -> Value | None:
+    """scaled_dot_product_attention with a constant mask that masks nothing (all-zero float, all-true
+    bool; what a decode step's causal mask folds to when the query may see every key) -> the same
+    attention without the mask, which runs a faster kernel."""
+    if len(node.inputs) != 4 or node.inputs[3].const is None:
+        return None
+    mask = node.inputs[3].const
+    if not (bool(mask.all()) if mask.dtype == torch.bool else _filled_with(node.inputs[3], 0)):
+        return None
+    assert node.graph is not None
+    return node.graph.add_node("scaled_dot_product_attention", list(node.inputs[:3]), dict(node.attrs), before=node,
+                               device=node.device, source=node.source).output
+
+
 # Ops that only reinterpret the row-major element order under a new shape.
 _VIEWS = ("reshape", "flatten", "squeeze", "unsqueeze")
 
@@ -198,6 +214,7 @@ RULES: tuple[Rule, ...] = (
     Rule("swap-as-transpose", ("transpose", "permute"), _swap_as_transpose),
     Rule("global-average-pool", ("adaptive_avg_pool",), _global_average_pool),
     Rule("embedding-as-take", ("embedding",), _embedding_as_take),
+    Rule("attention-without-mask", ("scaled_dot_product_attention",), _attention_without_mask),
     Rule("same-shape", ("reshape", "expand", "flatten", "squeeze"), _same_shape),
     Rule("reshape-of-view", ("reshape",), _reshape_of_view),
     Rule("squeeze-unsqueeze", ("squeeze",), _squeeze_unsqueeze),
@@ -211,7 +228,8 @@ RULES: tuple[Rule, ...] = (
 class SimplifyAlgebraPass(Pass):
     """Apply the identity rules in `RULES` (x*1, x+0, neg(neg(x)), permute/reshape chains, no-op and
     round-trip casts, full slices, ...) and the canonical spellings (a two-dim swap is a transpose,
-    a global average pool is a mean, an embedding is a take) until none matches, replacing a node only by a value of
+    a global average pool is a mean, an embedding is a take, attention drops a mask that masks nothing)
+    until none matches, replacing a node only by a value of
     exactly its type, so broadcasting and type promotion are never lost.
 
     `x + 0 -> x` treats -0.0 and 0.0 alike (as `torch.equal` does): it turns -0.0 + 0.0 = 0.0

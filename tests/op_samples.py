@@ -39,7 +39,8 @@ _I8 = DType.i8
 QUANT_SAMPLES: dict[str, Sample] = {
     "quantize": ([_t(4, 6), _t(6)], {"axis": 1, "dtype": _I8}),
     "dequantize": ([_t(4, 6, dtype=_I8), _t(4, 2), _t(4, 2, dtype=_I8)], {"axis": 1, "block_size": 3}),
-    "linear_weight_int8": ([_t(2, 3, 8), _t(5, 8, dtype=_I8), _t(5, 2), _t(5)], {"block_size": 4}),
+    "linear_weight_int8": ([_t(2, 3, 8), _t(5, 8, dtype=_I8), _t(5, 2), _t(5)],
+                           {"block_size": 4, "activation_bits": 16}),
     "linear_dynamic_int8": ([_t(3, 8), _t(5, 8, dtype=_I8), _t(5), _t(5)], {}),
 }
 _REGION = parse_graph("""graph region(%a: f32[2,3], %b: f32[3]) -> (f32[2,3], f32[2]) {

@@ -84,10 +84,52 @@ def test_two_bias_free_linears_merge() -> None:
     }""")
 
 
+def test_int8_linears_merge_with_their_scales_when_their_attributes_agree() -> None:
+    graph = parse_graph("""
+    graph g(%x: f32[3,8]) -> (f32[3,4], f32[3,2], f32[3,2]) {
+      const %gate: i8[4,8]
+      const %gate_s: f32[4,2]
+      const %up: i8[2,8]
+      const %up_s: f32[2,2]
+      const %other: i8[2,8]
+      const %other_s: f32[2,2]
+      %g: f32[3,4] = linear_weight_int8(%x, %gate, %gate_s) {block_size=4, activation_bits=16}
+      %u: f32[3,2] = linear_weight_int8(%x, %up, %up_s) {block_size=4, activation_bits=16}
+      %o: f32[3,2] = linear_weight_int8(%x, %other, %other_s) {block_size=4}
+      return %g, %u, %o
+    }""", constants={"gate": torch.randint(-127, 128, (4, 8), dtype=torch.int8), "gate_s": torch.rand(4, 2) + 0.1,
+                     "up": torch.randint(-127, 128, (2, 8), dtype=torch.int8), "up_s": torch.rand(2, 2) + 0.1,
+                     "other": torch.randint(-127, 128, (2, 8), dtype=torch.int8), "other_s": torch.rand(2, 2) + 0.1})
+    original = graph.clone()
+    result = MergeParallelLinearsPass()(graph)
+    verify(graph)
+    assert result.stats == {"groups_merged": 1, "linears_merged": 2}
+    assert [n.op for n in graph.nodes] == ["linear_weight_int8", "split", "linear_weight_int8"]
+    merged = graph.nodes[0]
+    assert merged.attrs == {"block_size": 4, "activation_bits": 16} and merged.name == "g_u"
+    assert [tuple(v.type.static_shape()) for v in merged.inputs[1:]] == [(6, 8), (6, 2)]
+    x = torch.randn(3, 8)
+    for got, want in zip(run_graph(graph, x), run_graph(original, x), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _linear_params(draw: st.DrawFn, graph: Graph, i: int, op: str, width: int, features: int) -> list:
+    if op == "linear":
+        return [graph.add_constant(f"w{i}", torch.randn(width, features))]
+    weight = graph.add_constant(f"w{i}", torch.randint(-127, 128, (width, features), dtype=torch.int8))
+    block = draw(st.sampled_from([0, 2])) if op == "linear_weight_int8" else 0
+    scale_shape = (width, -(-features // block)) if block else (width,)
+    return [weight, graph.add_constant(f"s{i}", torch.rand(scale_shape) / 64 + 1e-3)]
+
+
+_ATTRS = {"linear": [{}], "linear_weight_int8": [{"activation_bits": 32}, {"activation_bits": 16}],
+          "linear_dynamic_int8": [{"granularity": "row"}, {"granularity": "tensor"}]}
+
+
 @st.composite
 def _parallel_linears(draw: st.DrawFn) -> tuple[Graph, list[torch.Tensor]]:
-    """An input read by 1-5 linears of random widths, each with or without a bias, some with a run-time
-    weight, and a relu on some of their outputs."""
+    """An input read by 1-5 linears (float or int8 with random attributes) of random widths, each with or
+    without a bias, some float ones with a run-time weight, and a relu on some of their outputs."""
     rows, features = draw(st.integers(1, 4)), draw(st.integers(1, 6))
     graph = Graph("parallel")
     x = graph.add_input("x", TensorType((rows, features), DType.f32))
@@ -95,19 +137,24 @@ def _parallel_linears(draw: st.DrawFn) -> tuple[Graph, list[torch.Tensor]]:
     outputs = []
     for i in range(draw(st.integers(1, 5))):
         width = draw(st.integers(1, 5))
-        if draw(st.booleans()) and i:
-            weight = graph.add_input(f"w{i}", TensorType((width, features), DType.f32))
+        op = draw(st.sampled_from(sorted(_ATTRS)))
+        if op == "linear" and draw(st.booleans()) and i:
+            params = [graph.add_input(f"w{i}", TensorType((width, features), DType.f32))]
             inputs.append(torch.randn(width, features))
         else:
-            weight = graph.add_constant(f"w{i}", torch.randn(width, features))
-        params = [weight] + ([graph.add_constant(f"b{i}", torch.randn(width))] if draw(st.booleans()) else [])
-        y = graph.add_node("linear", [x, *params]).output
+            params = _linear_params(draw, graph, i, op, width, features)
+        attrs = dict(draw(st.sampled_from(_ATTRS[op])))
+        if op == "linear_weight_int8":
+            attrs["block_size"] = 2 if params[1].type.rank == 2 else 0
+        if draw(st.booleans()):
+            params.append(graph.add_constant(f"b{i}", torch.randn(width)))
+        y = graph.add_node(op, [x, *params], attrs).output
         outputs.append(graph.call("relu", y) if draw(st.booleans()) else y)
     graph.set_outputs(outputs)
     return graph, inputs
 
 
-@settings(deadline=None)
+@settings(deadline=None, max_examples=150)
 @given(_parallel_linears())
 def test_random_groups_keep_their_meaning(case: tuple[Graph, list[torch.Tensor]]) -> None:
     graph, inputs = case

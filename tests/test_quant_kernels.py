@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 import llvmlite.binding as llvm
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -30,7 +31,9 @@ from heteropass.testing import assert_outputs_close
 NUMBA = NumbaBackend()
 BACKENDS = [NUMBA, ReferenceBackend()]
 EPS = torch.finfo(torch.float32).eps
-WEIGHT_ATTRS = [{"block_size": 0}, {"block_size": 32}, {"block_size": 48}]  # 48 leaves a short last block of 160
+# block 48 leaves a short last block of 160; activation_bits 16 rounds x per row to 16 bits first
+WEIGHT_ATTRS = [{"block_size": 0}, {"block_size": 32}, {"block_size": 48}, {"block_size": 0, "activation_bits": 16},
+                {"block_size": 48, "activation_bits": 16}]
 DYNAMIC_ATTRS = [{"granularity": "row"}, {"granularity": "tensor"}]
 
 
@@ -75,6 +78,9 @@ def assert_within_accumulation_error(actual: torch.Tensor, op: str, args: list[t
     if op == "linear_dynamic_int8":
         q, x_scale = quantize_rows_symmetric(x, attrs["granularity"])
         x = q.float() * x_scale
+    elif attrs.get("activation_bits", 32) == 16:
+        q, x_scale = quantize_rows_symmetric(x, "row", bits=16)
+        x = q.float() * x_scale
     magnitude = x.abs().double() @ weight.abs().double().t() + (0 if bias is None else bias.abs().double())
     bound = (2 * x.shape[-1] + 8) * EPS * magnitude
     assert actual.shape == expected.shape
@@ -108,30 +114,33 @@ def test_three_dimensional_x_and_out_buffers(op: str, attrs: dict) -> None:
 
 @given(rows=st.integers(1, 9), out=st.integers(1, 40), inner=st.integers(1, 200), block=st.integers(0, 70),
        dynamic=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
-@settings(max_examples=40)
+@settings(max_examples=60)
 def test_plans_match_the_reference_on_random_shapes(rows: int, out: int, inner: int, block: int, dynamic: bool,
                                                     bias: bool, seed: int) -> None:
     op = "linear_dynamic_int8" if dynamic else "linear_weight_int8"
-    attrs = {"granularity": ("row", "tensor")[seed % 2]} if dynamic else {"block_size": block}
+    bits = (32, 16)[seed % 2]
+    attrs = {"granularity": ("row", "tensor")[seed % 2]} if dynamic else {"block_size": block, "activation_bits": bits}
     args = operands(op, (rows, inner), out, attrs, bias, seed)
     graph, _ = quant_node(op, args, attrs)
     for plan in quant_gemm.quant_plans(graph.nodes[0]):
         assert_within_accumulation_error(plan.call(*args), op, args, attrs)
 
 
+@pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("granularity", ["row", "tensor"])
-def test_x_is_quantized_exactly_as_the_reference_does(granularity: str) -> None:
+def test_x_is_quantized_exactly_as_the_reference_does(granularity: str, bits: int) -> None:
+    top = 2 ** (bits - 1) - 1
     x = torch.randn(6, 300) * torch.logspace(-3, 3, 6).unsqueeze(1)
-    # Rows whose amax is 127 have scale 1: their halves are ties that round to even.
-    x[0, :4] = torch.tensor([127.0, 2.5, -3.5, 0.5])
+    # Rows whose amax is `top` have scale 1: their halves are ties that round to even.
+    x[0, :4] = torch.tensor([float(top), 2.5, -3.5, 0.5])
     x[1] = 0.0
     shape = quant_gemm._Shape(6, 1, 300, 300)
-    q, scale = quant_gemm._quantize(x, shape, per_row=granularity == "row")
-    expected_q, expected_scale = quantize_rows_symmetric(x, granularity)
+    q, scale = quant_gemm._quantize(x, shape, per_row=granularity == "row", top=top)
+    expected_q, expected_scale = quantize_rows_symmetric(x, granularity, bits=bits)
     assert torch.equal(q, expected_q.to(torch.int16))
     assert torch.equal(scale, expected_scale.reshape(-1))
     if granularity == "row":
-        assert q[0, :4].tolist() == [127, 2, -4, 0]
+        assert q[0, :4].tolist() == [top, 2, -4, 0]
 
 
 def test_x_is_divided_by_its_scale_not_multiplied_by_the_reciprocal() -> None:
@@ -143,24 +152,44 @@ def test_x_is_divided_by_its_scale_not_multiplied_by_the_reciprocal() -> None:
     differs = near[torch.round(near / scale) != torch.round(near * (1 / scale))]
     assert differs.numel() > 0
     x = torch.cat([torch.tensor([1.0]), differs]).unsqueeze(0)
-    q, _ = quant_gemm._quantize(x, quant_gemm._Shape(1, 1, x.shape[1], x.shape[1]), per_row=True)
+    q, _ = quant_gemm._quantize(x, quant_gemm._Shape(1, 1, x.shape[1], x.shape[1]), per_row=True, top=127)
     assert torch.equal(q, quantize_rows_symmetric(x, "row")[0].to(torch.int16))
 
 
-@pytest.mark.parametrize("kernel", ["int_gemv", "int_rows"])
-def test_int8_products_are_exact_at_full_range(kernel: str) -> None:
+def _full_range_operands(rows: int, out: int, inner: int, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(top)
+    q = torch.randint(-top, top + 1, (rows, inner), generator=g, dtype=torch.int16)
+    w = torch.randint(-128, 128, (out, inner), generator=g, dtype=torch.int8)
+    q[0], w[0], w[1] = top, 127, -128
+    return q, w
+
+
+def test_int8_products_are_exact_at_full_range() -> None:
     """The int16 pair sums of vpmaddwd cannot saturate; vpmaddubsw-style u8*s8 kernels would."""
-    g = torch.Generator().manual_seed(1)
     inner = 1031  # 127 * 127 * 1031 > 2**24: the float32 result rounds, the int32 sum must not
-    q = torch.randint(-127, 128, (5, inner), generator=g, dtype=torch.int16)
-    w = torch.randint(-128, 128, (7, inner), generator=g, dtype=torch.int8)
-    q[0], w[0], w[1] = 127, 127, -128
-    ones_x, ones_w, zeros = torch.ones(5), torch.ones(7), torch.zeros(7)
-    y = torch.empty(5, 7)
-    quant_gemm.entry(kernel)(q.data_ptr(), w.data_ptr(), ones_x.data_ptr(), ones_w.data_ptr(), zeros.data_ptr(),
-                             y.data_ptr(), 5, 7, inner, 1)
-    exact = q.long() @ w.long().t()
-    assert torch.equal(y, exact.float())
+    q, w = _full_range_operands(5, 7, inner, 127)
+    ones_x, ones_w, zeros = np.ones(5, np.float32), np.ones(7, np.float32), np.zeros(7, np.float32)
+    exact = (q.long() @ w.long().t()).float()
+    for kernel, sizes in ((quant_gemm._int_rows, (5, 7, inner, 1)), (quant_gemm._int_streams, (5, 7, inner, inner,
+                                                                                                inner, 1))):
+        y = np.empty(5 * 7, np.float32)
+        kernel(q.flatten().numpy(), w.flatten().numpy(), ones_x, ones_w, zeros, y, *sizes)
+        assert torch.equal(torch.from_numpy(y).view(5, 7), exact), kernel
+
+
+def test_int16_products_are_exact_per_chunk() -> None:
+    """Full-range int16 x int8 sums overflow int32 past 512 terms: each chunk of 512 is summed exactly, and
+    only the float32 sum of the chunks rounds (the last row reads every weight row, the streams' seams)."""
+    inner, chunk = 1031, quant_gemm._INT16_CHUNK
+    q, w = _full_range_operands(3, 9, inner, 32767)
+    y = np.empty(3 * 9, np.float32)
+    quant_gemm._int_streams(q.flatten().numpy(), w.flatten().numpy(), np.ones(3, np.float32), np.ones(9, np.float32),
+                            np.zeros(9, np.float32), y, 3, 9, inner, inner, chunk, 1)
+    y = torch.from_numpy(y).view(3, 9)
+    parts = [q[:, c:c + chunk].long() @ w[:, c:c + chunk].long().t() for c in range(0, inner, chunk)]
+    assert all(p.abs().max() < 2**31 for p in parts) and sum(parts)[0, 0] >= 2**31
+    floats = sum(p.float() for p in parts)
+    assert torch.equal(y, floats)
 
 
 @pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 35, 64, 1031])
@@ -177,12 +206,26 @@ def test_the_vector_dot_covers_every_element_once(length: int) -> None:
     assert abs(actual - terms.sum().item()) <= (2 * length + 8) * EPS * terms.abs().sum().item()
 
 
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 31, 512])
+def test_the_four_row_int_dot_covers_every_element_once(length: int) -> None:
+    """`_dot4_i16` from an offset into q and four different weight rows (two equal), into its scalar tail."""
+    g = torch.Generator().manual_seed(length)
+    q = torch.randint(-32767, 32768, (length + 5,), generator=g, dtype=torch.int16)
+    w = torch.randint(-128, 128, (4 * length + 11,), generator=g, dtype=torch.int8)
+    starts = [2, length + 3, 2, 3 * length + 9]
+    dot = njit(**{**quant_gemm._JIT, "cache": False})(
+        lambda a, b, i, r0, r1, r2, r3, n: quant_gemm._dot4_i16(a, b, i, r0, r1, r2, r3, n))
+    actual = dot(q.numpy(), w.numpy(), 5, *starts, length)
+    expected = [int((q[5:].long() * w[r:r + length].long()).sum()) for r in starts]
+    assert list(actual) == expected
+
+
 @pytest.mark.skipif("avx2" not in {k for k, v in llvm.get_host_cpu_features().items() if v},
                     reason="the vector instructions checked are AVX2's")
 def test_hot_loops_vectorize() -> None:
     """The weight stream is converted and multiplied 8 lanes at a time for four rows of x, 4 lanes at a time
-    (`_dot_i8`) for one; the int8 dot uses vpmaddwd. A scalar loop (say, a signed/unsigned index mix that
-    Numba types float64) is about 20x slower."""
+    (`_dot_i8`) for one; `_int_rows`' int8 dot (left to LLVM) uses vpmaddwd. A scalar loop (say, a
+    signed/unsigned index mix that Numba types float64) is about 20x slower."""
     jit = {**quant_gemm._JIT, "cache": False}
     f32, i8, i16 = (torch.ones(64, dtype=t).numpy() for t in (torch.float32, torch.int8, torch.int16))
     gemv = njit(**jit)(quant_gemm._weight_gemv.py_func)
@@ -190,9 +233,9 @@ def test_hot_loops_vectorize() -> None:
     asm = "".join(gemv.inspect_asm().values())
     assert re.search(r"vcvtdq2ps\t%ymm", asm) and re.search(r"vfmadd\d+ps\t.*%ymm", asm)
     assert re.search(r"vcvtdq2ps\t%xmm", asm) and re.search(r"vfmadd\d+ps\t.*%xmm", asm)
-    dot = njit(**jit)(quant_gemm._int_gemv.py_func)
-    dot(i16, i8, f32, f32, f32, f32, 1, 1, 64, 1)
-    assert "vpmaddwd" in "".join(dot.inspect_asm().values())
+    rows = njit(**jit)(quant_gemm._int_rows.py_func)
+    rows(i16, i8, f32, f32, f32, f32, 1, 1, 64, 1)
+    assert "vpmaddwd" in "".join(rows.inspect_asm().values())
 
 
 @pytest.mark.parametrize("constant_weights", [True, False])

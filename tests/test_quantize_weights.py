@@ -42,8 +42,8 @@ graph g(%x: f32[3,4], %z: f32[1,1,4,4], %t: f32[1,1,3,3]) -> (f32[3,2], f32[3,2]
   const %ks: f32[2] = [1.0, 0.5]
   const %kt: i8[1,2,2,2] = [[[[127, 0], [-1, 2]], [[-127, 2], [64, 0]]]]
   const %kts: f32[2] = [1.0, 0.5]
-  %0: f32[3,2] = linear_weight_int8(%x, %w, %ws, %b)
-  %1: f32[3,2] = linear_weight_int8(%x, %v, %vs)
+  %0: f32[3,2] = linear_weight_int8(%x, %w, %ws, %b) {activation_bits=16}
+  %1: f32[3,2] = linear_weight_int8(%x, %v, %vs) {activation_bits=16}
   %kq: f32[2,1,2,2] = dequantize(%k, %ks) {axis=0}
   %2: f32[1,2,3,3] = conv(%z, %kq)
   %ktq: f32[1,2,2,2] = dequantize(%kt, %kts) {axis=1}
@@ -68,7 +68,7 @@ def test_group_wise_scales() -> None:
       %0: f32[3,2] = linear(%y, %u)
       return %0
     }"""
-    config = PrecisionConfig(precision="int8-weight", block_size=4)
+    config = PrecisionConfig(precision="int8-weight", block_size=4, activation_bits=32)
     check_quantization(QuantizeWeightsPass(config), before, """
     graph g(%y: f32[3,6]) -> (f32[3,2]) {
       const %u: i8[2,6]
@@ -115,8 +115,8 @@ def test_a_shared_weight_is_quantized_once() -> None:
     graph g(%x: f32[3,4], %y: f32[5,4]) -> (f32[3,16], f32[5,16]) {
       const %q: i8[16,4]
       const %s: f32[16]
-      %0: f32[3,16] = linear_weight_int8(%x, %q, %s)
-      %1: f32[5,16] = linear_weight_int8(%y, %q, %s)
+      %0: f32[3,16] = linear_weight_int8(%x, %q, %s) {activation_bits=16}
+      %1: f32[5,16] = linear_weight_int8(%y, %q, %s) {activation_bits=16}
       return %0, %1
     }""", max_rel=1e-2)
     assert result.stats["weight_bytes_before"] == 16 * 4 * 4 and result.stats["weight_bytes_after"] == 16 * 4 + 16 * 4

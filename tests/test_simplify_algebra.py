@@ -255,3 +255,32 @@ def test_shared_intermediate_is_kept() -> None:
       %0: f32[8] = neg(%x)
       return %x, %0
     }""")
+
+
+def test_attention_drops_a_mask_that_masks_nothing() -> None:
+    text = """
+    graph g(%q: f32[1,2,1,4], %k: f32[1,2,3,4], %v: f32[1,2,3,4]) -> (f32[1,2,1,4], f32[1,2,1,4], f32[1,2,1,4]) {
+      const %zeros: f32[1,3] = [0.0, 0.0, 0.0]
+      const %all: bool[1,3] = [true, true, true]
+      const %some: f32[1,3] = [0.0, -1.0, 0.0]
+      %0: f32[1,2,1,4] = scaled_dot_product_attention(%q, %k, %v, %zeros) {scale=0.5}
+      %1: f32[1,2,1,4] = scaled_dot_product_attention(%q, %k, %v, %all)
+      %2: f32[1,2,1,4] = scaled_dot_product_attention(%q, %k, %v, %some)
+      return %0, %1, %2
+    }"""
+    graph = parse_graph(text)
+    original = graph.clone()
+    result = SimplifyAlgebraPass()(graph)
+    verify(graph)
+    assert result.stats == {"attention-without-mask": 2}
+    assert_graphs_equal(graph, """
+    graph g(%q: f32[1,2,1,4], %k: f32[1,2,3,4], %v: f32[1,2,3,4]) -> (f32[1,2,1,4], f32[1,2,1,4], f32[1,2,1,4]) {
+      const %some: f32[1,3] = [0.0, -1.0, 0.0]
+      %0: f32[1,2,1,4] = scaled_dot_product_attention(%q, %k, %v) {scale=0.5}
+      %1: f32[1,2,1,4] = scaled_dot_product_attention(%q, %k, %v)
+      %2: f32[1,2,1,4] = scaled_dot_product_attention(%q, %k, %v, %some)
+      return %0, %1, %2
+    }""")
+    inputs = random_inputs(original)
+    for want, got in zip(run_graph(original, *inputs), run_graph(graph, *inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

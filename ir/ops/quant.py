@@ -84,24 +84,38 @@ def weight_scale_axis(block_size: int) -> int:
     return 1 if block_size else 0
 
 
-@register("linear_weight_int8", ["x", "qweight", "scale", "bias?"], {"block_size": Attr("int", 0)}, kind="matmul")
+ACTIVATION_BITS = (32, 16)
+
+
+@register("linear_weight_int8", ["x", "qweight", "scale", "bias?"],
+          {"block_size": Attr("int", 0), "activation_bits": Attr("int", 32)}, kind="matmul")
 def linear_weight_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                       bias: torch.Tensor | None = None, *, block_size: int) -> torch.Tensor:
+                       bias: torch.Tensor | None = None, *, block_size: int, activation_bits: int = 32) -> torch.Tensor:
     """Weight-only int8 linear: x @ (qweight * scale).T + bias, qweight i8 [out, in] symmetric, scale per
-    output channel [out] or, with `block_size`, per group of `block_size` inputs [out, ceil(in / block_size)]."""
+    output channel [out] or, with `block_size`, per group of `block_size` inputs [out, ceil(in / block_size)].
+    `activation_bits=16` first rounds x per row to a symmetric 16-bit grid (step max|row| / 32767, the
+    form int8 x int16 kernels multiply); 32 uses x as it is."""
+    if activation_bits not in ACTIVATION_BITS:
+        raise ValueError(f"activation_bits must be one of {ACTIVATION_BITS}, got {activation_bits}")
+    if activation_bits == 16:
+        xq, x_scale = quantize_rows_symmetric(x, "row", bits=16)
+        x = (xq.float() * x_scale).to(x.dtype)
     return F.linear(x, _weight(qweight, scale, block_size), bias)
 
 
-def quantize_rows_symmetric(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 values and float scales of `x` quantized symmetrically per row (last dim) or per tensor."""
+def quantize_rows_symmetric(x: torch.Tensor, granularity: str, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer values (int8, or int16 for `bits=16`) and float scales of `x` quantized symmetrically to
+    [-(2**(bits-1) - 1), 2**(bits-1) - 1] per row (last dim) or per tensor."""
     if granularity == "row":
         amax = x.abs().amax(dim=-1, keepdim=True)
     elif granularity == "tensor":
         amax = x.abs().amax()
     else:
         raise ValueError(f"granularity must be 'row' or 'tensor', got {granularity!r}")
-    scale = amax.float().clamp(min=1e-12) / 127.0
-    return torch.round(x.float() / scale).clamp(-127, 127).to(torch.int8), scale
+    top = 2 ** (bits - 1) - 1
+    scale = amax.float().clamp(min=1e-12) / top
+    dtype = torch.int8 if bits == 8 else torch.int16
+    return torch.round(x.float() / scale).clamp(-top, top).to(dtype), scale
 
 
 @register("linear_dynamic_int8", ["x", "qweight", "scale", "bias?"], {"granularity": Attr("str", "row")},
