@@ -18,12 +18,14 @@ _PARAMS = {"linear": ("weight", "bias"), "linear_weight_int8": ("weight", "scale
 
 def _key(node: Node) -> tuple | None:
     """What linears must share to merge: the op and its attributes, the input, the parameters' types apart
-    from their rows, bias or not. None for a linear that cannot merge (run-time or shared parameters)."""
+    from their rows, bias or not. None for a linear that cannot merge: a run-time parameter, or a weight
+    read elsewhere too (merging would copy it). Shared biases and scales merge (as copies): they are small,
+    and constant deduplication shares equal ones (the all-zero biases of a freshly initialized model)."""
     if node.op not in _PARAMS:
         return None
     x, weight, *rest = node.inputs
     params = [weight, *rest]
-    if any(v.const is None or len(v.uses) != 1 for v in params) or weight.type.rank != 2:
+    if any(v.const is None for v in params) or len(weight.uses) != 1 or weight.type.rank != 2:
         return None
     return (node.op, tuple(sorted(node.attrs.items())), id(x),
             tuple((v.type.shape[1:], v.type.dtype) for v in params))
@@ -41,20 +43,21 @@ def _merge(graph: Graph, group: list[Node]) -> None:
     split = graph.add_node("split", merged.outputs, {"sizes": sizes, "dim": -1}, before=first)
     for node, part in zip(group, split.outputs, strict=True):
         graph.replace_all_uses(node.outputs[0], part)
-    old: list[Value] = [v for node in group for v in node.inputs[1:]]
+    old: list[Value] = list(dict.fromkeys(v for node in group for v in node.inputs[1:]))
     names = [node.name for node in group]
     for node in group:
         graph.remove_node(node)
     for value in old:
-        graph.remove_constant(value)
+        if not value.uses and not graph.is_output(value):
+            graph.remove_constant(value)
     for part, original in zip(split.outputs, names, strict=True):
         part.name = graph.fresh_name(original)  # the members' names live on: dumps and users keep them
 
 
 class MergeParallelLinearsPass(Pass):
     """Merge every group of two or more linears (float, or int8 with equal attributes) with the same input,
-    constant parameters of the same width and dtype read by nothing else, and all or none with a bias;
-    the merged node takes the place of the group's first member."""
+    constant parameters of the same width and dtype (weights read by nothing else), and all or none with
+    a bias; the merged node takes the place of the group's first member."""
 
     name = "merge-parallel-linears"
     opt_level = 2

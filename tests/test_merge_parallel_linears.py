@@ -63,8 +63,34 @@ def test_linears_that_cannot_share_a_product_stay_apart() -> None:
       %4: f32[5,2] = linear(%y, %d)
       return %0, %1, %2, %3, %4
     }"""
-    # %0 has a run-time weight, %1 a bias where %3 has none, %a has two readers, %4 reads another input.
+    # %0 has a run-time weight, %1 a bias where %3 has none, weight %a has two readers, %4 reads another input.
     unchanged(MergeParallelLinearsPass(), text)
+
+
+def test_a_shared_bias_is_copied_into_the_merged_one() -> None:
+    """Deduplicated constants (one all-zero bias for Q, K, V and another layer) still merge; the shared
+    bias stays for its other reader."""
+    check_pass(MergeParallelLinearsPass(), """
+    graph g(%x: f32[5,4]) -> (f32[5,2], f32[5,2], f32[5,2]) {
+      const %a: f32[2,4] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+      const %c: f32[2,4] = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+      const %d: f32[2,2] = [1.0, 0.5, -1.0, 2.0]
+      const %zero: f32[2] = [0.0, 0.0]
+      %0: f32[5,2] = linear(%x, %a, %zero)
+      %1: f32[5,2] = linear(%x, %c, %zero)
+      %2: f32[5,2] = linear(%0, %d, %zero)
+      return %0, %1, %2
+    }""", """
+    graph g(%x: f32[5,4]) -> (f32[5,2], f32[5,2], f32[5,2]) {
+      const %0_1.weight: f32[4,4]
+      const %0_1.bias: f32[4] = [0.0, 0.0, 0.0, 0.0]
+      const %d: f32[2,2] = [1.0, 0.5, -1.0, 2.0]
+      const %zero: f32[2] = [0.0, 0.0]
+      %0_1: f32[5,4] = linear(%x, %0_1.weight, %0_1.bias)
+      %0: f32[5,2], %1: f32[5,2] = split(%0_1) {sizes=[2, 2], dim=-1}
+      %2: f32[5,2] = linear(%0, %d, %zero)
+      return %0, %1, %2
+    }""")
 
 
 def test_two_bias_free_linears_merge() -> None:
