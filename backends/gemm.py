@@ -4,7 +4,8 @@ GEMM and convolution are not written in Numba: they go to oneDNN through PyTorch
 (`torch.ops.mkldnn._linear_pointwise` / `_convolution_pointwise`, which pick AVX-512 kernels where
 MKL's `F.linear` stays on AVX2 on AMD CPUs, but reorder the weight on every call), to MKL
 (`torch.addmm` / `torch.mm`, which write into a given `out=`), to `torch.matmul` / `torch.bmm`, or,
-for constant weights, to ONNX Runtime's MLAS (ort_gemm.py), the fastest of them on AVX2.
+for constant weights, to ONNX Runtime's MLAS (ort_gemm.py), the fastest of them on AVX2; a 3x3 stride-1
+convolution may also run by Winograd's F(4x4, 3x3), Numba transforms around one batched GEMM (winograd.py).
 A region's epilogue becomes a oneDNN post-op when it is a bias add and/or one activation that
 oneDNN computes to float32 accuracy; otherwise a Numba elementwise kernel applies it to the
 product, in place when the product is not needed afterwards. `plan_gemm` lists the ways to compute
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from ..ir import DType, Graph, Node, Value, get_op
 from .ort_gemm import ort_product_call
 from .timing import fastest_runs
+from .winograd import winograd_conv_call
 
 PRODUCT_OPS = ("linear", "matmul", "bmm", "conv")
 
@@ -118,15 +120,16 @@ def mkl_linear(node: Node) -> Product:
 
 def library_products(node: Node) -> list[Product]:
     """Every library call that computes bare product `node` (no post-op), the oneDNN one first; ONNX
-    Runtime's MLAS where the weight is a constant (see ort_gemm.py)."""
+    Runtime's MLAS where the weight is a constant (see ort_gemm.py), and Winograd's F(4x4, 3x3) for a
+    3x3 stride-1 convolution with a constant weight (see winograd.py)."""
     products = [product_call(node)]
     if node.op == "linear" and products[0].post_op == "none" and "mkldnn" in products[0].text:
         products.append(mkl_linear(node))
     if node.op == "conv" and "mkldnn" in products[0].text:
         products.append(product_call(node, use_onednn=False))
-    found = ort_product_call(node)
-    if found is not None:
-        products.append(Product(found[0], found[1], writes_out=True))
+    for found in (ort_product_call(node), winograd_conv_call(node)):
+        if found is not None:
+            products.append(Product(found[0], found[1], writes_out=True))
     return products
 
 

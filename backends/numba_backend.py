@@ -2,9 +2,13 @@
 
 It claims `fused` regions of kind "elementwise", "reduction" and "gemm" whose every body op it can
 compile, single elementwise ops, last-dim softmax/log_softmax/layer_norm/rms_norm and
-sum/mean/amax/amin, float linear/matmul/bmm/conv (see gemm.py), and linear_weight_int8 /
-linear_dynamic_int8 on float32 activations (see quant_gemm.py); views, lookups, pooling and attention
-(of any dtype) run through PyTorch inside its partitions (`_LIBRARY_KINDS`). Float16/bfloat16 compute
+sum/mean/amax/amin, 1-D/2-D max pooling (numba_pool.py), float linear/matmul/bmm/conv (see gemm.py),
+and linear_weight_int8 / linear_dynamic_int8 on float32 activations (see quant_gemm.py); views,
+lookups, other pooling and attention (of any dtype) run through PyTorch inside its partitions
+(`_LIBRARY_KINDS`). Consecutive convolutions (with their fused epilogues, and the pools they feed) may
+run as one ONNX Runtime session that keeps its blocked layout inside, where that is measured faster
+than running them one by one (ort_conv.py); a convolution that runs fastest by Winograd's method
+(winograd.py) stays out of them. Float16/bfloat16 compute
 (slower than float32 on AVX2 CPUs without native half arithmetic) and symbolic shapes are left to the
 next backend. A partition compiles to Python glue that calls one kernel per node; each kernel takes its
 operands and an optional `out=` list of preallocated contiguous outputs, and calls the compiled
@@ -36,12 +40,14 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from ..ir import DType, Graph, Node, TensorType, get_op
+from ..ir import DType, Graph, Node, TensorType, Value, get_op
 from ..ir.ops.registry import as_outputs
 from .base import Backend, Kernel
 from .codegen import Namer, load_function, py_literal, python_name
@@ -49,7 +55,6 @@ from .gemm import GemmPlan, choose_plan, plan_gemm, supports_product
 from .numba_codegen import (
     REDUCE_OPS,
     ROW_OPS,
-    KernelSpec,
     Unsupported,
     build_spec,
     check_elementwise,
@@ -57,6 +62,9 @@ from .numba_codegen import (
     kernel_module,
     pointer_entry,
 )
+from .numba_pool import max_pool_source, supports_max_pool
+from .ort_conv import Chain, chain_member, chain_runs, choose_chains
+from .winograd import WINOGRAD
 
 _REGION_KINDS = ("elementwise", "reduction", "gemm")
 # Compiled by quant_gemm.py, which imports Numba: loaded only when a graph has one of these.
@@ -83,8 +91,11 @@ class NumbaBackend(Backend):
     name: ClassVar[str] = "numba"
     device: ClassVar[str] = "cpu"
 
-    def __init__(self, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, cache_dir: str | Path | None = None, conv_chains: bool | None = None) -> None:
+        """`conv_chains`: run consecutive convolutions as one ONNX Runtime session (ort_conv.py) where
+        measured faster (None), wherever possible (True) or never (False)."""
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.conv_chains = conv_chains
 
     def supports(self, node: Node) -> bool:
         try:
@@ -96,30 +107,33 @@ class NumbaBackend(Backend):
     def compile(self, partition: Graph) -> Kernel:
         namer = Namer(["torch", "contiguous_out", "out", "DType", "as_outputs"])
         namespace: dict[str, Any] = {"torch": torch, "contiguous_out": contiguous_out}
-        sources: list[str] = []
-        kernel_sources: list[str] = []
-        regions: dict[int, str] = {}
-        takes_out: set[int] = set()
+        steps: list[_Step] = []
+        products: dict[str, str] = {}
         for node in partition.nodes:
             body, kind = _region_of(node)
             name = namer.reserve(python_name(f"region_{node.outputs[0].name}"))
-            glue, kernels, accepts_out = self._compile_region(body, kind, name, namer, namespace)
+            glue, kernels, accepts_out = self._compile_region(body, kind, name, namer, namespace, products)
             if [v.type for v in body.outputs] != [v.type for v in node.outputs]:
                 glue = _reshaping_outputs(glue, name, node, namer)
-            sources.append(glue)
-            kernel_sources.extend(kernels)
-            regions[id(node)] = name
-            if accepts_out:
-                takes_out.add(id(node))
+            # A region body takes the node's non-constant operands (see `_with_constant_operands`); a
+            # one-node body takes the distinct ones.
+            operands = [v for v in (node.inputs if node.op == "fused" else dict.fromkeys(node.inputs))
+                        if v.const is None]
+            steps.append(_Step(name, [node], operands, list(node.outputs), accepts_out, glue, kernels,
+                               products.get(name, "")))
         for value in partition.constants.values():
             namespace[namer(value)] = value.const
+        if self.conv_chains is not False and any(map(chain_member, partition.nodes)):
+            steps = self._chains(partition, steps, namespace, namer)
+        sources = [step.source for step in steps]
         function = python_name(partition.name)
         # A library product that cannot write into `out=` makes its own output; copying it into a pooled
         # buffer would cost more than the pool saves, so then the partition takes no `out=` at all.
-        accepts_out = all(id(v.producer) in takes_out for v in partition.outputs if v.producer is not None)
-        source = _partition_source(partition, function, namer, regions, takes_out if accepts_out else set())
+        producer = {id(v): step for step in steps for v in step.outputs}
+        accepts_out = all(producer[id(v)].takes_out for v in partition.outputs if id(v) in producer)
+        source = _partition_source(partition, function, namer, steps, accepts_out)
         fn = load_function("\n\n".join([source, *sources]), namespace, function)
-        fn.source = "\n\n".join([source, *sources, *kernel_sources])
+        fn.source = "\n\n".join([source, *sources, *(kernel for step in steps for kernel in step.kernels)])
         fn.accepts_out = accepts_out
         # One elementwise region reads each element of its inputs before it writes that element of an
         # output. A library product may write its output while still reading its input; reductions write a
@@ -128,21 +142,57 @@ class NumbaBackend(Backend):
         fn.inplace_safe = len(kinds) == 1 and kinds[0] == "elementwise"
         return fn
 
-    def _compile_region(self, body: Graph, kind: str, name: str, namer: Namer,
-                        namespace: dict[str, Any]) -> tuple[str, list[str], bool]:
+    def _chains(self, partition: Graph, steps: list[_Step], namespace: dict[str, Any], namer: Namer
+                ) -> list[_Step]:
+        """`steps` with runs of convolutions replaced by ONNX Runtime sessions (see ort_conv.py) where that
+        is measured faster than running their nodes one by one."""
+        step_of = {id(step.nodes[0]): step for step in steps}
+
+        def member(node: Node) -> bool:
+            # A convolution measured faster by Winograd's method than by any library on its own stays out.
+            return chain_member(node) and not step_of[id(node)].product.startswith(WINOGRAD)
+
+        runs = chain_runs(partition.nodes, member)
+        if runs:  # the regions' glue, to time the runs node by node
+            load_function("\n\n".join(step.source for step in steps), namespace, steps[0].name)
+        for run in runs:
+            one_by_one = []
+            for node in run:
+                step = step_of[id(node)]
+                operands = {id(v): torch.randn(v.type.static_shape(), dtype=v.type.dtype.torch) for v in step.inputs}
+                one_by_one.append(partial(namespace[step.name], *(operands[id(v)] for v in step.inputs)))
+            for chain in choose_chains(run, member, partition.is_output, one_by_one,
+                                       timed=self.conv_chains is None):
+                name = namer.reserve(python_name(f"chain_{chain.nodes[0].outputs[0].name}"))
+                namespace[f"{name}_session"] = chain.call
+                first = steps.index(step_of[id(chain.nodes[0])])
+                steps[first:first + len(chain.nodes)] = [
+                    _Step(name, chain.nodes, _outer(chain.nodes, chain.graph.inputs),
+                          _outer(chain.nodes, chain.graph.outputs), True, _chain_source(name, chain))]
+        return steps
+
+    def _compile_region(self, body: Graph, kind: str, name: str, namer: Namer, namespace: dict[str, Any],
+                        products: dict[str, str] | None = None) -> tuple[str, list[str], bool]:
         """Glue source for one region, the kernel sources it calls and whether it writes into `out=`;
-        loads the kernels into `namespace`."""
+        loads the kernels into `namespace`. A gemm region's chosen product goes to `products[name]`."""
         if kind == "gemm":
-            return self._compile_gemm(body, name, namer, namespace)
+            return self._compile_gemm(body, name, namer, namespace, {} if products is None else products)
         if kind == "quant":
             return _compile_quant(body, name, namer, namespace)
         if kind == "library":
             return _compile_library(body, name, namer, namespace)
         kernel_name = namer.reserve(f"k_{name}")
-        spec, consts = build_spec(body, kind, kernel_name)
-        kernel_src = emit_kernel(spec)
-        entry_src = pointer_entry(spec, kernel_name, f"{kernel_name}_ptr")
-        namespace[kernel_name] = self._load_kernel(kernel_src, kernel_name, spec)
+        if kind == "pool":
+            kernel_src, entry_src = max_pool_source(body.nodes[0], kernel_name)
+            consts, numel = [], math.prod(body.outputs[0].type.static_shape())
+            namespace[kernel_name] = self._load_module(max_pool_source(body.nodes[0], "kernel"))
+        else:
+            spec, consts = build_spec(body, kind, kernel_name)
+            numel = math.prod([*spec.outer, spec.inner])
+            kernel_src = emit_kernel(spec)
+            entry_src = pointer_entry(spec, kernel_name, f"{kernel_name}_ptr")
+            named = kernel_src.replace(f"def {kernel_name}(", "def kernel(", 1)
+            namespace[kernel_name] = self._load_module((named, pointer_entry(spec, "kernel", "kernel_ptr")))
         const_names = []
         for value in consts:
             # The tensor stays alive in the namespace under its own name; the glue passes its address.
@@ -154,7 +204,6 @@ class NumbaBackend(Backend):
         outs = [f"o{i}" for i in range(len(body.outputs))]
         allocs = ", ".join(f"torch.empty({tuple(v.type.static_shape())}, dtype={v.type.dtype.torch})"
                            for v in body.outputs)
-        numel = math.prod([*spec.outer, spec.inner])
         args = [f"{p}.data_ptr()" for p in params] + const_names + [f"{o}.data_ptr()" for o in outs]
         lines = [f"def {name}({', '.join([*params, 'out=None'])}):"]
         # The kernel reads row-major memory: strided inputs become contiguous copies held until it returns.
@@ -166,9 +215,10 @@ class NumbaBackend(Backend):
         lines.append(f"    return [{', '.join(outs)}]")
         return "\n".join(lines) + "\n", [kernel_src, entry_src], True
 
-    def _compile_gemm(self, body: Graph, name: str, namer: Namer,
-                      namespace: dict[str, Any]) -> tuple[str, list[str], bool]:
+    def _compile_gemm(self, body: Graph, name: str, namer: Namer, namespace: dict[str, Any],
+                      products: dict[str, str]) -> tuple[str, list[str], bool]:
         plan: GemmPlan = choose_plan(_compilable(plan_gemm(body)), self._epilogue_seconds)
+        products[name] = plan.product.text
         product_name = namer.reserve(f"{name}_product")
         namespace[product_name] = plan.product.call
         index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
@@ -225,10 +275,10 @@ class NumbaBackend(Backend):
             best = min(best, time.perf_counter() - start)
         return best
 
-    def _load_kernel(self, source: str, name: str, spec: KernelSpec) -> Any:
-        """The ctypes entry of kernel `source` (see `pointer_entry`), from Numba's disk cache when it has it."""
-        module_source = kernel_module([source.replace(f"def {name}(", "def kernel(", 1),
-                                       pointer_entry(spec, "kernel", "kernel_ptr")])
+    def _load_module(self, sources: tuple[str, str]) -> Any:
+        """The ctypes entry of the module holding `sources`, a kernel `kernel` and its C-callable entry
+        `kernel_ptr`, from Numba's disk cache when it has it."""
+        module_source = kernel_module(list(sources))
         digest = hashlib.sha1((_GENERATOR_HASH + module_source).encode()).hexdigest()[:16]
         path = self.cache_dir / f"k_{digest}.py"
         if not path.exists():
@@ -302,6 +352,8 @@ def _region_of(node: Node) -> tuple[Graph, str]:
                 return collapsed, kind
         elif supports_product(node):
             kind = "gemm"
+        elif supports_max_pool(node):
+            kind = "pool"
         elif node.op in _QUANT_OPS:
             from .quant_gemm import supports_quant_linear
 
@@ -414,7 +466,7 @@ def _compile_library(body: Graph, name: str, namer: Namer, namespace: dict[str, 
 
 
 def _check_region(body: Graph, kind: str) -> None:
-    if kind in ("quant", "library"):
+    if kind in ("quant", "library", "pool"):
         return
     if kind == "gemm":
         plan = plan_gemm(body)
@@ -440,28 +492,57 @@ def _single_node_body(node: Node) -> Graph:
     return body
 
 
-def _partition_source(partition: Graph, function: str, namer: Namer, regions: dict[int, str],
-                      takes_out: set[int]) -> str:
-    """`def numba_0(x, out=None)`: call each node's region; outputs of the partition go to `out` through
-    the regions in `takes_out` (node ids); without any, the function ignores `out`."""
+@dataclass
+class _Step:
+    """One call in a partition's function: a region's glue, or a chain's session, computing `nodes`.
+    `inputs` are the partition values it is called with, `outputs` those it returns; `source` is its
+    glue and `kernels` the sources of the Numba kernels that calls; `product` says which library call a
+    gemm region makes (see gemm.py)."""
+
+    name: str
+    nodes: list[Node]
+    inputs: list[Value]
+    outputs: list[Value]
+    takes_out: bool
+    source: str
+    kernels: list[str] = field(default_factory=list)
+    product: str = ""
+
+
+def _outer(nodes: list[Node], values: list[Value]) -> list[Value]:
+    """The partition values that a chain graph's `values` stand for (the chain graph keeps their names)."""
+    by_name = {v.name: v for n in nodes for v in [*n.inputs, *n.outputs]}
+    return [by_name[v.name] for v in values]
+
+
+def _chain_source(name: str, chain: Chain) -> str:
+    """Glue for a chain: one session call; the comment says which nodes it computes."""
+    params = [f"a{i}" for i in range(len(chain.graph.inputs))]
+    lines = [f"def {name}({', '.join([*params, 'out=None'])}):",
+             f"    # onnxruntime session over {len(chain.nodes)} nodes, in its blocked NCHWc layout; {chain.note}"]
+    lines += [f"    #   {line}" for line in chain.describe()]
+    lines.append(f"    return {name}_session({', '.join([*params, 'out=out'])})")
+    return "\n".join(lines) + "\n"
+
+
+def _partition_source(partition: Graph, function: str, namer: Namer, steps: list[_Step], accepts_out: bool) -> str:
+    """`def numba_0(x, out=None)`: call each step; with `accepts_out`, outputs of the partition go to `out`
+    through the steps that take it, the others are copied there; without, the function ignores `out`."""
     outputs = [id(v) for v in partition.outputs]
     position = {id(v): i for i, v in enumerate(partition.outputs) if outputs.count(id(v)) == 1}
     lines = [f"def {function}({', '.join([*(namer(v) for v in partition.inputs), 'out=None'])}):"]
     written: set[int] = set()
-    for node in partition.nodes:
-        # A region body takes the node's non-constant operands (see `_with_constant_operands`); a one-node
-        # body takes the distinct ones.
-        args = [namer(v) for v in (node.inputs if node.op == "fused" else dict.fromkeys(node.inputs))
-                if v.const is None]
-        wanted = [position.get(id(v)) for v in node.outputs]
-        targets = ", ".join(namer(v) for v in node.outputs)
-        if all(w is not None for w in wanted) and id(node) in takes_out:
+    for step in steps:
+        args = [namer(v) for v in step.inputs]
+        wanted = [position.get(id(v)) for v in step.outputs]
+        targets = ", ".join(namer(v) for v in step.outputs)
+        if all(w is not None for w in wanted) and step.takes_out and accepts_out:
             buffers = "out" if wanted == list(range(len(outputs))) else f"[{', '.join(f'out[{w}]' for w in wanted)}]"
             args.append(f"out=None if out is None else {buffers}")
-            written.update(id(v) for v in node.outputs)
-        lines.append(f"    [{targets}] = {regions[id(node)]}({', '.join(args)})")
+            written.update(id(v) for v in step.outputs)
+        lines.append(f"    [{targets}] = {step.name}({', '.join(args)})")
     # Outputs no kernel wrote into `out` directly (returned twice, or beside an internal value) are copied.
-    copies = [(i, v) for i, v in enumerate(partition.outputs) if id(v) not in written] if takes_out else []
+    copies = [(i, v) for i, v in enumerate(partition.outputs) if id(v) not in written] if accepts_out else []
     if copies:
         lines.append("    if out is not None:")
         lines += [f"        out[{i}].copy_({namer(v)})" for i, v in copies]

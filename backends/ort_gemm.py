@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..ir import DType, Node
+from ..ir import DType, Node, Value
 
 try:
     import onnxruntime as ort
@@ -35,7 +35,7 @@ def ort_available() -> bool:
 def ort_product_call(node: Node) -> tuple[Callable[..., torch.Tensor], str] | None:
     """`call(x, w, b, out=None)` computing `node` (a float32 linear, 2-D matmul or conv with constant
     weight and bias) in an ONNX Runtime session, and its description; None when it does not apply."""
-    if ort is None or not _applies(node):
+    if ort is None or not ort_applies(node):
         return None
     weight = node.inputs[1].const
     bias = node.inputs[2].const if len(node.inputs) > 2 else None
@@ -69,14 +69,16 @@ def ort_product_call(node: Node) -> tuple[Callable[..., torch.Tensor], str] | No
     return call, text
 
 
-def _applies(node: Node) -> bool:
+def ort_applies(node: Node, constant: Callable[[Value], bool] = lambda v: v.const is not None) -> bool:
+    """Whether `ort_product_call` computes `node`: a float32 linear, matmul or conv over static shapes whose
+    weight (and bias) are `constant` (a region's body sees the constants its node passes as inputs)."""
     if node.op not in ("linear", "matmul", "conv"):
         return False
     types = [v.type for v in [*node.inputs, *node.outputs]]
     if any(not t.is_static or t.dtype is not DType.f32 for t in types):
         return False
-    if any(v.const is None for v in node.inputs[1:]) or node.inputs[1].type.rank != (2 if node.op != "conv" else
-                                                                                     node.inputs[0].type.rank):
+    if not all(map(constant, node.inputs[1:])) or node.inputs[1].type.rank != (2 if node.op != "conv" else
+                                                                               node.inputs[0].type.rank):
         return False
     if node.op != "conv":
         return node.inputs[0].type.rank >= 2 and math.prod(node.inputs[0].type.static_shape()) > 0

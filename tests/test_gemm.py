@@ -111,3 +111,27 @@ def test_choose_plan_counts_the_epilogue_of_an_unfused_option() -> None:
     chosen = choose_plan(plan, slow_epilogue, choices={})
     assert chosen is plan.options[0] and chosen.epilogue is None
     assert all(option.epilogue is not None for option in seen)
+
+
+def test_every_option_of_a_residual_conv_region_with_constant_weights_computes_it() -> None:
+    w, b = torch.randn(8, 6, 3, 3) / 4, torch.randn(8)
+    text = """
+    graph region(%x: f32[2,6,10,10], %r: f32[2,8,10,10]) -> (f32[2,8,10,10]) {
+      const %w: f32[8,6,3,3]
+      const %b: f32[8]
+      %0: f32[2,8,10,10] = conv(%x, %w, %b) {padding=[1]}
+      %1: f32[2,8,10,10] = add(%0, %r)
+      %2: f32[2,8,10,10] = relu(%1)
+      return %2
+    }"""
+    plan = plan_gemm(parse_graph(text, constants={"w": w, "b": b}))
+    texts = [o.product.text for o in plan.options]
+    assert any(t.startswith("winograd") for t in texts)
+    tensors = {"x": torch.randn(2, 6, 10, 10), "r": torch.randn(2, 8, 10, 10), "w": w, "b": b}
+    expected = F.relu(F.conv2d(tensors["x"], w, b, padding=1) + tensors["r"])
+    for option in plan.options:
+        args = [None if v is None else tensors[v.name] for v in option.operands]
+        product = option.product.call(*args, torch.empty(2, 8, 10, 10))
+        if option.epilogue is not None:
+            product = run_graph(option.epilogue, product, *[tensors[v.name] for v in option.epilogue.inputs[1:]])[0]
+        torch.testing.assert_close(product, expected, rtol=1e-4, atol=1e-4, msg=option.product.text)

@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import heteropass as hp
 from heteropass.backends.executable import build_executable
 from heteropass.backends.gemm import plan_gemm
 from heteropass.backends.numba_backend import NumbaBackend
+from heteropass.backends.ort_gemm import ort_available
 from heteropass.backends.reference import ReferenceBackend
 from heteropass.ir import Graph, TensorType, parse_graph, run_graph
 from heteropass.ir.sample import random_inputs
 from heteropass.ir.types import DType
-from heteropass.testing import assert_outputs_close
+from heteropass.testing import assert_outputs_close, models
 
 NUMBA = NumbaBackend()
 BACKENDS = [NUMBA, ReferenceBackend()]
@@ -313,6 +315,7 @@ _SUBPROCESS = """
 import sys
 import time
 from heteropass.backends.numba_backend import NumbaBackend
+from heteropass.backends.ort_gemm import ort_available
 from heteropass.ir import parse_graph
 graph = parse_graph({text!r})
 start = time.perf_counter()
@@ -363,3 +366,21 @@ def test_single_element_kernel_reads_every_input_before_writing_over_one() -> No
     a, b = torch.tensor([3.0]), torch.tensor([5.0])
     first, second = kernel(a, b, out=[b, torch.empty(1)])  # the first output overwrites input b
     assert first.item() == 6.0 and second.item() == 25.0
+
+
+@pytest.mark.parametrize("conv_chains", [True, False, None])
+def test_resnet_matches_eager_with_and_without_onnx_runtime_conv_chains(conv_chains: bool | None) -> None:
+    model, example = models.resnet_cnn(), models.resnet_inputs()
+    backend = NumbaBackend(conv_chains=conv_chains)
+    compiled = hp.compile(model, example, opt_level=2, backends=[backend, ReferenceBackend()])
+    assert [p.backend for p in compiled.executable.partitions] == [backend]
+    x = models.resnet_inputs(seed=9)[0]
+    with torch.no_grad():
+        expected = model(x)
+    got = compiled(x)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-4
+    chained = "onnxruntime session over" in compiled.code
+    if conv_chains is not None:
+        assert chained is (conv_chains and ort_available())
+    if conv_chains is False:  # the pool between the stem and the blocks is a Numba kernel
+        assert "_max_pool(a0" not in compiled.code and "rows = np.full((2," in compiled.code
