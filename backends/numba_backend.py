@@ -3,7 +3,8 @@
 It claims `fused` regions of kind "elementwise", "reduction" and "gemm" whose every body op it can
 compile, single elementwise ops, last-dim softmax/log_softmax/layer_norm/rms_norm and
 sum/mean/amax/amin, 1-D/2-D max pooling (numba_pool.py), float linear/matmul/bmm/conv (see gemm.py),
-and linear_weight_int8 / linear_dynamic_int8 on float32 activations (see quant_gemm.py); views,
+linear_weight_int8 / linear_dynamic_int8 on float32 activations (see quant_gemm.py) and float32
+attention_with_cache (numba_attention.py: a decode step's attention over its cache in place); views,
 lookups, other pooling and attention (of any dtype) run through PyTorch inside its partitions
 (`_LIBRARY_KINDS`). Consecutive convolutions (with their fused epilogues, and the pools they feed) may
 run as one ONNX Runtime session that keeps its blocked layout inside, where that is measured faster
@@ -178,7 +179,13 @@ class NumbaBackend(Backend):
         if kind == "gemm":
             return self._compile_gemm(body, name, namer, namespace, {} if products is None else products)
         if kind == "quant":
-            return _compile_quant(body, name, namer, namespace)
+            from .quant_gemm import choose_quant_plan
+
+            return _compile_planned(body, name, namer, namespace, choose_quant_plan(body.nodes[0]), 4)
+        if kind == "cached_attention":
+            from .numba_attention import choose_attention_plan
+
+            return _compile_planned(body, name, namer, namespace, choose_attention_plan(body.nodes[0]), 6)
         if kind == "library":
             return _compile_library(body, name, namer, namespace)
         kernel_name = namer.reserve(f"k_{name}")
@@ -360,6 +367,12 @@ def _region_of(node: Node) -> tuple[Graph, str]:
             if not supports_quant_linear(node):
                 raise Unsupported(f"{node.op} on {[str(v.type) for v in node.inputs]}")
             kind = "quant"
+        elif node.op == "attention_with_cache":
+            from .numba_attention import supports_cached_attention
+
+            if not supports_cached_attention(node):
+                raise Unsupported(f"{node.op} on {[str(v.type) for v in node.inputs]}")
+            kind = "cached_attention"
         elif op.kind in _LIBRARY_KINDS or node.op in _LIBRARY_OPS:
             if not all(v.type.is_static for v in [*node.inputs, *node.outputs]):
                 raise Unsupported(f"{node.op} with symbolic shapes")
@@ -403,15 +416,14 @@ def _operand_names(body: Graph, name: str, namer: Namer, namespace: dict[str, An
     return names
 
 
-def _compile_quant(body: Graph, name: str, namer: Namer, namespace: dict[str, Any]) -> tuple[str, list[str], bool]:
-    """Glue for a quantized linear: the quant_gemm plan measured fastest on its shapes; it writes into `out=`."""
-    from .quant_gemm import choose_quant_plan
-
+def _compile_planned(body: Graph, name: str, namer: Namer, namespace: dict[str, Any], plan: Any,
+                     arity: int) -> tuple[str, list[str], bool]:
+    """Glue for a one-node region run by `plan` (a quant_gemm or numba_attention plan, measured fastest on its
+    shapes): `plan.call(operands..., out=)` with absent optional operands passed as None up to `arity`."""
     node = body.nodes[0]
-    plan = choose_quant_plan(node)
     call_name = namer.reserve(f"{name}_{python_name(plan.name)}")
     namespace[call_name] = plan.call
-    operands = _operand_names(body, name, namer, namespace) + ["None"] * (4 - len(node.inputs))
+    operands = _operand_names(body, name, namer, namespace) + ["None"] * (arity - len(node.inputs))
     params = [f"a{i}" for i in range(len(body.inputs))]
     source = (f"def {name}({', '.join([*params, 'out=None'])}):\n"
               f"    # {node.op}: {plan.text}\n"
@@ -466,7 +478,7 @@ def _compile_library(body: Graph, name: str, namer: Namer, namespace: dict[str, 
 
 
 def _check_region(body: Graph, kind: str) -> None:
-    if kind in ("quant", "library", "pool"):
+    if kind in ("quant", "cached_attention", "library", "pool"):
         return
     if kind == "gemm":
         plan = plan_gemm(body)

@@ -260,11 +260,24 @@ def _conv(em: Emitter, node: Node, x: list[str]) -> str:
 @rule("scaled_dot_product_attention")
 def _attention(em: Emitter, node: Node, x: list[str]) -> str:
     """softmax(q @ k^T * scale + mask) @ v, written out (the Attention op is too recent to rely on)."""
-    q_type, k_type = _in(node, 0), _in(node, 1)
+    return _attention_of(em, node, x[0], x[1], x[2], x[3] if len(x) == 4 else None, _in(node, 1), _in(node, 2))
+
+
+@rule("attention_with_cache")
+def _attention_with_cache(em: Emitter, node: Node, x: list[str]) -> str:
+    """The attention over Concat(k_past, k_new) and Concat(v_past, v_new) along the sequence."""
+    k, v = em.op("Concat", x[1], x[2], axis=-2), em.op("Concat", x[3], x[4], axis=-2)
+    k_type, v_type = (TensorType((*_in(node, i).shape[:-2], _in(node, i).shape[-2] + _in(node, i + 1).shape[-2],
+                                  _in(node, i).shape[-1]), _in(node, i).dtype) for i in (1, 3))
+    return _attention_of(em, node, x[0], k, v, x[5] if len(x) == 6 else None, k_type, v_type)
+
+
+def _attention_of(em: Emitter, node: Node, q: str, k: str, v: str, mask: str | None, k_type: TensorType,
+                  v_type: TensorType) -> str:
+    q_type = _in(node, 0)
     dtype = q_type.dtype
-    q, k, v = x[:3]
     if node.attrs["enable_gqa"] and q_type.shape[-3] != k_type.shape[-3]:
-        k, v = (_repeat_heads(em, name, node.inputs[i].type, q_type.shape[-3]) for i, name in ((1, k), (2, v)))
+        k, v = (_repeat_heads(em, name, t, q_type.shape[-3]) for name, t in ((k, k_type), (v, v_type)))
     scale = node.attrs["scale"]
     if scale is None:
         scale = 1 / math.sqrt(q_type.shape[-1])  # type: ignore[arg-type]
@@ -274,13 +287,13 @@ def _attention(em: Emitter, node: Node, x: list[str]) -> str:
     masks = []
     if node.attrs["is_causal"]:
         masks.append((em.const(torch.ones(L, S, dtype=torch.bool).tril(), "causal_mask"), DType.bool))  # type: ignore[arg-type]
-    if len(x) == 4:
-        masks.append((x[3], _in(node, 3).dtype))
-    for mask, mask_dtype in masks:
-        if mask_dtype is DType.bool:
-            scores = em.op("Where", mask, scores, em.scalar(-math.inf, dtype))
+    if mask is not None:
+        masks.append((mask, node.inputs[-1].type.dtype))
+    for keep, keep_dtype in masks:
+        if keep_dtype is DType.bool:
+            scores = em.op("Where", keep, scores, em.scalar(-math.inf, dtype))
         else:
-            scores = em.op("Add", scores, em.cast(mask, mask_dtype, dtype))
+            scores = em.op("Add", scores, em.cast(keep, keep_dtype, dtype))
     return em.op("MatMul", em.op("Softmax", scores, axis=-1), v)
 
 

@@ -8,6 +8,7 @@ from .eliminate_dead_code import EliminateDeadCodePass
 from .fold_batchnorm_into_conv import FoldBatchNormIntoConvPass
 from .fold_constants import FoldConstantsPass
 from .fold_repeat_kv import FoldRepeatKvPass
+from .fuse_cached_attention import FuseCachedAttentionPass
 from .fuse_elementwise import FuseElementwisePass
 from .fuse_gemm_epilogue import FuseGemmEpiloguePass
 from .fuse_linear_bias import FuseLinearBiasPass
@@ -44,6 +45,7 @@ _PASSES: tuple[type[Pass], ...] = (
     RecognizeGeluPass,
     FuseLinearBiasPass,
     MergeParallelLinearsPass,
+    FuseCachedAttentionPass,
     FoldBatchNormIntoConvPass,
     FuseGemmEpiloguePass,
     FuseReductionsPass,
@@ -76,10 +78,11 @@ def _recognize() -> list[Pass]:
 
 def _fuse() -> list[Pass]:
     """Group work into fewer, larger kernels: parallel linears into one product (after the precision
-    passes, so that `keep_nodes` still finds the linears by name), then regions a backend compiles as
-    one kernel: GEMM epilogues first (they sit on the most expensive nodes), then reductions with
-    their prologue/epilogue, then the rest."""
-    return [MergeParallelLinearsPass(), FuseGemmEpiloguePass(), FuseReductionsPass(), FuseElementwisePass()]
+    passes, so that `keep_nodes` still finds the linears by name), attention over a freshly concatenated
+    cache into one op, then regions a backend compiles as one kernel: GEMM epilogues first (they sit
+    on the most expensive nodes), then reductions with their prologue/epilogue, then the rest."""
+    return [MergeParallelLinearsPass(), FuseCachedAttentionPass(), FuseGemmEpiloguePass(), FuseReductionsPass(),
+            FuseElementwisePass()]
 
 
 def precision_passes(config: PrecisionConfig) -> list[Pass]:

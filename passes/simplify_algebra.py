@@ -198,6 +198,35 @@ def _full_slice(node: Node) -> Value | None:
     return node.inputs[0] if node.attrs["step"] == 1 else None
 
 
+def _slice_of_concat(node: Node) -> Value | None:
+    """slice(concat(x_0, ..., x_n), dim) with step 1 along the concatenated dim, within one x_i -> that part of
+    x_i (x_i itself when whole): a decode step returning its newest cache entry, concat(cache, new)[..., -1:, :],
+    returns `new`, and the concatenation may then serve the attention alone."""
+    concat = _producer(node.inputs[0], "concat")
+    rank = node.inputs[0].type.rank
+    if concat is None or node.attrs["step"] != 1 or rank == 0:
+        return None
+    dim = node.attrs["dim"] % rank
+    sizes = [v.type.shape[dim] for v in concat.inputs]
+    length = node.output.type.shape[dim]
+    if concat.attrs["dim"] % rank != dim or not all(isinstance(n, int) for n in [*sizes, length]):
+        return None
+    total = sum(sizes)  # type: ignore[arg-type]
+    start = node.attrs["start"] + (total if node.attrs["start"] < 0 else 0)
+    start = min(max(start, 0), total)
+    offset = 0
+    for value, size in zip(concat.inputs, sizes, strict=True):
+        if offset <= start and start + length <= offset + size:  # type: ignore[operator]
+            if length == size:
+                return value
+            assert node.graph is not None
+            return node.graph.add_node("slice", [value], {"dim": dim, "start": start - offset,
+                                                          "end": start - offset + length, "step": 1},
+                                       before=node, device=node.device, source=node.source).output
+        offset += size  # type: ignore[operator]
+    return None
+
+
 def _single_concat(node: Node) -> Value | None:
     return node.inputs[0] if len(node.inputs) == 1 else None
 
@@ -221,16 +250,17 @@ RULES: tuple[Rule, ...] = (
     Rule("cast-noop", ("cast",), _cast_noop),
     Rule("cast-round-trip", ("cast",), _cast_round_trip),
     Rule("full-slice", ("slice",), _full_slice),
+    Rule("slice-of-concat", ("slice",), _slice_of_concat),
     Rule("single-concat", ("concat",), _single_concat),
 )
 
 
 class SimplifyAlgebraPass(Pass):
     """Apply the identity rules in `RULES` (x*1, x+0, neg(neg(x)), permute/reshape chains, no-op and
-    round-trip casts, full slices, ...) and the canonical spellings (a two-dim swap is a transpose,
-    a global average pool is a mean, an embedding is a take, attention drops a mask that masks nothing)
-    until none matches, replacing a node only by a value of
-    exactly its type, so broadcasting and type promotion are never lost.
+    round-trip casts, full slices, slices within one concatenated part, ...) and the canonical spellings
+    (a two-dim swap is a transpose, a global average pool is a mean, an embedding is a take, attention
+    drops a mask that masks nothing) until none matches, replacing a node only by a value of exactly
+    its type, so broadcasting and type promotion are never lost.
 
     `x + 0 -> x` treats -0.0 and 0.0 alike (as `torch.equal` does): it turns -0.0 + 0.0 = 0.0
     into -0.0. Statistics count applications per rule name.

@@ -52,4 +52,7 @@ _REGION = parse_graph("""graph region(%a: f32[2,3], %b: f32[3]) -> (f32[2,3], f3
 
 FUSION_SAMPLES: dict[str, Sample] = {
     "fused": ([TensorType((2, 3), DType.f32), TensorType((3,), DType.f32)], {"body": _REGION}),
+    # grouped-query decode step: 4 query heads over 2 cached key/value heads of 5 positions plus 1 new
+    "attention_with_cache": ([_t(1, 4, 1, 8), _t(1, 2, 5, 8), _t(1, 2, 1, 8), _t(1, 2, 5, 8), _t(1, 2, 1, 8),
+                              _t(1, 6)], {"enable_gqa": True, "scale": 0.3}),
 }

@@ -254,10 +254,10 @@ def test_pass_registry_names_every_pass():
     registry = pass_registry()
     assert sorted(registry) == [
         "eliminate-common-subexpressions", "eliminate-dead-code", "fold-batchnorm-into-conv", "fold-constants",
-        "fold-repeat-kv", "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias", "fuse-reductions",
-        "lower-precision", "merge-parallel-linears", "plan-memory", "propagate-shapes", "quantize-dynamic",
-        "quantize-static", "quantize-weights", "recognize-attention", "recognize-gelu", "recognize-layer-norm",
-        "recognize-rms-norm", "recognize-softmax", "simplify-algebra"]
+        "fold-repeat-kv", "fuse-cached-attention", "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias",
+        "fuse-reductions", "lower-precision", "merge-parallel-linears", "plan-memory", "propagate-shapes",
+        "quantize-dynamic", "quantize-static", "quantize-weights", "recognize-attention", "recognize-gelu",
+        "recognize-layer-norm", "recognize-rms-norm", "recognize-softmax", "simplify-algebra"]
     assert all(cls.name == name for name, cls in registry.items())
 
 
@@ -270,7 +270,8 @@ def test_default_pipelines_per_opt_level():
     assert flat(default_pipeline(1)) == ["propagate-shapes", "eliminate-dead-code"]
     recognize = ["recognize-softmax", "recognize-attention", "fold-repeat-kv", "recognize-layer-norm",
                  "recognize-rms-norm", "recognize-gelu", "fuse-linear-bias", "fold-batchnorm-into-conv"]
-    fuse = ["merge-parallel-linears", "fuse-gemm-epilogue", "fuse-reductions", "fuse-elementwise"]
+    fuse = ["merge-parallel-linears", "fuse-cached-attention", "fuse-gemm-epilogue", "fuse-reductions",
+            "fuse-elementwise"]
     assert flat(default_pipeline(2)) == ["propagate-shapes", ("cleanup", cleanup), *recognize,
                                          ("cleanup-after-patterns", cleanup), *fuse, "plan-memory"]
     assert flat(default_pipeline(3)) == flat(default_pipeline(2))

@@ -284,3 +284,22 @@ def test_attention_drops_a_mask_that_masks_nothing() -> None:
     inputs = random_inputs(original)
     for want, got in zip(run_graph(original, *inputs), run_graph(graph, *inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_slices_within_one_concatenated_part() -> None:
+    result = check("""
+    graph g(%c: f32[1,2,5,4], %n: f32[1,2,1,4]) -> (f32[1,2,6,4], f32[1,2,1,4], f32[1,2,2,4], f32[1,2,2,4]) {
+      %0: f32[1,2,6,4] = concat(%c, %n) {dim=2}
+      %1: f32[1,2,1,4] = slice(%0) {dim=2, start=5, end=6}
+      %2: f32[1,2,2,4] = slice(%0) {dim=-2, start=-6, end=2}
+      %3: f32[1,2,2,4] = slice(%0) {dim=2, start=4, end=6}
+      return %0, %1, %2, %3
+    }""", """
+    graph g(%c: f32[1,2,5,4], %n: f32[1,2,1,4]) -> (f32[1,2,6,4], f32[1,2,1,4], f32[1,2,2,4], f32[1,2,2,4]) {
+      %0: f32[1,2,6,4] = concat(%c, %n) {dim=2}
+      %4: f32[1,2,2,4] = slice(%c) {dim=2, start=0, end=2}
+      %3: f32[1,2,2,4] = slice(%0) {dim=2, start=4, end=6}
+      return %0, %n, %4, %3
+    }""")
+    # the newest entry is the new part; a slice within the cache reads the cache; one across both stays
+    assert result.stats == {"slice-of-concat": 2}

@@ -69,3 +69,16 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """softmax(q @ k^T * scale + mask) @ v; a bool mask keeps True positions."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
                                           enable_gqa=enable_gqa)
+
+
+@register("attention_with_cache", ["q", "k_past", "k_new", "v_past", "v_new", "mask?"],
+          {"is_causal": Attr("bool", False), "scale": Attr("float", None, optional=True),
+           "enable_gqa": Attr("bool", False)}, kind="attention")
+def attention_with_cache(q: torch.Tensor, k_past: torch.Tensor, k_new: torch.Tensor, v_past: torch.Tensor,
+                         v_new: torch.Tensor, mask: torch.Tensor | None = None, *, is_causal: bool,
+                         scale: float | None, enable_gqa: bool) -> torch.Tensor:
+    """scaled_dot_product_attention over a key/value cache followed by the new keys and values:
+    k = concat(k_past, k_new) and v = concat(v_past, v_new) along the sequence (dim -2), which kernels
+    read in place instead of concatenating (a decode step's attention)."""
+    return scaled_dot_product_attention(q, torch.cat([k_past, k_new], -2), torch.cat([v_past, v_new], -2), mask,
+                                        is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
