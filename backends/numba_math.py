@@ -1,16 +1,24 @@
 """Float32 math for generated Numba loops: branch-free, so that LLVM vectorizes the loop around them.
 
 `math.exp` and friends compile to scalar libm calls (no SVML here), which keeps a loop scalar and
-makes it ~30x slower. These are range reduction + polynomial approximations written with float32
-constants only (a float64 literal would promote the whole expression). Branches are selects that
-compute both sides. Every function is `inline="always"`, so it takes the caller's fastmath flags;
+makes it ~30x slower. These are range reduction + polynomial or rational approximations written with
+float32 constants only (a float64 literal would promote the whole expression). Branches are selects
+that compute both sides. Every function is `inline="always"`, so it takes the caller's fastmath flags;
 callers must leave out the `nnan`/`ninf` flags, since NaN and infinity checks below rely on them.
 
+Clamps are `min(max(x, lo), hi)`: Numba computes `max(a, b)` as `select(b > a, b, a)`, which keeps a
+NaN `a` and compiles to one vmaxps (two chained `lo if x < lo else x` selects became compare, min, blend).
+A large elementwise loop over these functions is bound by the FP pipes, not by memory, so each spends
+as few vector operations as its accuracy allows (bench/roofline.py measures them): exp is one
+polynomial of degree 5 and a 2**n built from the exponent bits; tanh and both GELUs are one rational
+function each, with no exp; sigmoid and silu are exp and one division.
+
 Error bounds, measured against float64 libm over dense grids (tests/test_numba_math.py):
-exp, log, tanh, sigmoid, log1p, expm1: relative error < 4e-7 (a few ulp) on normal results; erf < 5e-7;
-silu and tanh-GELU < 1e-6 relative (plus ~1e-7 absolute where `1 + tanh` cancels);
-exact GELU < 1e-6 relative plus 1.5e-6 absolute for x < -3, where `1 + erf` cancels (PyTorch's own
-vectorized float32 GELU cancels there too).
+log, log1p: relative error < 4e-7 (a few ulp); erf < 5e-7; exp, expm1, sigmoid < 5e-7 on normal
+results (exp's one-step reduction x - n ln2 adds up to 2.4e-7 at |x| near 88); tanh < 8e-7;
+silu < 1e-6; exact and tanh GELU < 1e-6 relative plus 1e-6 absolute, reached for x < 0 where
+1/2 + x P/Q cancels (PyTorch's own vectorized float32 GELU cancels there too).
+exp flushes results below 2**-125 (x < -86.99) to zero, where float32 is subnormal or nearly.
 """
 
 from __future__ import annotations
@@ -18,16 +26,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 F32 = np.float32
 I32 = np.int32
 
 _LOG2E = F32(1.4426950408889634)
-_LN2_HI = F32(0.693359375)  # ln 2 split so that n * _LN2_HI is exact (Cody-Waite)
+_LN2 = F32(0.6931471805599453)
+_LN2_HI = F32(0.693359375)  # ln 2 split so that e * _LN2_HI is exact (log's Cody-Waite reduction)
 _LN2_LO = F32(-2.12194440e-4)
-_EXP_MAX = F32(88.8)  # exp overflows to inf above ~88.72; the scaling below gets there itself
-_EXP_MIN = F32(-104.0)  # exp underflows to 0 below ~-103.97
+_EXP_MIN = F32(-87.6)  # rint(x log2 e) >= -126: the scale's exponent field stays >= 0 (0 gives 0.0)
+_EXP_MAX = F32(89.0)  # rint(x log2 e) <= 128; exp overflows to inf above 88.72 by the final product
+_EXP_ROUND = F32(12583038.0)  # 1.5 * 2**23 + 126: adding it rounds to an integer, kept in the low bits
 _SQRT_HALF = F32(0.70710678118654752)
 _SMALLEST_NORMAL = F32(1.17549435e-38)
 _TWO_23 = F32(8388608.0)
@@ -39,32 +52,42 @@ _INF = F32(np.inf)
 _NAN = F32(np.nan)
 
 
-@njit(inline="always")
-def _pow2(n):
-    """2**n as float32 for integer n in [-126, 127], built from the exponent bits."""
-    return I32((n + 127) << 23).view(np.float32)
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma.f32), whatever the caller's fastmath flags allow."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * 3), "llvm.fma.f32")
+        return builder.call(fma, args)
+
+    return sig, codegen
 
 
 @njit(inline="always")
 def exp_f32(x):
-    """exp(x): x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 polynomial (Cephes expf)."""
-    xc = _EXP_MIN if x < _EXP_MIN else x
-    xc = _EXP_MAX if xc > _EXP_MAX else xc
-    n = np.floor(xc * _LOG2E + _HALF)
-    r = xc - n * _LN2_HI
-    r = r - n * _LN2_LO
-    p = F32(1.9875691500e-4)
-    p = p * r + F32(1.3981999507e-3)
-    p = p * r + F32(8.3334519073e-3)
-    p = p * r + F32(4.1665795894e-2)
-    p = p * r + F32(1.6666665459e-1)
-    p = p * r + F32(5.0000001201e-1)
-    p = p * (r * r) + r + _ONE
-    # 2**n in two factors: n reaches 128 and -150, beyond one float32 exponent.
-    ni = I32(n)
-    half = ni >> 1
-    y = p * _pow2(half) * _pow2(ni - half)
-    return x if x != x else y
+    """exp(x) = 2**(n - 1) * 2 exp(r) with n = rint(x log2 e), r = x - n ln2 in one FMA (|r| <= ln2/2) and
+    2 exp(r) by a degree-5 minimax polynomial (relative error 1.1e-7).
+
+    t = x log2 e + 1.5 * 2**23 + 126 rounds to n + 126 in its low mantissa bits (no vroundps); shifted
+    left 23 they are the exponent field of 2**(n - 1), in [0, 254] after the clamp, so one product
+    scales: it rounds to inf exactly where exp overflows, and field 0 gives 0.0 below x = -86.99.
+    t comes from llvm.fma, so `reassoc` cannot fold t - (1.5 * 2**23 + 126) back to x log2 e.
+    A NaN passes the clamp and the polynomial; its scale is 0.0, and NaN * 0 is NaN.
+    """
+    xc = min(max(x, _EXP_MIN), _EXP_MAX)
+    t = _fma(xc, _LOG2E, _EXP_ROUND)
+    n = t - _EXP_ROUND
+    r = _fma(-n, _LN2, xc)
+    p = F32(1.6625041e-02)
+    p = p * r + F32(8.378031e-02)
+    p = p * r + F32(3.3334229e-01)
+    p = p * r + F32(9.999846e-01)
+    p = p * r + _TWO
+    p = p * r + _TWO
+    scale = I32(F32(t).view(np.int32) << 23).view(np.float32)
+    return p * scale
 
 
 @njit(inline="always")
@@ -98,18 +121,22 @@ def log_f32(x):
 
 @njit(inline="always")
 def tanh_f32(x):
-    """tanh(x): an odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above (Cephes tanhf)."""
-    a = abs(x)
-    big = _ONE - _TWO / (exp_f32(a + a) + _ONE)
-    big = big if x >= _ZERO else -big
-    z = x * x
-    p = F32(-5.70498872745e-3)
-    p = p * z + F32(2.06390887954e-2)
-    p = p * z - F32(5.37397155531e-2)
-    p = p * z + F32(1.33314422036e-1)
-    p = p * z - F32(3.33332819422e-1)
-    small = p * z * x + x
-    return small if a < F32(0.625) else big
+    """tanh(x) = x P(x^2) / Q(x^2) on [-9, 9] (tanh rounds to +-1 beyond): one division, no exp.
+
+    P (degree 3) and Q (degree 4, monic) are a minimax fit of the relative error of tanh(x)/x on
+    [0, 9] (Sanathanan-Koerner iterations with Lawson weights); max relative error 3.8e-7 before rounding.
+    """
+    xc = min(max(x, F32(-9.0)), F32(9.0))
+    u = xc * xc
+    p = F32(4.8582086e+01)
+    p = p * u + F32(1.3306376e+04)
+    p = p * u + F32(5.981980e+05)
+    p = p * u + F32(4.6605537e+06)
+    q = u + F32(1.0499686e+03)
+    q = q * u + F32(1.09150306e+05)
+    q = q * u + F32(2.15170315e+06)
+    q = q * u + F32(4.6605554e+06)
+    return p / q * xc
 
 
 @njit(inline="always")
@@ -125,8 +152,7 @@ def erf_f32(x):
     P (degree 6) and Q (degree 4) are a rational least-squares fit of erf(x)/x on Chebyshev nodes of
     [0, 4], reweighted by 1/Q (Sanathanan-Koerner iterations); max relative error 4e-7.
     """
-    xc = F32(-4.0) if x < F32(-4.0) else x
-    xc = F32(4.0) if xc > F32(4.0) else xc
+    xc = min(max(x, F32(-4.0)), F32(4.0))
     u = xc * xc
     p = F32(1.9099443277e-08)
     p = p * u - F32(1.9220654498e-06)
@@ -141,8 +167,7 @@ def erf_f32(x):
     q = q * u + F32(5.1386704153e-01)
     q = q * u + _ONE
     y = xc * p / q
-    y = _ONE if y > _ONE else y  # the fit overshoots 1 by up to 4e-7 near the clamp
-    return -_ONE if y < -_ONE else y
+    return max(min(y, _ONE), -_ONE)  # the fit overshoots 1 by up to 4e-7 near the clamp
 
 
 @njit(inline="always")
@@ -164,7 +189,7 @@ def log1p_f32(x):
 
 @njit(inline="always")
 def expm1_f32(x):
-    """exp(x) - 1: the degree-9 Taylor polynomial below |x| = 0.5, exp(x) - 1 above."""
+    """exp(x) - 1: the degree-9 Taylor polynomial below |x| = 0.7 (its error there is 8e-9), exp(x) - 1 above."""
     p = F32(1.0 / 362880.0)
     p = p * x + F32(1.0 / 40320.0)
     p = p * x + F32(1.0 / 5040.0)
@@ -174,34 +199,54 @@ def expm1_f32(x):
     p = p * x + F32(1.0 / 6.0)
     p = p * x + _HALF
     small = (p * x) * x + x
-    return small if abs(x) < _HALF else exp_f32(x) - _ONE
-
-
-_SQRT1_2 = F32(0.70710678118654752)
-_SQRT_2_PI = F32(0.79788456080286536)
-_GELU_CUBIC = F32(0.044715)
+    return small if abs(x) < F32(0.7) else exp_f32(x) - _ONE
 
 
 @njit(inline="always")
 def gelu_f32(x):
-    """Exact GELU: x/2 (1 + erf(x / sqrt 2))."""
-    return _HALF * x * (_ONE + erf_f32(x * _SQRT1_2))
+    """Exact GELU x Phi(x), Phi(x) = 1/2 + x P(u) / Q(u) with u = min(x^2, 5.25^2), clipped to [0, 1].
+
+    P (degree 4) and Q (degree 5, monic) fit (erf(x / sqrt 2) / 2) / x on [0, 5.25] (Sanathanan-Koerner
+    iterations with Lawson weights) to 14% of the GELU error budget 1e-6 + 2e-5 |gelu(x)|; float32
+    rounding of 1/2 + x P/Q, which cancels for x < 0, makes most of the rest. Beyond |x| = 5.25 only u
+    is clamped: x P/Q keeps growing past +-1/2, so the clip gives Phi exactly 0 or 1 there, and
+    gelu(-inf) is NaN (-inf * 0) as in PyTorch.
+    """
+    u = min(x * x, F32(27.5625))
+    p = F32(1.2237015e+01)
+    p = p * u + F32(6.6204804e+02)
+    p = p * u + F32(8.509502e+03)
+    p = p * u + F32(8.526399e+04)
+    p = p * u + F32(4.991191e+05)
+    q = u + F32(2.4455041e+02)
+    q = q * u + F32(4.852465e+03)
+    q = q * u + F32(6.05109043e+04)
+    q = q * u + F32(4.2216846e+05)
+    q = q * u + F32(1.251127e+06)
+    return x * min(max(p / q * x + _HALF, _ZERO), _ONE)
 
 
 @njit(inline="always")
 def gelu_tanh_f32(x):
-    """Tanh GELU: x/2 (1 + tanh(z)) with z = sqrt(2/pi) (x + 0.044715 x^3), computed as x / (1 + exp(-2z)).
-
-    The identity 1 + tanh(z) = 2 sigmoid(2z) needs one exp and one division and no branch on |z|
-    (exp overflowing to inf gives exactly -0 for very negative x).
-    """
-    z = _SQRT_2_PI * (x + _GELU_CUBIC * x * x * x)
-    return x / (_ONE + exp_f32(-(z + z)))
+    """Tanh GELU x (1 + tanh(z)) / 2 with z = sqrt(2/pi) (x + 0.044715 x^3), in the form of `gelu_f32`
+    (no exp, no tanh): P (degree 4) and Q (degree 5, monic) fit tanh(z) / (2 x) on [0, 5]."""
+    u = min(x * x, F32(25.0))
+    p = F32(1.08031564e+01)
+    p = p * u + F32(4.339735e+02)
+    p = p * u + F32(8.0957543e+03)
+    p = p * u + F32(8.5130085e+04)
+    p = p * u + F32(8.121594e+05)
+    q = u + F32(1.84806586e+02)
+    q = q * u + F32(3.45217636e+03)
+    q = q * u + F32(6.1154384e+04)
+    q = q * u + F32(5.5430204e+05)
+    q = q * u + F32(2.03580116e+06)
+    return x * min(max(p / q * x + _HALF, _ZERO), _ONE)
 
 
 @njit(inline="always")
 def silu_f32(x):
-    """x * sigmoid(x)."""
+    """x * sigmoid(x) as x / (1 + exp(-x)): one exp and one division."""
     return x / (_ONE + exp_f32(-x))
 
 

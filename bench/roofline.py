@@ -27,6 +27,10 @@ CHAINS: dict[str, tuple[str, int]] = {
     "relu(x+y)": ("%0: f32[{n}] = add(%x, %y)\n      %1: f32[{n}] = relu(%0)\n      return %1", 2),
     "x*a+b": ("%0: f32[{n}] = mul(%x, %a)\n      %1: f32[{n}] = add(%0, %b)\n      return %1", 1),
     "sigmoid(x)*y": ("%0: f32[{n}] = sigmoid(%x)\n      %1: f32[{n}] = mul(%0, %y)\n      return %1", 2),
+    "silu(x)*y": ("%0: f32[{n}] = silu(%x)\n      %1: f32[{n}] = mul(%0, %y)\n      return %1", 2),
+    "silu(x)": ("%0: f32[{n}] = silu(%x)\n      return %0", 1),
+    "tanh(x)": ("%0: f32[{n}] = tanh(%x)\n      return %0", 1),
+    "exp(x)": ("%0: f32[{n}] = exp(%x)\n      return %0", 1),
 }
 
 
