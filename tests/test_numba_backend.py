@@ -333,9 +333,9 @@ def test_second_process_loads_kernels_from_the_disk_cache(tmp_path: Path) -> Non
     runs = [subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout.split()
             for _ in range(2)]
     assert list(tmp_path.glob("k_*.py"))
-    (cold, cold_hits, cold_misses), (warm, warm_hits, warm_misses) = runs
-    assert (cold_hits, cold_misses, warm_hits, warm_misses) == ("0", "1", "1", "0")
-    assert float(warm) < float(cold) / 2, runs
+    # Cache hits and misses, not seconds: a timed assertion fails on a loaded machine (it did, in CI).
+    (_, cold_hits, cold_misses), (_, warm_hits, warm_misses) = runs
+    assert (cold_hits, cold_misses, warm_hits, warm_misses) == ("0", "1", "1", "0"), runs
 
 
 def test_trailing_reduction_of_a_constant_runs() -> None:
