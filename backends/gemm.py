@@ -14,11 +14,12 @@ a region; `choose_plan` times them on the region's shapes and keeps the fastest.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from ..ir import DType, Graph, Node, Value, get_op
 from .ort_gemm import ort_product_call
@@ -99,6 +100,9 @@ def product_call(node: Node, post_op: tuple[str, str] | None = None, use_onednn:
 
         return Product(conv_reference, f"F.conv{spatial}d(x, w, b, {stride}, {padding}, {dilation}, {groups})")
     fn = torch.matmul if node.op == "matmul" else torch.bmm
+    if any(v.type.rank < 2 for v in node.inputs):
+        # torch.matmul computes a vector operand as a matrix and resizes a given `out` to that shape.
+        return Product(lambda a, b, _, out=None: fn(a, b), f"torch.{fn.__name__}(a, b)")
 
     def product(a: torch.Tensor, b: torch.Tensor, _: None, out: torch.Tensor | None = None) -> torch.Tensor:
         return fn(a, b, out=out)
@@ -107,15 +111,21 @@ def product_call(node: Node, post_op: tuple[str, str] | None = None, use_onednn:
 
 
 def mkl_linear(node: Node) -> Product:
-    """`linear` through MKL: `torch.addmm`/`torch.mm` into `out` for a 2-D input, else `F.linear`."""
-    if node.inputs[0].type.rank != 2:
-        return Product(lambda x, w, b, out=None: F.linear(x, w, b), "F.linear(x, w, b)")
+    """`linear` through MKL: `torch.addmm` (`torch.mm` without a bias) on the input viewed as rows, into `out`."""
+    x_shape = node.inputs[0].type.static_shape()
+    rows, k = math.prod(x_shape[:-1]), x_shape[-1]
+    n = node.outputs[0].type.static_shape()[-1]
 
     def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None
                ) -> torch.Tensor:
-        return torch.mm(x, w.t(), out=out) if b is None else torch.addmm(b, x, w.t(), out=out)
+        x2 = x.reshape(rows, k)
+        y2 = None if out is None else out.view(rows, n)
+        y2 = torch.mm(x2, w.t(), out=y2) if b is None else torch.addmm(b, x2, w.t(), out=y2)
+        return y2.view(out_shape) if out is None else out
 
-    return Product(linear, "torch.addmm(b, x, w.t(), out=out)", writes_out=True)
+    out_shape = tuple(node.outputs[0].type.static_shape())
+    return Product(linear, "torch.addmm(b, x, w.t(), out=out)" if len(node.inputs) > 2 else
+                   "torch.mm(x, w.t(), out=out)", writes_out=True)
 
 
 def library_products(node: Node) -> list[Product]:
@@ -135,32 +145,51 @@ def library_products(node: Node) -> list[Product]:
 
 # Measured choices, per (options, operand shapes, threads) in this process: timing is a property of the machine.
 _CHOICES: dict[tuple, int] = {}
+# Products take milliseconds at most and are timed with cold caches (see timing.py): a few turns each.
+PLAN_BUDGET_S = 0.05
 
 
-def choose_plan(plan: GemmPlan, epilogue_seconds: Callable[[GemmPlan, torch.Tensor], float],
+def choose_plan(plan: GemmPlan, epilogue_call: Callable[[GemmPlan], Callable[[torch.Tensor], object]],
                 choices: dict[tuple, int] = _CHOICES) -> GemmPlan:
-    """The fastest of `plan.options`, timed on random operands of the region's shapes, the options
-    taking turns (`timing.fastest_runs`), and remembered in `choices`.
-
-    `epilogue_seconds(option, product)` times an option's Numba epilogue on its product; it is only
-    asked for when options differ in whether they have one.
+    """The fastest of `plan.options`, each timed as it runs in a model: its product into a preallocated
+    output, then its epilogue (`epilogue_call(option)` applies the option's Numba epilogue to a product),
+    on random operands of the region's shapes with the caches flushed before each run, the options
+    taking turns (`timing.fastest_runs`); remembered in `choices`.
     """
     options = plan.options
     if len(options) == 1:
         return plan
-    key = (tuple(o.product.text for o in options),
+    key = (tuple(o.product.text for o in options), tuple(_signature(o.epilogue) for o in options),
            tuple(tuple(v.type.static_shape()) if v is not None else None for o in options for v in o.operands),
            torch.get_num_threads())
     if key not in choices:
-        operands = [_examples(option) for option in options]
-        seconds = fastest_runs({i: (lambda o=option, a=args: o.product.call(*a))
-                                for i, (option, args) in enumerate(zip(options, operands, strict=True))})
-        if len({o.epilogue is None for o in options}) > 1:
-            for i, option in enumerate(options):
-                if option.epilogue is not None:
-                    seconds[i] += epilogue_seconds(option, option.product.call(*operands[i]))
+        epilogues: dict[int, Callable[[torch.Tensor], object]] = {}
+        runs = {}
+        for i, option in enumerate(options):
+            args = _examples(option)
+            out = torch.empty(option.product_node.outputs[0].type.static_shape(),
+                              dtype=option.product_node.outputs[0].type.dtype.torch)
+            if option.epilogue is None:
+                runs[i] = partial(option.product.call, *args, out)
+                continue
+            if id(option.epilogue) not in epilogues:
+                epilogues[id(option.epilogue)] = epilogue_call(option)
+            runs[i] = partial(_then, option.product.call, args, out, epilogues[id(option.epilogue)])
+        seconds = fastest_runs(runs, PLAN_BUDGET_S, evict=True)
         choices[key] = min(seconds, key=seconds.__getitem__)
     return options[choices[key]]
+
+
+def _then(product: Callable[..., torch.Tensor], args: list[torch.Tensor | None], out: torch.Tensor,
+          epilogue: Callable[[torch.Tensor], object]) -> None:
+    epilogue(product(*args, out))
+
+
+def _signature(graph: Graph | None) -> tuple:
+    """What timing depends on in an epilogue: its ops with their operand types and attributes."""
+    if graph is None:
+        return ()
+    return tuple((n.op, tuple(str(v.type) for v in n.inputs), repr(sorted(n.attrs.items()))) for n in graph.nodes)
 
 
 def _examples(option: GemmPlan) -> list[torch.Tensor | None]:
@@ -197,6 +226,8 @@ class GemmPlan:
 
 def plan_gemm(body: Graph) -> GemmPlan:
     """Split a gemm region body; the plan's `alternatives` compute it with other library calls.
+    A linear with a bias and an epilogue may also leave its bias to the epilogue, which passes over the
+    product anyway (the libraries add a bias by copying it into the output first: one more pass).
     Raises ValueError when the body is not a product plus epilogue."""
     plan = _preferred_plan(body)
     node = plan.product_node
@@ -205,7 +236,27 @@ def plan_gemm(body: Graph) -> GemmPlan:
     for product in library_products(node):
         if product.text != plan.product.text:
             plan.alternatives.append(GemmPlan(product, node, bare, epilogue))
+    if node.op == "linear" and len(node.inputs) > 2 and epilogue is not None:
+        unbiased = _without_bias(node)
+        moved = _epilogue_graph(body, node, bias=node.inputs[2])
+        products = [mkl_linear(unbiased)]
+        if (found := ort_product_call(unbiased)) is not None:
+            products.append(Product(found[0], found[1], writes_out=True))
+        for product in products:
+            product.text += "; bias in the epilogue"
+            plan.alternatives.append(GemmPlan(product, node, [*node.inputs[:2], None], moved))
     return plan
+
+
+def _without_bias(node: Node) -> Node:
+    """A copy of linear `node` without its bias, in a graph of its own (its weight stays a constant)."""
+    graph = Graph("product")
+    x, w = node.inputs[:2]
+    operands = [graph.add_input(x.name, x.type),
+                graph.add_constant(w.name, w.const) if w.const is not None else graph.add_input(w.name, w.type)]
+    copy = graph.add_node(node.op, operands, node.attrs, output_types=[node.outputs[0].type])
+    graph.set_outputs(copy.outputs)
+    return copy
 
 
 def _preferred_plan(body: Graph) -> GemmPlan:
@@ -267,14 +318,21 @@ def _onednn_epilogue(body: Graph, node: Node, bias: Value | None
     return fused, post_op, bias
 
 
-def _epilogue_graph(body: Graph, node: Node) -> Graph:
-    """The body without its product node; the product is the epilogue's first input."""
+def _epilogue_graph(body: Graph, node: Node, bias: Value | None = None) -> Graph:
+    """The body without its product node; the product is the epilogue's first input. With `bias`, the
+    epilogue first adds it to the product (computed without it)."""
     epi = Graph(f"{body.name}_epilogue")
-    mapping = {id(node.outputs[0]): epi.add_input(node.outputs[0].name, node.outputs[0].type)}
-    used = {id(v) for n in body.nodes[1:] for v in n.inputs} | {id(v) for v in body.outputs}
+    product = epi.add_input(node.outputs[0].name, node.outputs[0].type)
+    mapping = {id(node.outputs[0]): product}
+    used = {id(v) for n in body.nodes[1:] for v in n.inputs} | {id(v) for v in body.outputs} | {id(bias)}
     for value in body.inputs:
         if id(value) in used:
             mapping[id(value)] = epi.add_input(value.name, value.type)
+    if bias is not None:
+        if id(bias) not in mapping:
+            mapping[id(bias)] = epi.add_constant(bias.name, bias.const)
+        biased = epi.add_node("add", [product, mapping[id(bias)]], output_types=[product.type])
+        mapping[id(node.outputs[0])] = biased.outputs[0]
     for n in body.nodes[1:]:
         for value in n.inputs:
             if value.const is not None and id(value) not in mapping:

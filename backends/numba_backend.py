@@ -9,11 +9,13 @@ lookups, other pooling and attention (of any dtype) run through PyTorch inside i
 (`_LIBRARY_KINDS`). Consecutive convolutions (with their fused epilogues, and the pools they feed) may
 run as one ONNX Runtime session that keeps its blocked layout inside, where that is measured faster
 than running them one by one (ort_conv.py); a convolution that runs fastest by Winograd's method
-(winograd.py) stays out of them. Float16/bfloat16 compute
+(winograd.py) stays out of them. The views around an attention over a packed Q/K/V product may run
+with it as one ONNX Runtime session, where measured faster (ort_attention.py). Float16/bfloat16 compute
 (slower than float32 on AVX2 CPUs without native half arithmetic) and symbolic shapes are left to the
 next backend. A partition compiles to Python glue that calls one kernel per node; each kernel takes its
 operands and an optional `out=` list of preallocated contiguous outputs, and calls the compiled
-loop through ctypes with the tensors' addresses:
+loop through ctypes with the tensors' addresses (the values that stay inside the partition live in
+buffers made once per instance, which kernels then get as constant addresses: partition_glue.py):
 
     def numba_0(x, out=None):
         [v1] = region_1(x, out=out)
@@ -40,8 +42,9 @@ import importlib.util
 import math
 import os
 import sys
-import time
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,9 +53,11 @@ import torch
 
 from ..ir import DType, Graph, Node, TensorType, Value, get_op
 from ..ir.ops.registry import as_outputs
+from .arena import VIEW_OPS, StepIO, plan_arena, typed
 from .base import Backend, Kernel
 from .codegen import Namer, load_function, py_literal, python_name
 from .gemm import GemmPlan, choose_plan, plan_gemm, supports_product
+from .library_glue import take_source, view_expression
 from .numba_codegen import (
     REDUCE_OPS,
     ROW_OPS,
@@ -64,7 +69,9 @@ from .numba_codegen import (
     pointer_entry,
 )
 from .numba_pool import max_pool_source, supports_max_pool
+from .ort_attention import PackedAttention, choose_packed_attention, find_packed_attention
 from .ort_conv import Chain, chain_member, chain_runs, choose_chains
+from .partition_glue import Step, partition_source
 from .winograd import WINOGRAD
 
 _REGION_KINDS = ("elementwise", "reduction", "gemm")
@@ -106,33 +113,43 @@ class NumbaBackend(Backend):
         return True
 
     def compile(self, partition: Graph) -> Kernel:
-        namer = Namer(["torch", "contiguous_out", "out", "DType", "as_outputs"])
+        namer = Namer(["torch", "contiguous_out", "out", "DType", "as_outputs", "typed", "buffers", "run"])
         namespace: dict[str, Any] = {"torch": torch, "contiguous_out": contiguous_out}
-        steps: list[_Step] = []
-        products: dict[str, str] = {}
+        steps: list[Step] = []
         for node in partition.nodes:
             body, kind = _region_of(node)
             name = namer.reserve(python_name(f"region_{node.outputs[0].name}"))
-            glue, kernels, accepts_out = self._compile_region(body, kind, name, namer, namespace, products)
+            region = self._compile_region(body, kind, name, namer, namespace)
+            glue = region.glue
             if [v.type for v in body.outputs] != [v.type for v in node.outputs]:
                 glue = _reshaping_outputs(glue, name, node, namer)
             # A region body takes the node's non-constant operands (see `_with_constant_operands`); a
             # one-node body takes the distinct ones.
             operands = [v for v in (node.inputs if node.op == "fused" else dict.fromkeys(node.inputs))
                         if v.const is None]
-            steps.append(_Step(name, [node], operands, list(node.outputs), accepts_out, glue, kernels,
-                               products.get(name, "")))
+            library = kind == "library"
+            steps.append(Step(name, [node], operands, list(node.outputs), region.takes_out, glue, region.kernels,
+                              region.product, library, library and node.op in VIEW_OPS, region.direct))
         for value in partition.constants.values():
             namespace[namer(value)] = value.const
         if self.conv_chains is not False and any(map(chain_member, partition.nodes)):
             steps = self._chains(partition, steps, namespace, namer)
+        if any(node.op == "scaled_dot_product_attention" for node in partition.nodes):
+            steps = self._packed_attention(partition, steps, namespace, namer)
         sources = [step.source for step in steps]
         function = python_name(partition.name)
         # A library product that cannot write into `out=` makes its own output; copying it into a pooled
         # buffer would cost more than the pool saves, so then the partition takes no `out=` at all.
         producer = {id(v): step for step in steps for v in step.outputs}
         accepts_out = all(producer[id(v)].takes_out for v in partition.outputs if id(v) in producer)
-        source = _partition_source(partition, function, namer, steps, accepts_out)
+        if steps:  # planning runs the view steps
+            load_function("\n\n".join(sources), namespace, steps[0].name)
+        plan = plan_arena([StepIO(s.inputs, s.outputs, s.takes_out, s.library, s.view) for s in steps],
+                          partition.outputs, lambda i, tensors: namespace[steps[i].name](*tensors))
+        for suffix in ("_instance", "_plan", "_idle"):
+            namer.reserve(function + suffix)
+        namespace.update({f"{function}_plan": plan, f"{function}_idle": [], "typed": typed})
+        source = partition_source(partition, function, namer, steps, accepts_out, plan)
         fn = load_function("\n\n".join([source, *sources]), namespace, function)
         fn.source = "\n\n".join([source, *sources, *(kernel for step in steps for kernel in step.kernels)])
         fn.accepts_out = accepts_out
@@ -143,8 +160,8 @@ class NumbaBackend(Backend):
         fn.inplace_safe = len(kinds) == 1 and kinds[0] == "elementwise"
         return fn
 
-    def _chains(self, partition: Graph, steps: list[_Step], namespace: dict[str, Any], namer: Namer
-                ) -> list[_Step]:
+    def _chains(self, partition: Graph, steps: list[Step], namespace: dict[str, Any], namer: Namer
+                ) -> list[Step]:
         """`steps` with runs of convolutions replaced by ONNX Runtime sessions (see ort_conv.py) where that
         is measured faster than running their nodes one by one."""
         step_of = {id(step.nodes[0]): step for step in steps}
@@ -168,16 +185,52 @@ class NumbaBackend(Backend):
                 namespace[f"{name}_session"] = chain.call
                 first = steps.index(step_of[id(chain.nodes[0])])
                 steps[first:first + len(chain.nodes)] = [
-                    _Step(name, chain.nodes, _outer(chain.nodes, chain.graph.inputs),
-                          _outer(chain.nodes, chain.graph.outputs), True, _chain_source(name, chain))]
+                    Step(name, chain.nodes, _outer(chain.nodes, chain.graph.inputs),
+                         _outer(chain.nodes, chain.graph.outputs), True, _chain_source(name, chain))]
         return steps
 
-    def _compile_region(self, body: Graph, kind: str, name: str, namer: Namer, namespace: dict[str, Any],
-                        products: dict[str, str] | None = None) -> tuple[str, list[str], bool]:
-        """Glue source for one region, the kernel sources it calls and whether it writes into `out=`;
-        loads the kernels into `namespace`. A gemm region's chosen product goes to `products[name]`."""
+    def _packed_attention(self, partition: Graph, steps: list[Step], namespace: dict[str, Any], namer: Namer
+                          ) -> list[Step]:
+        """`steps` with the view chains around an attention over a packed Q/K/V product replaced by one ONNX
+        Runtime session (see ort_attention.py) where that is measured faster than their steps one by one."""
+        step_of = {id(step.nodes[0]): step for step in steps if len(step.nodes) == 1}
+        chains = [chain for chain in find_packed_attention(partition.nodes, partition.is_output)
+                  if all(id(node) in step_of for node in chain.nodes)]
+        if chains:  # the steps' glue, to time the chains step by step
+            load_function("\n\n".join(step.source for step in steps), namespace, steps[0].name)
+        for chain in chains:
+            members = [step_of[id(node)] for node in chain.nodes]
+
+            def one_by_one(qkv: torch.Tensor, chain: PackedAttention = chain, members: list[Step] = members
+                           ) -> torch.Tensor:
+                values = {id(chain.qkv): qkv}
+                for step in members:
+                    results = namespace[step.name](*(values[id(v)] for v in step.inputs))
+                    values.update(zip(map(id, step.outputs), results, strict=True))
+                return values[id(chain.output)]
+
+            call = choose_packed_attention(chain, one_by_one)
+            if call is None:
+                continue
+            name = namer.reserve(python_name(f"attention_{chain.output.name}"))
+            namespace[f"{name}_session"] = call
+            ops = ", ".join(f"{op} x{n}" if n > 1 else op
+                            for op, n in Counter(node.op for node in chain.nodes).items())
+            source = (f"def {name}(a0, out=None):\n"
+                      f"    # onnxruntime MultiHeadAttention, {chain.describe()}, measured faster than: {ops}\n"
+                      f"    return {name}_session(a0, out=out)\n")
+            gone = {id(step) for step in members}
+            at = max(steps.index(step) for step in members)
+            steps = ([step for step in steps[:at] if id(step) not in gone]
+                     + [Step(name, chain.nodes, [chain.qkv], [chain.output], True, source)]
+                     + [step for step in steps[at + 1:] if id(step) not in gone])
+        return steps
+
+    def _compile_region(self, body: Graph, kind: str, name: str, namer: Namer, namespace: dict[str, Any]
+                        ) -> _Region:
+        """Glue source for one region and the kernel sources it calls; loads the kernels into `namespace`."""
         if kind == "gemm":
-            return self._compile_gemm(body, name, namer, namespace, {} if products is None else products)
+            return self._compile_gemm(body, name, namer, namespace)
         if kind == "quant":
             from .quant_gemm import choose_quant_plan
 
@@ -187,6 +240,8 @@ class NumbaBackend(Backend):
 
             return _compile_planned(body, name, namer, namespace, choose_attention_plan(body.nodes[0]), 6)
         if kind == "library":
+            if body.nodes[0].op == "take":
+                return _compile_take(body, name, namer, namespace)
             return _compile_library(body, name, namer, namespace)
         kernel_name = namer.reserve(f"k_{name}")
         if kind == "pool":
@@ -220,12 +275,13 @@ class NumbaBackend(Backend):
         call = f"{kernel_name}({', '.join(args)})"
         lines.append(f"    {call}" if numel else f"    # empty iteration space: no kernel call ({call})")
         lines.append(f"    return [{', '.join(outs)}]")
-        return "\n".join(lines) + "\n", [kernel_src, entry_src], True
+        template: list[tuple[str, int | str]] = [("a", i) for i in range(len(params))]
+        template += [("c", c) for c in const_names] + [("o", j) for j in range(len(outs))]
+        return _Region("\n".join(lines) + "\n", [kernel_src, entry_src], True,
+                       direct=(kernel_name, template) if numel else None)
 
-    def _compile_gemm(self, body: Graph, name: str, namer: Namer, namespace: dict[str, Any],
-                      products: dict[str, str]) -> tuple[str, list[str], bool]:
-        plan: GemmPlan = choose_plan(_compilable(plan_gemm(body)), self._epilogue_seconds)
-        products[name] = plan.product.text
+    def _compile_gemm(self, body: Graph, name: str, namer: Namer, namespace: dict[str, Any]) -> _Region:
+        plan: GemmPlan = choose_plan(_compilable(plan_gemm(body)), self._epilogue_call)
         product_name = namer.reserve(f"{name}_product")
         namespace[product_name] = plan.product.call
         index = {id(v): f"a{i}" for i, v in enumerate(body.inputs)}
@@ -243,44 +299,45 @@ class NumbaBackend(Backend):
                 operands[-1] += ".reshape(-1)"  # a conv bias add broadcasts a [C, 1, 1] tensor
         params = [f"a{i}" for i in range(len(body.inputs))]
         lines = [f"def {name}({', '.join([*params, 'out=None'])}):",
-                 f"    # {plan.product_node.op}: {plan.product.text}",
-                 f"    p = {product_name}({', '.join(operands)})"]
-        kernels: list[str] = []
+                 f"    # {plan.product_node.op}: {plan.product.text}"]
         if plan.epilogue is None:
             if plan.product.writes_out:
                 operands.append("None if out is None else out[0]")
-            lines[-1] = f"    return [{product_name}({', '.join(operands)})]"
-            return "\n".join(lines) + "\n", kernels, plan.product.writes_out
+            lines.append(f"    return [{product_name}({', '.join(operands)})]")
+            return _Region("\n".join(lines) + "\n", [], plan.product.writes_out, plan.product.text)
         epilogue_name = namer.reserve(f"{name}_epilogue")
-        glue, kernels, _ = self._compile_region(plan.epilogue, "elementwise", epilogue_name, namer, namespace)
-        lines.insert(0, glue)
+        epilogue = self._compile_region(plan.epilogue, "elementwise", epilogue_name, namer, namespace)
         epi_args = ["p"] + [index[id(v)] for v in _epilogue_operands(body, plan)]
         product = plan.epilogue.inputs[0]
-        # The product dies here; the first output may reuse its memory when it has its type.
+        # The product dies here; the first output may reuse its memory when it has its type: a library
+        # that writes into a given tensor then writes into the output (the same address every call, so
+        # ONNX Runtime keeps its binding) and the epilogue runs over it in place.
         in_place = (not body.is_output(plan.product_node.outputs[0])
                     and plan.epilogue.outputs[0].type == product.type and len(body.outputs) == 1)
-        default_out = "[p]" if in_place else "None"
-        lines.append(f"    return {epilogue_name}({', '.join(epi_args)}, out=out if out is not None "
-                     f"else {default_out})")
-        return "\n".join(lines) + "\n", kernels, True
+        if in_place and plan.product.writes_out:
+            operands.append("None if out is None else out[0]")
+            epilogue_out = "[p]"
+        else:
+            epilogue_out = f"out if out is not None else {'[p]' if in_place else 'None'}"
+        lines.append(f"    p = {product_name}({', '.join(operands)})")
+        lines.append(f"    return {epilogue_name}({', '.join(epi_args)}, out={epilogue_out})")
+        return _Region(epilogue.glue + "\n" + "\n".join(lines) + "\n", epilogue.kernels, True, plan.product.text)
 
-    def _epilogue_seconds(self, option: GemmPlan, product: torch.Tensor) -> float:
-        """The time `option`'s epilogue kernel takes on `product` (in place, as the glue runs it)."""
+    def _epilogue_call(self, option: GemmPlan) -> Callable[[torch.Tensor], object]:
+        """`call(product)` running `option`'s epilogue kernel on a product (in place, as the glue runs it),
+        on random operands, for timing the option."""
         assert option.epilogue is not None
         namespace: dict[str, Any] = {"torch": torch, "contiguous_out": contiguous_out}
-        glue, _, _ = self._compile_region(option.epilogue, "elementwise", "epilogue",
+        region = self._compile_region(option.epilogue, "elementwise", "epilogue",
                                       Namer(["torch", "contiguous_out", "out"]), namespace)
-        epilogue = load_function(glue, namespace, "epilogue")
-        args = [product] + [torch.randn(v.type.static_shape()).to(v.type.dtype.torch)
-                            for v in option.epilogue.inputs[1:]]
-        out = [product] if option.epilogue.outputs[0].type == option.epilogue.inputs[0].type else None
-        epilogue(*args, out=out)
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            epilogue(*args, out=out)
-            best = min(best, time.perf_counter() - start)
-        return best
+        epilogue = load_function(region.glue, namespace, "epilogue")
+        args = [torch.randn(v.type.static_shape()).to(v.type.dtype.torch) for v in option.epilogue.inputs[1:]]
+        in_place = option.epilogue.outputs[0].type == option.epilogue.inputs[0].type
+
+        def call(product: torch.Tensor) -> object:
+            return epilogue(product, *args, out=[product] if in_place else None)
+
+        return call
 
     def _load_module(self, sources: tuple[str, str]) -> Any:
         """The ctypes entry of the module holding `sources`, a kernel `kernel` and its C-callable entry
@@ -417,7 +474,7 @@ def _operand_names(body: Graph, name: str, namer: Namer, namespace: dict[str, An
 
 
 def _compile_planned(body: Graph, name: str, namer: Namer, namespace: dict[str, Any], plan: Any,
-                     arity: int) -> tuple[str, list[str], bool]:
+                     arity: int) -> _Region:
     """Glue for a one-node region run by `plan` (a quant_gemm or numba_attention plan, measured fastest on its
     shapes): `plan.call(operands..., out=)` with absent optional operands passed as None up to `arity`."""
     node = body.nodes[0]
@@ -428,7 +485,7 @@ def _compile_planned(body: Graph, name: str, namer: Namer, namespace: dict[str, 
     source = (f"def {name}({', '.join([*params, 'out=None'])}):\n"
               f"    # {node.op}: {plan.text}\n"
               f"    return [{call_name}({', '.join(operands)}, out=None if out is None else contiguous_out(out)[0])]\n")
-    return source, [], True
+    return _Region(source, [], True)
 
 
 def _collapsed_reduction(node: Node) -> Graph | None:
@@ -463,10 +520,14 @@ def _reshaping_outputs(glue: str, name: str, node: Node, namer: Namer) -> str:
             f"\ndef {name}({params}):\n    [{targets}] = {inner}({call_args})\n    return [{results}]\n")
 
 
-def _compile_library(body: Graph, name: str, namer: Namer, namespace: dict[str, Any]
-                     ) -> tuple[str, list[str], bool]:
-    """Glue that calls the op's PyTorch implementation (see `_LIBRARY_KINDS`); it makes its own outputs."""
+def _compile_library(body: Graph, name: str, namer: Namer, namespace: dict[str, Any]) -> _Region:
+    """Glue that calls the op's PyTorch implementation (see `_LIBRARY_KINDS`); it makes its own outputs.
+    A view op on a run-time operand is one tensor method call (see `library_glue.view_expression`)."""
     node = body.nodes[0]
+    if node.inputs[0].const is None and (expression := view_expression(node)) is not None:
+        params = [f"a{i}" for i in range(len(body.inputs))]
+        source = f"def {name}({', '.join([*params, 'out=None'])}):\n    return {expression}\n"
+        return _Region(source, [], False)
     function = namer.reserve(f"{name}_{node.op}")
     namespace.update({function: get_op(node.op).reference, "DType": DType, "as_outputs": as_outputs})
     args = _operand_names(body, name, namer, namespace)
@@ -474,7 +535,15 @@ def _compile_library(body: Graph, name: str, namer: Namer, namespace: dict[str, 
     params = [f"a{i}" for i in range(len(body.inputs))]
     source = (f"def {name}({', '.join([*params, 'out=None'])}):\n"
               f"    return as_outputs({function}({', '.join(args)}))\n")
-    return source, [], False
+    return _Region(source, [], False)
+
+
+def _compile_take(body: Graph, name: str, namer: Namer, namespace: dict[str, Any]) -> _Region:
+    """Glue for `take` (see `library_glue.take_source`); it writes into `out=`."""
+    function = namer.reserve(f"{name}_take")
+    namespace[function] = get_op("take").reference
+    table, index = _operand_names(body, name, namer, namespace)
+    return _Region(take_source(body.nodes[0], name, table, index, function), [], True)
 
 
 def _check_region(body: Graph, kind: str) -> None:
@@ -505,20 +574,15 @@ def _single_node_body(node: Node) -> Graph:
 
 
 @dataclass
-class _Step:
-    """One call in a partition's function: a region's glue, or a chain's session, computing `nodes`.
-    `inputs` are the partition values it is called with, `outputs` those it returns; `source` is its
-    glue and `kernels` the sources of the Numba kernels that calls; `product` says which library call a
-    gemm region makes (see gemm.py)."""
+class _Region:
+    """A compiled region: its glue, the sources of the kernels that calls, whether it writes into `out=`,
+    the library call a gemm region makes, and the kernel a one-kernel region calls (see `Step.direct`)."""
 
-    name: str
-    nodes: list[Node]
-    inputs: list[Value]
-    outputs: list[Value]
+    glue: str
+    kernels: list[str]
     takes_out: bool
-    source: str
-    kernels: list[str] = field(default_factory=list)
     product: str = ""
+    direct: tuple[str, list[tuple[str, int | str]]] | None = None
 
 
 def _outer(nodes: list[Node], values: list[Value]) -> list[Value]:
@@ -535,30 +599,3 @@ def _chain_source(name: str, chain: Chain) -> str:
     lines += [f"    #   {line}" for line in chain.describe()]
     lines.append(f"    return {name}_session({', '.join([*params, 'out=out'])})")
     return "\n".join(lines) + "\n"
-
-
-def _partition_source(partition: Graph, function: str, namer: Namer, steps: list[_Step], accepts_out: bool) -> str:
-    """`def numba_0(x, out=None)`: call each step; with `accepts_out`, outputs of the partition go to `out`
-    through the steps that take it, the others are copied there; without, the function ignores `out`."""
-    outputs = [id(v) for v in partition.outputs]
-    position = {id(v): i for i, v in enumerate(partition.outputs) if outputs.count(id(v)) == 1}
-    lines = [f"def {function}({', '.join([*(namer(v) for v in partition.inputs), 'out=None'])}):"]
-    written: set[int] = set()
-    for step in steps:
-        args = [namer(v) for v in step.inputs]
-        wanted = [position.get(id(v)) for v in step.outputs]
-        targets = ", ".join(namer(v) for v in step.outputs)
-        if all(w is not None for w in wanted) and step.takes_out and accepts_out:
-            buffers = "out" if wanted == list(range(len(outputs))) else f"[{', '.join(f'out[{w}]' for w in wanted)}]"
-            args.append(f"out=None if out is None else {buffers}")
-            written.update(id(v) for v in step.outputs)
-        lines.append(f"    [{targets}] = {step.name}({', '.join(args)})")
-    # Outputs no kernel wrote into `out` directly (returned twice, or beside an internal value) are copied.
-    copies = [(i, v) for i, v in enumerate(partition.outputs) if id(v) not in written] if accepts_out else []
-    if copies:
-        lines.append("    if out is not None:")
-        lines += [f"        out[{i}].copy_({namer(v)})" for i, v in copies]
-        lines.append("        return out")
-    lines.append(f"    return [{', '.join(namer(v) for v in partition.outputs)}]")
-    return "\n".join(lines) + "\n"
-

@@ -17,11 +17,10 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 
 from ..ir import DType, Graph, Node, Value, format_graph
-from .ort_gemm import ort_applies, ort_available
+from .ort_gemm import BoundRuns, ort_applies, ort_available
 from .timing import fastest_runs
 
 try:
@@ -205,22 +204,18 @@ def chain_session(graph: Graph, threads: int | None = None) -> Callable[..., lis
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime's errors (Fail, InvalidGraph, ...) derive from Exception only
         raise ChainUnsupported(f"chain {graph.name}: onnxruntime refused it: {exc}") from exc
-    input_names = [i.name for i in session.get_inputs()]
-    output_names = [o.name for o in session.get_outputs()]
     in_shapes = [tuple(v.type.static_shape()) for v in graph.inputs]
     out_types = [(tuple(v.type.static_shape()), v.type.dtype.torch) for v in graph.outputs]
+    runs = BoundRuns(lambda: session, list(zip([i.name for i in session.get_inputs()], in_shapes, strict=True)),
+                     [(o.name, shape) for o, (shape, _) in zip(session.get_outputs(), out_types, strict=True)])
 
     def call(*inputs: torch.Tensor, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         held = [x.contiguous() for x in inputs]
         results = [torch.empty(shape, dtype=dtype) for shape, dtype in out_types] if out is None else out
-        binding = session.io_binding()
-        for name, shape, x in zip(input_names, in_shapes, held, strict=True):
-            binding.bind_input(name, "cpu", 0, np.float32, shape, x.data_ptr())
-        for name, (shape, _), y in zip(output_names, out_types, results, strict=True):
+        for y in results:
             if not y.is_contiguous():
-                raise ValueError(f"out= buffers must be contiguous, got strides {y.stride()} for {name}")
-            binding.bind_output(name, "cpu", 0, np.float32, shape, y.data_ptr())
-        session.run_with_iobinding(binding)
+                raise ValueError(f"out= buffers must be contiguous, got strides {y.stride()} for shape {list(y.shape)}")
+        runs.run(held, results)
         return results
 
     return call

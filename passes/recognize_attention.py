@@ -1,4 +1,5 @@
-"""recognize-attention: softmax(q @ k^T * scale [+ mask]) @ v becomes `scaled_dot_product_attention`.
+"""recognize-attention: softmax(q @ k^T * scale [+ mask]) @ v becomes `scaled_dot_product_attention`, and
+an attention whose constant mask is the causal triangle becomes `is_causal` (its kernels skip or need no mask).
 
 Run after recognize-softmax: the pattern reads a `softmax` node.
 """
@@ -117,6 +118,34 @@ def _rewrite(m: Match) -> Value:
     return m.call("scaled_dot_product_attention", *operands, scale=scale)
 
 
+def _causal_mask(m: Match) -> str | None:
+    """Why the constant mask of an attention is not the causal triangle (None when it is): a bool mask
+    keeping exactly j <= i, or a float one that adds 0 there and -inf or the dtype's lowest value
+    elsewhere (the same probabilities: exp underflows to 0 either way)."""
+    q, k, mask = m["q"], m["k"], m["mask"]
+    rows, cols = q.type.shape[-2] if q.type.rank >= 2 else None, k.type.shape[-2] if k.type.rank >= 2 else None
+    if not isinstance(rows, int) or not isinstance(cols, int):
+        return "the query or key length is not static"
+    const = mask.const
+    assert const is not None
+    if const.dtype != torch.bool:
+        if not const.is_floating_point() or const.dtype != q.type.dtype.torch:
+            return f"the mask is {mask.type.dtype}, not bool or q's dtype"
+        lowest = torch.finfo(const.dtype).min
+        if not bool(((const == 0) | (const == -math.inf) | (const == lowest)).all()):
+            return "the float mask adds values other than 0 and -inf"
+        const = const == 0
+    if not _is_causal(const, rows, cols):
+        return "the mask is not the causal triangle"
+    return None
+
+
+def _causal(m: Match) -> Value:
+    attrs = m.root.attrs
+    return m.call("scaled_dot_product_attention", m["q"], m["k"], m["v"], is_causal=True, scale=attrs["scale"],
+                  enable_gqa=attrs["enable_gqa"])
+
+
 _scores = Pat("matmul", Pat.var("q"), Pat.var("kt"))
 _scaled = Pat.any(Pat(("mul", "div"), _scores, Pat.const("c"), name="scaled"), _scores)
 _masked = Pat.any(Pat("add", _scaled, Pat.var("mask")),
@@ -125,7 +154,11 @@ _masked = Pat.any(Pat("add", _scaled, Pat.var("mask")),
                   _scaled)
 _attention = Pat("matmul", Pat("softmax", _masked, name="probs"), Pat.var("v"))
 
-RULES = RuleSet([Rule("attention", _attention, _rewrite, _check)])
+_masked_attention = Pat("scaled_dot_product_attention", Pat.var("q"), Pat.var("k"), Pat.var("v"), Pat.const("mask"),
+                        attrs={"is_causal": False})
+
+RULES = RuleSet([Rule("attention", _attention, _rewrite, _check),
+                 Rule("causal-mask", _masked_attention, _causal, _causal_mask)])
 
 
 class RecognizeAttentionPass(PatternPass):
@@ -134,7 +167,8 @@ class RecognizeAttentionPass(PatternPass):
     `/ c` gives scale 1/c. A where-condition must be a constant that masks no whole row (sdpa gives such
     rows 0, the graph NaN); a causal one becomes is_causal, and a finfo.min fill counts as -inf. With an
     additive mask that holds a row of -inf, that row also becomes 0 instead of NaN. A mask of rank below 2
-    (a scalar bias) gets leading unit dims."""
+    (a scalar bias) gets leading unit dims. scaled_dot_product_attention(q, k, v, mask) whose constant mask
+    is the causal triangle (bool, or 0 / -inf) -> scaled_dot_product_attention(q, k, v) {is_causal=true}."""
 
     name = "recognize-attention"
     opt_level = 2

@@ -162,7 +162,7 @@ def test_numba_backend_by_name_claims_compute() -> None:
     with torch.no_grad():
         assert_close_to_eager(cm(*models.mlp_inputs(seed=5)), model(*models.mlp_inputs(seed=5)), rtol=1e-4)
     assert {p.backend.name for p in cm.executable.partitions} == {"numba"}
-    assert "_linear_pointwise" in cm.code or "torch.addmm" in cm.code
+    assert any(call in cm.code for call in ("_linear_pointwise", "torch.addmm", "torch.mm", "onnxruntime Gemm"))
     with pytest.raises(ValueError, match="unknown backend 'tvm'"):
         hp.compile(model, inputs, backends=["tvm"])
 

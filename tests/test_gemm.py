@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from heteropass.backends.gemm import choose_plan, onednn_available, plan_gemm, product_call, supports_product
+from heteropass.backends.gemm import (
+    choose_plan,
+    mkl_linear,
+    onednn_available,
+    plan_gemm,
+    product_call,
+    supports_product,
+)
 from heteropass.ir import parse_graph, run_graph
 
 
@@ -87,7 +96,7 @@ def _bias_gelu_body():
 def test_every_option_computes_the_region() -> None:
     plan = plan_gemm(_bias_gelu_body())
     assert [o.epilogue is None for o in plan.options] == [True, False, False]
-    assert "addmm" in plan.options[-1].product.text
+    assert "torch.mm" in plan.options[-1].product.text
     tensors = {"x": torch.randn(4, 64), "w": torch.randn(32, 64) / 8, "b": torch.randn(32)}
     expected = F.gelu(F.linear(tensors["x"], tensors["w"], tensors["b"]))
     for option in plan.options:
@@ -104,13 +113,13 @@ def test_choose_plan_counts_the_epilogue_of_an_unfused_option() -> None:
     plan = plan_gemm(_bias_gelu_body())
     seen = []
 
-    def slow_epilogue(option, product):
+    def slow_epilogue(option):
         seen.append(option)
-        return 10.0
+        return lambda product: time.sleep(0.005)
 
     chosen = choose_plan(plan, slow_epilogue, choices={})
     assert chosen is plan.options[0] and chosen.epilogue is None
-    assert all(option.epilogue is not None for option in seen)
+    assert seen and all(option.epilogue is not None for option in seen)
 
 
 def test_every_option_of_a_residual_conv_region_with_constant_weights_computes_it() -> None:
@@ -135,3 +144,51 @@ def test_every_option_of_a_residual_conv_region_with_constant_weights_computes_i
         if option.epilogue is not None:
             product = run_graph(option.epilogue, product, *[tensors[v.name] for v in option.epilogue.inputs[1:]])[0]
         torch.testing.assert_close(product, expected, rtol=1e-4, atol=1e-4, msg=option.product.text)
+
+
+def test_a_linear_with_bias_and_epilogue_may_leave_its_bias_to_the_epilogue() -> None:
+    w, b = torch.randn(24, 40) / 6, torch.randn(24)
+    text = """
+    graph region(%x: f32[2,5,40], %r: f32[2,5,24]) -> (f32[2,5,24]) {
+      const %w: f32[24,40]
+      const %b: f32[24]
+      %0: f32[2,5,24] = linear(%x, %w, %b)
+      %1: f32[2,5,24] = add(%0, %r)
+      %2: f32[2,5,24] = tanh(%1)
+      return %2
+    }"""
+    plan = plan_gemm(parse_graph(text, constants={"w": w, "b": b}))
+    moved = [o for o in plan.options if o.product.text.endswith("bias in the epilogue")]
+    assert moved and all(o.operands[2] is None and o.epilogue.nodes[0].op == "add" for o in moved)
+    tensors = {"x": torch.randn(2, 5, 40), "r": torch.randn(2, 5, 24), "w": w, "b": b}
+    expected = torch.tanh(F.linear(tensors["x"], w, b) + tensors["r"])
+    for option in plan.options:
+        out = torch.empty(2, 5, 24)
+        product = option.product.call(*[None if v is None else tensors[v.name] for v in option.operands], out)
+        assert (product is out) is option.product.writes_out
+        if option.epilogue is not None:
+            product = run_graph(option.epilogue, product, *[tensors[v.name] for v in option.epilogue.inputs[1:]])[0]
+        torch.testing.assert_close(product, expected, rtol=1e-4, atol=1e-5, msg=option.product.text)
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (2, 3, 33), (33,)])
+def test_mkl_linear_views_any_input_as_rows_and_writes_into_out(shape: tuple[int, ...]) -> None:
+    x, w, b = torch.randn(shape), torch.randn(9, 33), torch.randn(9)
+    out_shape = (*shape[:-1], 9)
+    node = parse_graph(f"graph m(%x: f32[{','.join(map(str, shape))}], %w: f32[9,33], %b: f32[9]) -> "
+                       f"(f32[{','.join(map(str, out_shape))}]) {{\n"
+                       f"  %0: f32[{','.join(map(str, out_shape))}] = linear(%x, %w, %b)\n  return %0\n}}").nodes[0]
+    product = mkl_linear(node)
+    out = torch.empty(out_shape)
+    assert product.call(x, w, b, out) is out
+    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(product.call(x, w, None), F.linear(x, w), rtol=1e-4, atol=1e-5)
+
+
+def test_a_matmul_with_a_vector_operand_does_not_write_into_out() -> None:
+    node = parse_graph("graph m(%a: f32[4,5], %b: f32[5]) -> (f32[4]) {\n"
+                       "  %0: f32[4] = matmul(%a, %b)\n  return %0\n}").nodes[0]
+    product = product_call(node)
+    a, b = torch.randn(4, 5), torch.randn(5)
+    assert not product.writes_out
+    torch.testing.assert_close(product.call(a, b, None, torch.empty(4)), a @ b)

@@ -1,6 +1,9 @@
-"""ort_gemm.py: products with constant weights through ONNX Runtime match eager PyTorch, write into `out=`."""
+"""ort_gemm.py: products with constant weights through ONNX Runtime match eager PyTorch, write into `out=`,
+and keep their bindings right when the addresses change and when threads call at once."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
@@ -65,3 +68,31 @@ def test_is_one_of_the_timed_library_options() -> None:
     x, w, b = torch.randn(4, 64), torch.randn(40, 64), torch.randn(40)
     texts = [p.text for p in library_products(_node("linear", x, [w, b]))]
     assert any("onnxruntime" in t for t in texts)
+
+
+def test_bindings_follow_new_addresses_and_concurrent_callers() -> None:
+    x, w, b = torch.randn(6, 32), torch.randn(24, 32) / 8, torch.randn(24)
+    call, _ = ort_product_call(_node("linear", x, [w, b]))
+    inputs = [torch.randn(6, 32) for _ in range(3)]
+    outs = [torch.empty(6, 24) for _ in range(2)]
+    for step in range(6):  # the input and the output change address in different patterns
+        x, out = inputs[step % 3], outs[step % 2]
+        assert call(x, w, b, out) is out
+        torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-4, atol=1e-5)
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        try:
+            for _ in range(50):
+                x = torch.randn(6, 32, generator=generator)
+                torch.testing.assert_close(call(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-5)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -175,3 +176,47 @@ def test_scalar_and_vector_masks_get_two_dims() -> None:
       %6: f32[1,2,3,4] = scaled_dot_product_attention(%q, %4, %v, %5) {scale=1.0}
       return %3, %6
     }""", atol=1e-5)
+
+
+@pytest.mark.parametrize("rows, cols", [(4, 4), (3, 5)])
+def test_a_constant_causal_mask_becomes_is_causal(rows: int, cols: int) -> None:
+    keep = str(torch.ones(rows, cols, dtype=torch.bool).tril().tolist()).lower()
+    check_pass(RecognizeAttentionPass(), f"""
+    graph g(%q: f32[2,3,{rows},8], %k: f32[2,3,{cols},8], %v: f32[2,3,{cols},5]) -> (f32[2,3,{rows},5]) {{
+      const %keep: bool[1,1,{rows},{cols}] = [[{keep}]]
+      %0: f32[2,3,{rows},5] = scaled_dot_product_attention(%q, %k, %v, %keep) {{scale=0.25}}
+      return %0
+    }}""", f"""
+    graph g(%q: f32[2,3,{rows},8], %k: f32[2,3,{cols},8], %v: f32[2,3,{cols},5]) -> (f32[2,3,{rows},5]) {{
+      %0: f32[2,3,{rows},5] = scaled_dot_product_attention(%q, %k, %v) {{is_causal=true, scale=0.25}}
+      return %0
+    }}""", atol=1e-5)
+
+
+@pytest.mark.parametrize("fill", ["-inf", str(torch.finfo(torch.float32).min)])
+def test_a_float_causal_mask_becomes_is_causal(fill: str) -> None:
+    mask = str([[0.0 if j <= i else "FILL" for j in range(4)] for i in range(4)]).replace("'FILL'", fill)
+    check_pass(RecognizeAttentionPass(), f"""
+    graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8]) -> (f32[1,2,4,8]) {{
+      const %bias: f32[4,4] = {mask}
+      %0: f32[1,2,4,8] = scaled_dot_product_attention(%q, %k, %v, %bias)
+      return %0
+    }}""", """
+    graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8]) -> (f32[1,2,4,8]) {
+      %0: f32[1,2,4,8] = scaled_dot_product_attention(%q, %k, %v) {is_causal=true}
+      return %0
+    }""", atol=1e-5)
+
+
+def test_other_masks_stay() -> None:
+    upper = str(torch.ones(4, 4, dtype=torch.bool).triu().tolist()).lower()
+    pass_ = unchanged(RecognizeAttentionPass(), f"""
+    graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8]) -> (f32[1,2,4,8], f32[1,2,4,8]) {{
+      const %upper: bool[4,4] = {upper}
+      const %bias: f32[4,4] = {(torch.rand(4, 4) - 0.5).tolist()!s}
+      %0: f32[1,2,4,8] = scaled_dot_product_attention(%q, %k, %v, %upper)
+      %1: f32[1,2,4,8] = scaled_dot_product_attention(%q, %k, %v, %bias)
+      return %0, %1
+    }}""")
+    assert pass_.report.why_not("causal-mask", "0") == "causal-mask at %0: the mask is not the causal triangle"
+    assert "other than 0 and -inf" in (pass_.report.why_not("causal-mask", "1") or "")
