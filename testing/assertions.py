@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -127,3 +128,22 @@ def assert_backend_matches_reference(graph: Graph, backends: Sequence[Backend] |
     except Exception as exc:
         raise AssertionError(f"the executable failed: {type(exc).__name__}: {exc}\n\n{context}") from exc
     assert_outputs_close(actual, expected, rtol, atol, f"the executable differs from the reference\n\n{context}")
+
+
+def assert_concurrent(work: Callable[[int], None], threads: int = 4) -> None:
+    """Run `work(seed)` for seeds 0..threads-1 on that many threads at once and re-raise the first
+    failure in the caller (an assertion inside a thread would otherwise only print)."""
+    errors: list[BaseException] = []
+
+    def run(seed: int) -> None:
+        try:
+            work(seed)
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = [threading.Thread(target=run, args=(seed,)) for seed in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    assert not errors, errors[0]

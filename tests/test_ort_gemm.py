@@ -3,8 +3,6 @@ and keep their bindings right when the addresses change and when threads call at
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +10,7 @@ import torch.nn.functional as F
 from heteropass.backends.gemm import library_products
 from heteropass.backends.ort_gemm import ort_available, ort_product_call
 from heteropass.ir import Graph, TensorType
+from heteropass.testing.assertions import assert_concurrent
 
 pytestmark = pytest.mark.skipif(not ort_available(), reason="onnxruntime is not installed")
 
@@ -79,20 +78,11 @@ def test_bindings_follow_new_addresses_and_concurrent_callers() -> None:
         x, out = inputs[step % 3], outs[step % 2]
         assert call(x, w, b, out) is out
         torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-4, atol=1e-5)
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
-        try:
-            for _ in range(50):
-                x = torch.randn(6, 32, generator=generator)
-                torch.testing.assert_close(call(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-5)
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        for _ in range(50):
+            x = torch.randn(6, 32, generator=generator)
+            torch.testing.assert_close(call(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-5)
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors[0]
+    assert_concurrent(work)

@@ -4,13 +4,13 @@ after call and from several threads at once; what it returns never shares the ar
 from __future__ import annotations
 
 import gc
-import threading
 
 import torch
 
 from heteropass.backends.executable import build_executable
 from heteropass.backends.numba_backend import NumbaBackend
 from heteropass.ir import parse_graph, run_graph
+from heteropass.testing.assertions import assert_concurrent
 
 # relu writes into the arena from the input; exp and neg then read and write arena values only (their
 # kernels get the addresses as constants); the transpose is a view made once per instance.
@@ -66,21 +66,11 @@ def test_the_arena_lives_as_long_as_the_instance() -> None:
 def test_concurrent_calls_take_instances_of_their_own() -> None:
     graph = parse_graph(CHAIN)
     executable = build_executable(graph.clone(), [NumbaBackend()])
-    errors: list[BaseException] = []
-
     def work(seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
-        try:
-            for _ in range(40):
-                x = torch.randn(5, 7, generator=generator)
-                for got, want in zip(executable(x), run_graph(graph, x), strict=True):
-                    torch.testing.assert_close(got, want)
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        for _ in range(40):
+            x = torch.randn(5, 7, generator=generator)
+            for got, want in zip(executable(x), run_graph(graph, x), strict=True):
+                torch.testing.assert_close(got, want)
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors[0]
+    assert_concurrent(work)
