@@ -67,10 +67,12 @@ from .numba_codegen import (
     emit_kernel,
     kernel_module,
     pointer_entry,
+    split_extent,
 )
 from .numba_pool import max_pool_source, supports_max_pool
 from .ort_attention import PackedAttention, choose_packed_attention, find_packed_attention
 from .ort_conv import Chain, chain_member, chain_runs, choose_chains
+from .parallel_kernel import SPLIT_MIN_NUMEL, SplitKernel
 from .partition_glue import Step, partition_source
 from .winograd import WINOGRAD
 
@@ -244,6 +246,7 @@ class NumbaBackend(Backend):
                 return _compile_take(body, name, namer, namespace)
             return _compile_library(body, name, namer, namespace)
         kernel_name = namer.reserve(f"k_{name}")
+        split_note = ""
         if kind == "pool":
             kernel_src, entry_src = max_pool_source(body.nodes[0], kernel_name)
             consts, numel = [], math.prod(body.outputs[0].type.static_shape())
@@ -251,10 +254,16 @@ class NumbaBackend(Backend):
         else:
             spec, consts = build_spec(body, kind, kernel_name)
             numel = math.prod([*spec.outer, spec.inner])
-            kernel_src = emit_kernel(spec)
-            entry_src = pointer_entry(spec, kernel_name, f"{kernel_name}_ptr")
+            extent = split_extent(spec)
+            ranged = numel >= SPLIT_MIN_NUMEL and extent is not None and extent > 1
+            kernel_src = emit_kernel(spec, ranged)
+            entry_src = pointer_entry(spec, kernel_name, f"{kernel_name}_ptr", ranged)
             named = kernel_src.replace(f"def {kernel_name}(", "def kernel(", 1)
-            namespace[kernel_name] = self._load_module((named, pointer_entry(spec, "kernel", "kernel_ptr")))
+            entry = self._load_module((named, pointer_entry(spec, "kernel", "kernel_ptr", ranged)))
+            namespace[kernel_name] = SplitKernel(entry, extent, not spec.outer) if ranged else entry
+            if ranged:
+                unit = "rows" if spec.outer else "elements"
+                split_note = f"    # {kernel_name} splits its {extent} {unit} across torch.get_num_threads() threads"
         const_names = []
         for value in consts:
             # The tensor stays alive in the namespace under its own name; the glue passes its address.
@@ -268,6 +277,8 @@ class NumbaBackend(Backend):
                            for v in body.outputs)
         args = [f"{p}.data_ptr()" for p in params] + const_names + [f"{o}.data_ptr()" for o in outs]
         lines = [f"def {name}({', '.join([*params, 'out=None'])}):"]
+        if split_note:
+            lines.append(split_note)
         # The kernel reads row-major memory: strided inputs become contiguous copies held until it returns.
         lines += [f"    {p} = {p}.contiguous()" for p in params]
         lines += [f"    if out is None:\n        {', '.join(outs)}, = ({allocs},)",

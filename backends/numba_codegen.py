@@ -523,19 +523,39 @@ def _check_shape(value: Value, d: Def, space: tuple[int, ...]) -> None:
 # Emission.
 
 
-def emit_kernel(spec: KernelSpec) -> str:
-    """The @njit source of `spec` (a module-level function named `spec.name`)."""
+def split_extent(spec: KernelSpec) -> int | None:
+    """The trip count of the loop a ranged kernel (`emit_kernel(spec, ranged=True)`) runs over
+    `range(start, stop)`: the outermost loop, or a flat elementwise loop; None when there is no such
+    loop (a reduction to one value, an elementwise kernel with a scalar store)."""
+    if spec.outer:
+        return spec.outer[0]
+    if spec.reduction or any(not d.full for _, d in spec.stores):
+        return None
+    return spec.inner
+
+
+def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
+    """The @njit source of `spec` (a module-level function named `spec.name`). A ranged kernel takes
+    `count` after its arrays and runs that many iterations of the loop `split_extent` names, so that
+    threads can split the work: its entry passes arrays that start at the first iteration."""
     arrays = {a.name: a for a in spec.arrays}
+    split = split_extent(spec) if ranged else None
+    if ranged and split is None:
+        raise ValueError(f"kernel {spec.name} has no loop to split")
+
+    def extent(size: int, split_here: bool) -> str:
+        return "count" if split_here and ranged else str(size)
     flags = "FASTMATH_REDUCTION" if spec.reduction else "FASTMATH_ELEMENTWISE"
     # An elementwise kernel is inlined into its entry, which calls it once per way it may alias (see
     # `pointer_entry`); the entry then carries the same flags.
     inline = "" if spec.reduction else ', inline="always"'
+    params = [a.name for a in spec.arrays] + (["count"] if ranged else [])
     lines = ["@njit(cache=True, fastmath=" + flags + ', error_model="numpy", nogil=True' + inline + ")",
-             f"def {spec.name}({', '.join(a.name for a in spec.arrays)}):"]
+             f"def {spec.name}({', '.join(params)}):"]
     indent = "    "
     bases = {a.name: "0" for a in spec.arrays}
     for level, size in enumerate(spec.outer):
-        lines.append(f"{indent}for i{level} in range({size}):")
+        lines.append(f"{indent}for i{level} in range({extent(size, level == 0)}):")
         indent += "    "
         for a in spec.arrays:
             step = a.strides[level]
@@ -612,7 +632,7 @@ def emit_kernel(spec: KernelSpec) -> str:
     for array, d in row_stores:
         lines.append(f"{indent}{array.name}[{bases[array.name]}] = {d.name}")
     if full_stores:
-        lines.append(f"{indent}for j in range({spec.inner}):")
+        lines.append(f"{indent}for j in range({extent(spec.inner, not spec.outer)}):")
         lines.extend(body)
         for array, d in full_stores:
             lines.append(f"{inner_indent}{array.name}[{address(array.name, True)}] = {d.name}")
@@ -635,19 +655,27 @@ def _extreme(dtype: DType, lowest: bool) -> float | int:
     return info.min if lowest else info.max
 
 
-def pointer_entry(spec: KernelSpec, kernel: str, name: str) -> str:
-    """A C-callable `name(p0, p1, ...)` that runs `kernel` on the arrays at the given addresses.
+def pointer_entry(spec: KernelSpec, kernel: str, name: str, ranged: bool = False) -> str:
+    """A C-callable `name(p0, p1, ...)` that runs `kernel` on the arrays at the given addresses; for a
+    ranged kernel `name(p0, p1, ..., start, stop)` runs iterations [start, stop) of its split loop.
 
     Calling it through ctypes with `tensor.data_ptr()` costs a fraction of a dispatched call on
-    NumPy views, which matters for the small tensors of a batch-1 model.
+    NumPy views, which matters for the small tensors of a batch-1 model. A ranged entry slices each
+    array at the first iteration and the kernel counts from 0: a loop over `range(start, stop)` would
+    keep Numba's negative-index check and stay scalar (4x slower).
     """
+    split_level = 0 if spec.outer else len(spec.outer)
+    bounds = ["start", "stop"] if ranged else []
     space = [*spec.outer, spec.inner]
     lines = []
     for i, array in enumerate(spec.arrays):
         extent = 1 + sum(st * (n - 1) for st, n in zip(array.strides, space, strict=True))
-        lines.append(f"    v{i} = carray(p{i}, ({extent},), {NP_TYPE[array.dtype]})")
+        step = array.strides[split_level] if ranged else 0
+        offset = "" if not step else "[start:]" if step == 1 else f"[start * {step}:]"
+        lines.append(f"    v{i} = carray(p{i}, ({extent},), {NP_TYPE[array.dtype]}){offset}")
     views = [f"v{i}" for i in range(len(spec.arrays))]
-    call = f"{kernel}({', '.join(views)})"
+    count = ["stop - start"] if ranged else []
+    call = f"{kernel}({', '.join(views + count)})"
     # Writing an output over an input of the same layout (in place, as buffer reuse does) defeats
     # LLVM's vectorizer: it guards the vector loop with an overlap check, which fails, and runs the
     # scalar loop, 3-4x slower. With the inlined kernel called on one array for both, the vector loop
@@ -659,10 +687,10 @@ def pointer_entry(spec: KernelSpec, kernel: str, name: str) -> str:
     for keyword, i in zip(["if", "elif"], aliases, strict=False):
         shared = [views[i] if j == outputs[0] else v for j, v in enumerate(views)]
         lines += [f"    {keyword} v{i}.ctypes.data == v{outputs[0]}.ctypes.data:",
-                  f"        {kernel}({', '.join(shared)})"]
+                  f"        {kernel}({', '.join(shared + count)})"]
     lines += ["    else:", f"        {call}"] if aliases else [f"    {call}"]
-    params = ", ".join(f"p{i}" for i in range(len(spec.arrays)))
-    signature = ", ".join(["voidptr"] * len(spec.arrays))
+    params = ", ".join([f"p{i}" for i in range(len(spec.arrays))] + bounds)
+    signature = ", ".join(["voidptr"] * len(spec.arrays) + ["int64"] * len(bounds))
     flags = "FASTMATH_REDUCTION" if spec.reduction else "FASTMATH_ELEMENTWISE"
     return (f'@cfunc("void({signature})", cache=True, nogil=True, fastmath={flags}, error_model="numpy")\n'
             f"def {name}({params}):\n" + "\n".join(lines) + "\n")

@@ -1,6 +1,6 @@
-"""Achieved memory bandwidth of Numba fused elementwise kernels against `y.copy_(x)`, at one thread.
+"""Achieved memory bandwidth of Numba fused elementwise kernels against `y.copy_(x)`, at 1 and 2 threads.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/roofline.py [--numel N] [--repeats R]
+    OMP_WAIT_POLICY=passive .venv/bin/python bench/roofline.py [--numel N] [--repeats R] [--threads 1 2]
 
 Bytes moved = every operand read once plus every output written once; a kernel is memory-bound
 when it reaches a good share of the copy's bandwidth.
@@ -57,19 +57,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numel", type=int, default=1 << 24)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    torch.set_num_threads(1)
     n = args.numel
     x, y, out = torch.randn(n), torch.randn(n), torch.empty(n)
-    copy = 2 * 4 * n / seconds(lambda: out.copy_(x), args.repeats)
-    print(f"copy: {copy / 1e9:.1f} GB/s ({n} float32)")
     backend = NumbaBackend()
-    for name, (body, operands) in CHAINS.items():
-        graph = parse_graph(region(body, operands, n))
-        kernel = backend.compile(graph)
-        inputs = (x, y)[:operands]
-        rate = (operands + 1) * 4 * n / seconds(lambda k=kernel, i=inputs: k(*i, out=[out]), args.repeats)
-        print(f"{name:>18}: {rate / 1e9:6.1f} GB/s  {100 * rate / copy:5.1f}% of copy")
+    kernels = {name: (backend.compile(parse_graph(region(body, operands, n))), (x, y)[:operands])
+               for name, (body, operands) in CHAINS.items()}
+    for threads in args.threads:
+        # Kernels over this many elements split their loop across torch.get_num_threads() threads.
+        torch.set_num_threads(threads)
+        copy = 2 * 4 * n / seconds(lambda: out.copy_(x), args.repeats)
+        print(f"{threads} thread(s), copy: {copy / 1e9:.1f} GB/s ({n} float32)")
+        for name, (kernel, inputs) in kernels.items():
+            rate = (len(inputs) + 1) * 4 * n / seconds(lambda k=kernel, i=inputs: k(*i, out=[out]), args.repeats)
+            print(f"{name:>18}: {rate / 1e9:6.1f} GB/s  {100 * rate / copy:5.1f}% of copy")
 
 
 if __name__ == "__main__":
