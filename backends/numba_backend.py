@@ -64,6 +64,7 @@ from .numba_codegen import (
     Unsupported,
     build_spec,
     check_elementwise,
+    compile_options,
     emit_kernel,
     kernel_module,
     pointer_entry,
@@ -372,7 +373,8 @@ class NumbaBackend(Backend):
             # and a cached entry finds its globals by module name.
             sys.modules[module_name] = module
             try:
-                spec.loader.exec_module(module)
+                with compile_options(module_source):
+                    spec.loader.exec_module(module)
             except BaseException:
                 del sys.modules[module_name]
                 raise
