@@ -20,6 +20,7 @@ import torch
 
 SPLIT_MIN_NUMEL = 1 << 18  # ~1 MiB of float32 per operand: 150-400 us of work against ~30 us to hand off
 _FLAT_ALIGN = 16  # flat parts start on a 64-byte line, so two threads never write one line
+_PARTS_PER_THREAD = 4
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -44,8 +45,9 @@ def split_bounds(extent: int, parts: int, align: int) -> list[tuple[int, int]]:
 
 
 class SplitKernel:
-    """Calls a ranged C entry `ranged(*addresses, start, stop)` over `[0, extent)` in parts, one per
-    thread PyTorch may use."""
+    """Calls a ranged C entry `ranged(*addresses, start, stop)` over `[0, extent)` in parts, on as many
+    threads as PyTorch may use. Each thread takes the next part until none is left (`_PARTS_PER_THREAD`
+    parts per thread), so a core that another process slows down takes fewer parts."""
 
     def __init__(self, ranged: Callable[..., None], extent: int, flat: bool) -> None:
         self.ranged = ranged
@@ -57,9 +59,19 @@ class SplitKernel:
         if threads <= 1:
             self.ranged(*addresses, 0, self.extent)
             return
-        first, *rest = split_bounds(self.extent, threads, self.align)
+        parts = iter(split_bounds(self.extent, threads * _PARTS_PER_THREAD, self.align))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    part = next(parts, None)
+                if part is None:
+                    return
+                self.ranged(*addresses, *part)
+
         pool = _shared_pool()
-        pending = [pool.submit(self.ranged, *addresses, lo, hi) for lo, hi in rest]
-        self.ranged(*addresses, *first)
-        for part in pending:
-            part.result()
+        helpers = [pool.submit(work) for _ in range(threads - 1)]
+        work()
+        for helper in helpers:
+            helper.result()

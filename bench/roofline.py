@@ -3,7 +3,8 @@
     OMP_WAIT_POLICY=passive .venv/bin/python bench/roofline.py [--numel N] [--repeats R] [--threads 1 2]
 
 Bytes moved = every operand read once plus every output written once; a kernel is memory-bound
-when it reaches a good share of the copy's bandwidth.
+when it reaches a good share of the copy's bandwidth. Each kernel call is paired with a copy timed
+right before it, and the share is the median of the pairs' ratios.
 """
 
 from __future__ import annotations
@@ -43,14 +44,19 @@ def region(body: str, operands: int, n: int) -> str:
             f"      const %a: f32[] = 1.5\n      const %b: f32[] = 0.25\n      {text}\n    }}\n  return %r\n}}\n")
 
 
-def seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
+def paired_rates(kernel: Callable[[], object], kernel_bytes: int, copy: Callable[[], object], copy_bytes: int,
+                 repeats: int) -> tuple[float, float, float]:
+    """Median bytes/s of `kernel` and of `copy`, timed alternately, and the median of their per-pair
+    ratio: a slow moment of a shared machine slows both sides of a pair."""
+    kernel(), copy()
+    kernel_rates, copy_rates = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, rates, size in ((copy, copy_rates, copy_bytes), (kernel, kernel_rates, kernel_bytes)):
+            start = time.perf_counter()
+            fn()
+            rates.append(size / (time.perf_counter() - start))
+    ratios = [k / c for k, c in zip(kernel_rates, copy_rates, strict=True)]
+    return statistics.median(kernel_rates), statistics.median(copy_rates), statistics.median(ratios)
 
 
 def main() -> None:
@@ -67,11 +73,11 @@ def main() -> None:
     for threads in args.threads:
         # Kernels over this many elements split their loop across torch.get_num_threads() threads.
         torch.set_num_threads(threads)
-        copy = 2 * 4 * n / seconds(lambda: out.copy_(x), args.repeats)
-        print(f"{threads} thread(s), copy: {copy / 1e9:.1f} GB/s ({n} float32)")
+        print(f"{threads} thread(s), {n} float32, each kernel timed alternately with y.copy_(x):")
         for name, (kernel, inputs) in kernels.items():
-            rate = (len(inputs) + 1) * 4 * n / seconds(lambda k=kernel, i=inputs: k(*i, out=[out]), args.repeats)
-            print(f"{name:>18}: {rate / 1e9:6.1f} GB/s  {100 * rate / copy:5.1f}% of copy")
+            rate, copy, ratio = paired_rates(lambda k=kernel, i=inputs: k(*i, out=[out]), (len(inputs) + 1) * 4 * n,
+                                             lambda: out.copy_(x), 2 * 4 * n, args.repeats)
+            print(f"{name:>18}: {rate / 1e9:6.1f} GB/s  {100 * ratio:5.1f}% of copy (copy {copy / 1e9:.1f} GB/s)")
 
 
 if __name__ == "__main__":
