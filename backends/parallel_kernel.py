@@ -23,15 +23,18 @@ _FLAT_ALIGN = 16  # flat parts start on a 64-byte line, so two threads never wri
 _PARTS_PER_THREAD = 4
 
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
 _pool_lock = threading.Lock()
 
 
 def _shared_pool() -> ThreadPoolExecutor:
-    global _pool
+    """The process's pool; a child made by fork gets a new one (its parent's threads did not come along)."""
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
                                        thread_name_prefix="heteropass-kernel")
+            _pool_pid = os.getpid()
         return _pool
 
 

@@ -4,10 +4,12 @@ operands, outputs written over an input, random graphs."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -110,3 +112,29 @@ def test_random_graphs_with_every_kernel_split(case: tuple) -> None:
     graph, inputs = case
     with split_everything():
         assert_backend_matches_reference(graph, [NumbaBackend(), ReferenceBackend()], inputs)
+
+
+def test_a_forked_child_splits_kernels_on_its_own_threads() -> None:
+    n = 1 << 18
+    graph = parse_graph(region("elementwise", f"%x: f32[{n}]", f"f32[{n}]", f"""
+        %0: f32[{n}] = exp(%x)
+        return %0"""))
+    kernel = NumbaBackend().compile(graph)
+    x = torch.randn(n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kernel(x)  # the parent's pool exists before the fork
+        expected = torch.exp(x).numpy()
+        child = multiprocessing.get_context("fork").Process(target=_run_in_child, args=(kernel, x, expected))
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0, "the forked child hung or computed something else"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_in_child(kernel, x: torch.Tensor, expected: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    # No other torch op here: OpenMP does not survive a fork, and torch's thread setting is inherited (2).
+    if not np.allclose(kernel(x)[0].numpy(), expected, rtol=1e-5, atol=1e-6):
+        raise SystemExit(1)
