@@ -63,6 +63,7 @@ from .numba_codegen import (
     ROW_OPS,
     Unsupported,
     build_spec,
+    calls_math,
     check_elementwise,
     compile_options,
     emit_kernel,
@@ -73,7 +74,7 @@ from .numba_codegen import (
 from .numba_pool import max_pool_source, supports_max_pool
 from .ort_attention import PackedAttention, choose_packed_attention, find_packed_attention
 from .ort_conv import Chain, chain_member, chain_runs, choose_chains
-from .parallel_kernel import SPLIT_MIN_NUMEL, SplitKernel
+from .parallel_kernel import SPLIT_MIN_MATH_NUMEL, SPLIT_MIN_NUMEL, SplitKernel
 from .partition_glue import Step, partition_source
 from .winograd import WINOGRAD
 
@@ -256,12 +257,13 @@ class NumbaBackend(Backend):
             spec, consts = build_spec(body, kind, kernel_name)
             numel = math.prod([*spec.outer, spec.inner])
             extent = split_extent(spec)
-            ranged = numel >= SPLIT_MIN_NUMEL and extent is not None and extent > 1
+            split_from = SPLIT_MIN_MATH_NUMEL if calls_math(spec) else SPLIT_MIN_NUMEL
+            ranged = numel >= split_from and extent is not None and extent > 1
             kernel_src = emit_kernel(spec, ranged)
             entry_src = pointer_entry(spec, kernel_name, f"{kernel_name}_ptr", ranged)
             named = kernel_src.replace(f"def {kernel_name}(", "def kernel(", 1)
             entry = self._load_module((named, pointer_entry(spec, "kernel", "kernel_ptr", ranged)))
-            namespace[kernel_name] = SplitKernel(entry, extent, not spec.outer) if ranged else entry
+            namespace[kernel_name] = SplitKernel(entry, extent, not spec.outer, numel) if ranged else entry
             if ranged:
                 unit = "rows" if spec.outer else "elements"
                 split_note = f"    # {kernel_name} splits its {extent} {unit} across torch.get_num_threads() threads"

@@ -536,6 +536,12 @@ def split_extent(spec: KernelSpec) -> int | None:
     return spec.inner
 
 
+def calls_math(spec: KernelSpec) -> bool:
+    """Whether `spec` evaluates numba_math's float32 functions: a compute-bound loop (GELU is ~17
+    vector operations per 8 elements, an add one)."""
+    return any(_MATH_CALL.search(d.expr) for d in spec.defs)
+
+
 def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
     """The @njit source of `spec` (a module-level function named `spec.name`). A ranged kernel takes
     `count` after its arrays and runs that many iterations of the loop `split_extent` names, so that

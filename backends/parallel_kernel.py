@@ -1,11 +1,15 @@
 """Large Numba kernels split across PyTorch's thread budget.
 
-A kernel over at least `SPLIT_MIN_NUMEL` elements compiles as a ranged kernel (its outermost loop, or
-its flat loop, runs over `range(start, stop)`: `numba_codegen.emit_kernel(spec, ranged=True)`).
-`SplitKernel` calls it on `torch.get_num_threads()` disjoint parts, one in the calling thread and the
-others in a shared pool of Python threads; the C entry releases the GIL, so the parts run at once.
-At one thread it is a single call over the whole range. A fused GELU chain is compute-bound on one
-AVX2 core (about half the copy bandwidth there) and memory-bound on two.
+A kernel over at least `SPLIT_MIN_NUMEL` elements (`SPLIT_MIN_MATH_NUMEL` for one that evaluates
+numba_math's functions, which is compute-bound) compiles as a ranged kernel: its C entry takes
+`start, stop` and runs those iterations of the outermost loop, or of its flat loop
+(`numba_codegen.emit_kernel(spec, ranged=True)`). `SplitKernel` cuts the range into parts and runs
+them on `torch.get_num_threads()` threads, the calling one and a shared pool of Python threads; the C
+entry releases the GIL, so the parts run at once. At one thread it is a single call over the whole
+range. Waking a pool thread costs ~50-100 us on this machine, hence the sizes (measured at two
+threads, 2026-11-28): gelu(x*a+b) over 2^18 elements 330 -> 235 us, x*a+b over 2^18 61 -> 113 us
+(slower), over 2^20 615 -> 520 us. A fused GELU chain reaches about half of the copy bandwidth on one
+AVX2 core, ~70% on two.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from itertools import pairwise
 
 import torch
 
-SPLIT_MIN_NUMEL = 1 << 18  # ~1 MiB of float32 per operand: 150-400 us of work against ~30 us to hand off
+SPLIT_MIN_NUMEL = 1 << 20  # 4 MiB of float32 per operand: past the L2, ~600 us of a memory-bound loop
+SPLIT_MIN_MATH_NUMEL = 1 << 18  # ~330 us of GELU, exp, tanh, ...
 _FLAT_ALIGN = 16  # flat parts start on a 64-byte line, so two threads never write one line
+# Parts per thread from this size on: a core that another process slows down takes fewer of them. Below
+# it one part per thread: each part costs a lock and a GIL hand-off.
+_DYNAMIC_NUMEL = 1 << 22
 _PARTS_PER_THREAD = 4
 
 _pool: ThreadPoolExecutor | None = None
@@ -49,20 +57,22 @@ def split_bounds(extent: int, parts: int, align: int) -> list[tuple[int, int]]:
 
 class SplitKernel:
     """Calls a ranged C entry `ranged(*addresses, start, stop)` over `[0, extent)` in parts, on as many
-    threads as PyTorch may use. Each thread takes the next part until none is left (`_PARTS_PER_THREAD`
-    parts per thread), so a core that another process slows down takes fewer parts."""
+    threads as PyTorch may use; each thread takes the next part until none is left. A kernel over
+    `numel` elements of `_DYNAMIC_NUMEL` or more makes `_PARTS_PER_THREAD` parts per thread, a smaller
+    one one part per thread."""
 
-    def __init__(self, ranged: Callable[..., None], extent: int, flat: bool) -> None:
+    def __init__(self, ranged: Callable[..., None], extent: int, flat: bool, numel: int) -> None:
         self.ranged = ranged
         self.extent = extent
         self.align = _FLAT_ALIGN if flat else 1
+        self.parts_per_thread = _PARTS_PER_THREAD if numel >= _DYNAMIC_NUMEL else 1
 
     def __call__(self, *addresses: int) -> None:
         threads = torch.get_num_threads()
         if threads <= 1:
             self.ranged(*addresses, 0, self.extent)
             return
-        parts = iter(split_bounds(self.extent, threads * _PARTS_PER_THREAD, self.align))
+        parts = iter(split_bounds(self.extent, threads * self.parts_per_thread, self.align))
         lock = threading.Lock()
 
         def work() -> None:

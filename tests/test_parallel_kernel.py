@@ -32,6 +32,7 @@ def split_everything() -> Iterator[None]:
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(numba_backend, "SPLIT_MIN_NUMEL", 2)
+        patch.setattr(numba_backend, "SPLIT_MIN_MATH_NUMEL", 2)
         torch.set_num_threads(2)
         try:
             yield
@@ -86,15 +87,29 @@ def test_large_flat_kernel_splits_at_the_default_size_and_writes_over_its_input(
         torch.set_num_threads(threads)
 
 
+def test_memory_bound_kernels_split_from_a_larger_size_than_math_kernels() -> None:
+    def source(op: str, n: int) -> str:
+        graph = parse_graph(region("elementwise", f"%x: f32[{n}]", f"f32[{n}]", f"""
+            %0: f32[{n}] = {op}(%x)
+            return %0"""))
+        return NumbaBackend().compile(graph).source
+
+    assert "splits its" in source("exp", 1 << 18) and "splits its" not in source("neg", 1 << 18)
+    assert "splits its" in source("neg", 1 << 20)
+
+
 def test_split_kernel_runs_each_part_once() -> None:
     seen: list[tuple[int, int]] = []
-    kernel = SplitKernel(lambda address, start, stop: seen.append((start, stop)), 100, flat=True)
+    kernel = SplitKernel(lambda address, start, stop: seen.append((start, stop)), 100, flat=True, numel=1 << 22)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         kernel(0)
         assert sorted(seen) == split_bounds(100, 8, 16)  # 4 parts a thread, as 16-element lines allow
         assert len(seen) == 7
+        seen.clear()
+        SplitKernel(lambda address, start, stop: seen.append((start, stop)), 100, flat=True, numel=100)(0)
+        assert sorted(seen) == [(0, 48), (48, 100)]  # a small kernel: one part per thread
         seen.clear()
         torch.set_num_threads(1)
         kernel(0)
