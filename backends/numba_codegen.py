@@ -526,9 +526,10 @@ def _check_shape(value: Value, d: Def, space: tuple[int, ...]) -> None:
 
 
 def split_extent(spec: KernelSpec) -> int | None:
-    """The trip count of the loop a ranged kernel (`emit_kernel(spec, ranged=True)`) runs over
-    `range(start, stop)`: the outermost loop, or a flat elementwise loop; None when there is no such
-    loop (a reduction to one value, an elementwise kernel with a scalar store)."""
+    """The trip count of the loop a ranged kernel (`emit_kernel(spec, ranged=True)`) runs part of:
+    the outermost loop, or a flat elementwise loop (either way the first dimension of the iteration
+    space); None when there is no such loop (a reduction to one value, an elementwise kernel with a
+    scalar store)."""
     if spec.outer:
         return spec.outer[0]
     if spec.reduction or any(not d.full for _, d in spec.stores):
@@ -547,8 +548,7 @@ def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
     `count` after its arrays and runs that many iterations of the loop `split_extent` names, so that
     threads can split the work: its entry passes arrays that start at the first iteration."""
     arrays = {a.name: a for a in spec.arrays}
-    split = split_extent(spec) if ranged else None
-    if ranged and split is None:
+    if ranged and split_extent(spec) is None:
         raise ValueError(f"kernel {spec.name} has no loop to split")
 
     def extent(size: int, split_here: bool) -> str:
@@ -672,13 +672,12 @@ def pointer_entry(spec: KernelSpec, kernel: str, name: str, ranged: bool = False
     array at the first iteration and the kernel counts from 0: a loop over `range(start, stop)` would
     keep Numba's negative-index check and stay scalar (4x slower).
     """
-    split_level = 0 if spec.outer else len(spec.outer)
     bounds = ["start", "stop"] if ranged else []
     space = [*spec.outer, spec.inner]
     lines = []
     for i, array in enumerate(spec.arrays):
         extent = 1 + sum(st * (n - 1) for st, n in zip(array.strides, space, strict=True))
-        step = array.strides[split_level] if ranged else 0
+        step = array.strides[0] if ranged else 0  # along the split loop, the space's first dimension
         offset = "" if not step else "[start:]" if step == 1 else f"[start * {step}:]"
         lines.append(f"    v{i} = carray(p{i}, ({extent},), {NP_TYPE[array.dtype]}){offset}")
     views = [f"v{i}" for i in range(len(spec.arrays))]
