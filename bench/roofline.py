@@ -5,6 +5,11 @@
 Bytes moved = every operand read once plus every output written once; a kernel is memory-bound
 when it reaches a good share of the copy's bandwidth. Each kernel call is paired with a copy timed
 right before it, and the share is the median of the pairs' ratios.
+
+The "in cache" column (one thread) is the share the kernel would reach if memory cost nothing: its
+time per element on operands that fit in L2 (a call over 16 elements subtracted, to remove the call
+overhead) against the large copy's time per element. A kernel whose in-cache share is below 70% is
+bound by the core's arithmetic, not by memory bandwidth.
 """
 
 from __future__ import annotations
@@ -59,25 +64,55 @@ def paired_rates(kernel: Callable[[], object], kernel_bytes: int, copy: Callable
     return statistics.median(kernel_rates), statistics.median(copy_rates), statistics.median(ratios)
 
 
+def compile_chain(backend: NumbaBackend, name: str, n: int) -> Callable[..., object]:
+    body, operands = CHAINS[name]
+    return backend.compile(parse_graph(region(body, operands, n)))
+
+
+def per_element_seconds(backend: NumbaBackend, name: str, n: int, repeats: int) -> float:
+    """Median seconds per element of chain `name` over `n` elements, minus the cost of a 16-element call."""
+    def median_call(size: int) -> float:
+        kernel = compile_chain(backend, name, size)
+        inputs, out = [torch.randn(size) for _ in range(CHAINS[name][1])], torch.empty(size)
+        kernel(*inputs, out=[out])
+        calls = max(1, (1 << 22) // size)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                kernel(*inputs, out=[out])
+            times.append((time.perf_counter() - start) / calls)
+        return statistics.median(times)
+
+    return (median_call(n) - median_call(16)) / (n - 16)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numel", type=int, default=1 << 24)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cache-numel", type=int, default=1 << 15,
+                        help="elements per operand for the in-cache figure (three operands must fit in L2)")
     args = parser.parse_args()
     n = args.numel
     x, y, out = torch.randn(n), torch.randn(n), torch.empty(n)
     backend = NumbaBackend()
-    kernels = {name: (backend.compile(parse_graph(region(body, operands, n))), (x, y)[:operands])
-               for name, (body, operands) in CHAINS.items()}
+    kernels = {name: (compile_chain(backend, name, n), (x, y)[:operands]) for name, (_, operands) in CHAINS.items()}
     for threads in args.threads:
         # Kernels over this many elements split their loop across torch.get_num_threads() threads.
         torch.set_num_threads(threads)
-        print(f"{threads} thread(s), {n} float32, each kernel timed alternately with y.copy_(x):")
+        print(f"{threads} thread(s), {n} float32, each kernel timed alternately with y.copy_(x)"
+              + (f"; in cache: {args.cache_numel} elements per operand" if threads == 1 else "") + ":")
         for name, (kernel, inputs) in kernels.items():
             rate, copy, ratio = paired_rates(lambda k=kernel, i=inputs: k(*i, out=[out]), (len(inputs) + 1) * 4 * n,
                                              lambda: out.copy_(x), 2 * 4 * n, args.repeats)
-            print(f"{name:>18}: {rate / 1e9:6.1f} GB/s  {100 * ratio:5.1f}% of copy (copy {copy / 1e9:.1f} GB/s)")
+            line = f"{name:>18}: {rate / 1e9:6.1f} GB/s  {100 * ratio:5.1f}% of copy (copy {copy / 1e9:.1f} GB/s)"
+            if threads == 1:
+                seconds = per_element_seconds(backend, name, args.cache_numel, args.repeats)
+                in_cache_rate = (len(inputs) + 1) * 4 / seconds
+                line += f"  in cache {100 * in_cache_rate / copy:5.1f}% of copy"
+            print(line)
 
 
 if __name__ == "__main__":
