@@ -65,6 +65,7 @@ def paired_rates(kernel: Callable[[], object], kernel_bytes: int, copy: Callable
 
 
 def compile_chain(backend: NumbaBackend, name: str, n: int) -> Callable[..., object]:
+    """The Numba kernel of chain `name` over float32 operands of `n` elements."""
     body, operands = CHAINS[name]
     return backend.compile(parse_graph(region(body, operands, n)))
 
