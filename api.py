@@ -136,7 +136,9 @@ class CompiledModule:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat = self.program.flatten_inputs(args, kwargs)
-        return self.program.unflatten_outputs(self.executable(*flat))
+        outputs = self.executable(*flat)
+        self.program.write_state(flat, outputs)
+        return self.program.unflatten_outputs(outputs)
 
 
 def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,

@@ -218,8 +218,22 @@ def emit_module(graph: Graph, partitions: Sequence[Partition], kernel_names: Seq
         lines.append(f"    {call}")
         if dead_after[i]:
             lines.append(f"    del {', '.join(namer(v) for v in dead_after[i])}")
-    lines.append(f"    return [{', '.join(namer(v) for v in graph.outputs)}]")
+    lines.append(f"    return [{', '.join(_returned(graph, names.namer))}]")
     return "\n".join(lines) + "\n"
+
+
+def _returned(graph: Graph, namer: Namer) -> list[str]:
+    """The returned expressions: a copy of each output that the caller could otherwise change for someone
+    else (a constant, a graph input, an output already returned), as eager PyTorch returns fresh tensors
+    for `clone()`, `x * 1` and a folded weight expression, which the passes reduce to those."""
+    inputs = {id(v) for v in graph.inputs}
+    seen: set[int] = set()
+    returned = []
+    for value in graph.outputs:
+        shared = value.const is not None or id(value) in inputs or id(value) in seen
+        seen.add(id(value))
+        returned.append(f"{namer(value)}.clone()" if shared else namer(value))
+    return returned
 
 
 def load_function(source: str, namespace: dict[str, Any], function: str) -> Callable[..., Any]:

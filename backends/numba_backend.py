@@ -346,7 +346,8 @@ class NumbaBackend(Backend):
                                       Namer(["torch", "contiguous_out", "out"]), namespace)
         epilogue = load_function(region.glue, namespace, "epilogue")
         args = [torch.randn(v.type.static_shape()).to(v.type.dtype.torch) for v in option.epilogue.inputs[1:]]
-        in_place = option.epilogue.outputs[0].type == option.epilogue.inputs[0].type
+        in_place = (option.epilogue.outputs[0].type == option.epilogue.inputs[0].type
+                    and len(option.epilogue.outputs) == 1)
 
         def call(product: torch.Tensor) -> object:
             return epilogue(product, *args, out=[product] if in_place else None)

@@ -30,7 +30,7 @@ from .types import DType, TensorType
 
 
 class TorchImportError(Exception):
-    """The program cannot be imported (symbolic shapes, mutation of inputs, ...)."""
+    """The program cannot be imported (symbolic shapes, an unsupported input or output kind, ...)."""
 
 
 class UnsupportedOpError(TorchImportError):
@@ -51,6 +51,11 @@ class TorchProgram:
     `input_spec` is the pytree structure of `(args, kwargs)` and `input_leaves[i]` says what its
     i-th leaf is: the index of a graph input, or a `Literal` the import specialized on.
     `output_leaves` does the same for the leaves of `output_spec` against the graph's outputs.
+
+    A model that updates tensors in place (a buffer such as a running sum or a cache, or one of its
+    inputs) has them as graph inputs and their new values as extra graph outputs: `state` gives the
+    model's live buffers by graph-input index, `write_back` which graph output the call copies into
+    which graph input afterwards (`write_state`), so the model's tensors change as in eager.
     """
 
     graph: Graph
@@ -58,6 +63,8 @@ class TorchProgram:
     output_spec: pytree.TreeSpec
     input_leaves: list[int | Literal] = field(default_factory=list)
     output_leaves: list[int | Literal] = field(default_factory=list)
+    state: dict[int, torch.Tensor] = field(default_factory=dict)
+    write_back: list[tuple[int, int]] = field(default_factory=list)
     # n when the program takes n positional tensors in graph-input order and no keywords: such a
     # call needs no pytree flattening (~40 us a call, a percent of a small model's latency).
     _positional: int | None = field(default=None, init=False, repr=False, compare=False)
@@ -70,7 +77,7 @@ class TorchProgram:
     def flatten_inputs(self, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> list[torch.Tensor]:
         """The graph's input tensors for a model call `model(*args, **kwargs)`."""
         if not kwargs and len(args) == self._positional and all(type(a) is torch.Tensor for a in args):
-            return list(args)
+            return [*args, *self.state.values()] if self.state else list(args)
         kwargs = _order_like(kwargs or {}, self.input_spec)
         leaves, spec = pytree.tree_flatten((tuple(args), kwargs))
         if spec != self.input_spec:
@@ -84,7 +91,14 @@ class TorchProgram:
                 graph_input = self.graph.inputs[slot]
                 tensors[slot] = leaf if isinstance(leaf, torch.Tensor) else torch.tensor(
                     leaf, dtype=graph_input.type.dtype.torch)
+        for slot, buffer in self.state.items():
+            tensors[slot] = buffer
         return tensors  # type: ignore[return-value]
+
+    def write_state(self, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> None:
+        """Copy the new values of the tensors the model updates in place into them (`write_back`)."""
+        for output, graph_input in self.write_back:
+            inputs[graph_input].copy_(outputs[output])
 
     def unflatten_outputs(self, outputs: Sequence[torch.Tensor]) -> Any:
         """The model's result (tuple, dict, ModelOutput, ...) from the graph's outputs."""
@@ -352,7 +366,8 @@ def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool
     """Import `model` as called with `example_inputs` (and `example_kwargs`), static shapes.
 
     Parameters, buffers and tensor constants become graph constants named by their state-dict
-    names; tensor arguments become graph inputs named after the forward's parameters.
+    names; tensor arguments become graph inputs named after the forward's parameters. A buffer the
+    model updates in place becomes a graph input after them (see `TorchProgram.write_back`).
     """
     args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
     name = _sanitize(type(model).__name__.lower())
@@ -367,14 +382,17 @@ def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool
         # torch's own run_decompositions trips its LeafSpec deprecation; nothing the user can act on.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         decomposed = exported.run_decompositions(decomposition_table())
-    return _import_exported(decomposed, name, strict)
+    return _import_exported(decomposed, name, strict, dict(model.named_buffers()))
 
 
-def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool) -> TorchProgram:
+def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
+                     buffers: dict[str, torch.Tensor]) -> TorchProgram:
     graph = Graph(name)
     lowering = _GraphLowering(graph)
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     input_leaves: list[int | Literal] = []
+    mutated = {spec.target for spec in ep.graph_signature.output_specs if spec.kind is OutputKind.BUFFER_MUTATION}
+    state_nodes: list[tuple[fx.Node, str]] = []
     for node, spec in zip(placeholders, ep.graph_signature.input_specs, strict=True):
         if spec.kind is InputKind.USER_INPUT:
             if isinstance(spec.arg, ConstantArgument):
@@ -383,23 +401,47 @@ def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool) 
             else:
                 input_leaves.append(len(graph.inputs))
                 lowering.env[node] = graph.add_input(_sanitize(spec.arg.name), _placeholder_type(node))
+        elif spec.kind is InputKind.BUFFER and spec.target in mutated:
+            state_nodes.append((node, spec.target))
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             tensor = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
             lowering.env[node] = graph.add_constant(_sanitize(spec.target), tensor)
         else:
             raise TorchImportError(f"input {spec.arg.name} of kind {spec.kind.name} is not supported")
+    # A buffer the model updates is state, read from the model at every call, not a constant to fold.
+    state: dict[int, torch.Tensor] = {}
+    for node, target in state_nodes:
+        state[len(graph.inputs)] = buffers[target]
+        lowering.env[node] = graph.add_input(_sanitize(target), _placeholder_type(node))
+    slot_of = {node.name: lowering.env[node] for node in placeholders}
 
     lowering.run(ep.graph)
     output_node = next(n for n in ep.graph.nodes if n.op == "output")
     outputs: list[Value | Literal] = []
+    updates: list[tuple[Value, int]] = []
     for arg, spec in zip(output_node.args[0], ep.graph_signature.output_specs, strict=True):
-        if spec.kind is OutputKind.USER_INPUT_MUTATION:
-            raise TorchImportError(f"the model mutates its input {spec.target} in place; this is not supported")
         if spec.kind is OutputKind.USER_OUTPUT:
             outputs.append(lowering.value(arg) if isinstance(spec.arg, TensorArgument) else Literal(spec.arg.value))
-        # Buffer mutations (e.g. batch-norm statistics in training mode) do not change the results.
-    output_leaves = lowering.finish(outputs, strict, f"import of {name}")
-    return TorchProgram(lowering.graph, ep.call_spec.in_spec, ep.call_spec.out_spec, input_leaves, output_leaves)
+        elif spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.USER_INPUT_MUTATION):
+            target = slot_of[_mutated_placeholder(ep, spec)]
+            updates.append((lowering.value(arg), next(i for i, v in enumerate(graph.inputs) if v is target)))
+        else:
+            raise TorchImportError(f"output {spec.arg} of kind {spec.kind.name} is not supported")
+    leaves = lowering.finish([*outputs, *(value for value, _ in updates)], strict, f"import of {name}")
+    write_back = []
+    for leaf, (_, graph_input) in zip(leaves[len(outputs):], updates, strict=True):
+        assert isinstance(leaf, int)
+        write_back.append((leaf, graph_input))
+    return TorchProgram(lowering.graph, ep.call_spec.in_spec, ep.call_spec.out_spec, input_leaves,
+                        leaves[:len(outputs)], state, write_back)
+
+
+def _mutated_placeholder(ep: torch.export.ExportedProgram, spec: Any) -> str:
+    """The name of the placeholder whose tensor a mutation output `spec` updates."""
+    if spec.kind is OutputKind.USER_INPUT_MUTATION:
+        return spec.target
+    return next(i.arg.name for i in ep.graph_signature.input_specs
+                if i.kind is InputKind.BUFFER and i.target == spec.target)
 
 
 def _placeholder_type(node: fx.Node) -> TensorType:

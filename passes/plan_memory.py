@@ -30,7 +30,7 @@ from .base import Pass, PassContext, PassResult
 ALIGN = 64
 
 _VIEW_OPS = frozenset({"reshape", "permute", "transpose", "expand", "squeeze", "unsqueeze", "flatten", "slice",
-                       "split"})
+                       "split", "bitcast"})
 # Kinds whose reference implementations always return new storage (exceptions are handled in `_alias_rule`).
 _FRESH_KINDS = frozenset({"elementwise", "reduction", "matmul", "conv", "norm", "softmax", "pool", "concat",
                           "creation", "attention", "scan"})

@@ -150,6 +150,84 @@ def test_unsupported_op_falls_back_with_warning_or_fails_when_strict() -> None:
         hp.compile(UsesCummax(), (x,), strict=True)
 
 
+class ReturnsCopies(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x.clone(), x * 1, x + 0, self.w * 2
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_outputs_are_fresh_tensors_as_in_eager(backend: str) -> None:
+    """clone(), x * 1 and x + 0 reduce to x, and w * 2 to a constant: each is still returned as a new tensor."""
+    model, x = ReturnsCopies(), torch.randn(4)
+    x_before = x.clone()
+    cm = hp.compile(model, (x,), backends=[backend])
+    first = cm(x)
+    assert len({out.data_ptr() for out in [x, *first]}) == 5
+    for out in first:
+        out.zero_()
+    torch.testing.assert_close(x, x_before)
+    with torch.no_grad():
+        assert_close_to_eager(cm(x), model(x))
+
+
+class RunningSum(torch.nn.Module):
+    """Updates a buffer in place, as a running statistic or a step counter does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("total", torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.total.add_(x)
+        return self.total * 2
+
+
+class WritesCache(torch.nn.Module):
+    """Writes each call's key into a cache buffer at a given position and attends over the cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("cache", torch.zeros(6, 4))
+
+    def forward(self, key: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        self.cache.copy_(torch.where(torch.arange(6)[:, None] == position, key, self.cache))
+        return torch.softmax(self.cache @ key[0], dim=0)
+
+
+class ScalesItsInput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return x + 1
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_in_place_updates_of_buffers_and_inputs_persist_as_in_eager(backend: str) -> None:
+    eager, compiled_model = RunningSum(), RunningSum()
+    cm = hp.compile(compiled_model, (torch.ones(4),), backends=[backend])
+    assert [v.name for v in cm.graph.inputs] == ["x", "total"]
+    for _ in range(3):
+        x = torch.randn(4)
+        torch.testing.assert_close(cm(x), eager(x))
+    torch.testing.assert_close(compiled_model.total, eager.total)
+
+    eager, compiled_model = WritesCache(), WritesCache()
+    cm = hp.compile(compiled_model, (torch.randn(1, 4), torch.tensor([0])), backends=[backend])
+    for step in range(4):
+        key = torch.randn(1, 4)
+        torch.testing.assert_close(cm(key, torch.tensor([step])), eager(key, torch.tensor([step])))
+    torch.testing.assert_close(compiled_model.cache, eager.cache)
+
+    x = torch.randn(3)
+    x_eager = x.clone()
+    cm = hp.compile(ScalesItsInput(), (x.clone(),), backends=[backend])
+    torch.testing.assert_close(cm(x), ScalesItsInput()(x_eager))
+    torch.testing.assert_close(x, x_eager)
+
+
 def test_check_each_and_verify_each_pass_on_a_transformer() -> None:
     cm = hp.compile(models.gpt2_style(), models.gpt2_style_inputs(), check_each=True, verify_each=True)
     drifts = [r.stats.get("drift", 0.0) for r in cm.pipeline.records]

@@ -49,14 +49,14 @@ def test_matches_interpreter_with_two_backends() -> None:
     outputs = executable(*inputs)
     for actual, expected in zip(outputs, run_graph(graph, *inputs), strict=True):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-    assert outputs[2] is graph.constants["scale"].const
+    assert outputs[2] is not graph.constants["scale"].const  # a copy: the caller may change it
 
 
 def test_code_and_kernel_sources() -> None:
     executable = build_executable(parse_graph(TEXT))
     assert executable.code.startswith("def forward(x, mask):")
     assert "v1, v4 = reference_0(mask, x)" in executable.code
-    assert executable.module_source.splitlines()[-1] == "    return [v4, v1, scale]"
+    assert executable.module_source.splitlines()[-1] == "    return [v4, v1, scale.clone()]"
     assert executable.code.startswith(executable.module_source.rstrip())
     assert "def reference_0(" in executable.code
     assert list(executable.kernel_sources) == ["reference_0"]
@@ -106,7 +106,8 @@ def test_symbolic_dimensions_bind_consistently() -> None:
         x, y, z = torch.randn(batch, 16), torch.randn(batch, 16), torch.randn(batch + 1)
         total, same = executable(x, y, z)
         torch.testing.assert_close(total, x + y)
-        assert same is z
+        torch.testing.assert_close(same, z)
+        assert same is not z
     message = "input 1 'y' expects f32[batch,16], got f32[3,16]: dimension 0 is batch, bound to 2 by input 0 'x'"
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         executable(torch.randn(2, 16), torch.randn(3, 16), torch.randn(1))

@@ -218,6 +218,26 @@ def test_gemm_region_with_residual_runs_a_numba_epilogue() -> None:
     assert "def k_region" in code and ("out=[p]" in code or "out=out if out is not None else [p]" in code)
 
 
+class _ActivationUsedTwice(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.relu(self.linear(x))
+        return y * 2 + 1, y.sum(-1)
+
+
+def test_gemm_region_whose_epilogue_has_two_outputs_compiles_and_matches_eager() -> None:
+    """Timing the product options ran a two-output epilogue in place over the one product buffer."""
+    model, x = _ActivationUsedTwice().eval(), torch.randn(8, 64)
+    compiled = hp.compile(model, (x,), backends=[NumbaBackend(), ReferenceBackend()])
+    assert [p.backend.name for p in compiled.executable.partitions] == ["numba"], compiled.code
+    assert [n.attrs.get("kind") for n in compiled.executable.partitions[0].nodes] == ["gemm", None]
+    for got, expected in zip(compiled(x), model(x), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("text", [
     "graph m(%a: f32[3,4,5], %b: f32[3,5,6]) -> (f32[3,4,6]) {\n  %0: f32[3,4,6] = bmm(%a, %b)\n  return %0\n}",
     "graph m(%a: f64[4,5], %b: f64[5]) -> (f64[4]) {\n  %0: f64[4] = matmul(%a, %b)\n  return %0\n}",

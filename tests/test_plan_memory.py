@@ -89,6 +89,25 @@ graph escape(%x: f32[16,16]) -> (f32[256], f32[16,16]) {
     assert plan.peak_bytes == 1024 + 2048  # the pool, plus %0 and %3 held for the caller
 
 
+def test_bitcast_is_a_view_of_its_operand() -> None:
+    """bitcast reinterprets its operand's bytes in place (x.view(dtype)): the operand stays alive while the
+    bitcast is read, and a returned bitcast keeps its operand out of the pool."""
+    plan = plan_memory(parse_graph("""\
+graph bits(%x: f32[16,16]) -> (f32[16,16]) {
+  %0: f32[16,16] = exp(%x)
+  %1: i32[16,16] = bitcast(%0) {dtype=i32}
+  %2: f32[16,16] = neg(%x)
+  %3: f32[16,16] = sin(%2)
+  %4: i32[16,16] = bitcast(%3) {dtype=i32}
+  %5: i32[16,16] = add(%1, %4)
+  %6: f32[16,16] = bitcast(%5) {dtype=f32}
+  return %6
+}
+"""))
+    assert plan.live["0"] == (0, 5) and plan.live["3"] == (3, 5)
+    assert "0" not in plan.inplace.values() and "5" not in plan.buffer_of
+
+
 def test_opaque_and_fused_results_may_view_their_operands() -> None:
     plan = plan_memory(parse_graph("""\
 graph maybe(%x: f32[4,8]) -> (f32[4,8]) {
