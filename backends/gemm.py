@@ -44,7 +44,8 @@ def onednn_available() -> bool:
 
 
 def supports_product(node: Node) -> bool:
-    """Whether `product_call` handles `node`: float32/float64 linear, matmul, bmm or conv with static shapes."""
+    """Whether `product_call` handles `node`: float32/float64 linear, matmul, bmm or batched conv with static
+    shapes (an unbatched conv's input has no batch dim, which the library calls require)."""
     if node.op not in PRODUCT_OPS:
         return False
     types = [v.type for v in [*node.inputs, *node.outputs]]
@@ -52,7 +53,8 @@ def supports_product(node: Node) -> bool:
         return False
     if len({t.dtype for t in types}) != 1:
         return False
-    return node.op != "conv" or node.inputs[1].type.rank in (3, 4, 5)
+    return node.op != "conv" or (node.inputs[1].type.rank in (3, 4, 5)
+                                 and node.inputs[0].type.rank == node.inputs[1].type.rank)
 
 
 @dataclass

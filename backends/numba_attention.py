@@ -95,6 +95,11 @@ def _attention(q, kp, kn, vp, vn, mask, out, shape, scale, mask_step, causal):
                 top = _NEG_INF
                 for j in range(s):
                     top = max(top, scores[j])
+                out_row = ((bi * h + hi) * lq + i) * dv
+                for t in range(dv):
+                    out[out_row + t] = np.float32(0.0)
+                if top == _NEG_INF:  # every key masked: PyTorch's attention gives a row of zeros
+                    continue
                 total = np.float32(0.0)
                 for j in range(s):
                     e = exp_f32(scores[j] - top)
@@ -103,9 +108,6 @@ def _attention(q, kp, kn, vp, vn, mask, out, shape, scale, mask_step, causal):
                 inv = np.float32(1.0) / total
                 for j in range(s):
                     scores[j] *= inv
-                out_row = ((bi * h + hi) * lq + i) * dv
-                for t in range(dv):
-                    out[out_row + t] = np.float32(0.0)
                 _weighted_sum(scores, vp, out, out_row, g * sp * dv, 0, sp, dv)
                 _weighted_sum(scores, vn, out, out_row, g * sn * dv, sp, sn, dv)
 

@@ -287,12 +287,14 @@ class NumbaBackend(Backend):
         lines += [f"    if out is None:\n        {', '.join(outs)}, = ({allocs},)",
                   f"    else:\n        {', '.join(outs)}, = contiguous_out(out)"]
         call = f"{kernel_name}({', '.join(args)})"
-        lines.append(f"    {call}" if numel else f"    # empty iteration space: no kernel call ({call})")
+        # A reduction over an empty dim still writes its outputs (0 for sum, NaN for mean).
+        empty = all(math.prod(v.type.static_shape()) == 0 for v in body.outputs)
+        lines.append(f"    # empty outputs: no kernel call ({call})" if empty else f"    {call}")
         lines.append(f"    return [{', '.join(outs)}]")
         template: list[tuple[str, int | str]] = [("a", i) for i in range(len(params))]
         template += [("c", c) for c in const_names] + [("o", j) for j in range(len(outs))]
         return _Region("\n".join(lines) + "\n", [kernel_src, entry_src], True,
-                       direct=(kernel_name, template) if numel else None)
+                       direct=None if empty else (kernel_name, template))
 
     def _compile_gemm(self, body: Graph, name: str, namer: Namer, namespace: dict[str, Any]) -> _Region:
         plan: GemmPlan = choose_plan(_compilable(plan_gemm(body)), self._epilogue_call)

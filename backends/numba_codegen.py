@@ -108,7 +108,7 @@ def scalar_expr(node: Node, args: list[str]) -> str:
         if mode is None and fl:
             return f"{a} / {b}"
         if mode == "floor":
-            return f"np.floor({a} / {b})" if fl else _wrap(f"{a} // {b}", dt)
+            return f"nm.div_floor_{NP_TYPE[dt][3:]}({a}, {b})" if fl else _wrap(f"{a} // {b}", dt)
         if mode == "trunc":
             return f"np.trunc({a} / {b})" if fl else _wrap(f"nm.div_trunc_int({a}, {b})", dt)
     if op == "pow" and fl:
@@ -142,13 +142,13 @@ def scalar_expr(node: Node, args: list[str]) -> str:
     if op == "sqrt" and fl:
         return f"np.sqrt({a})"
     if op == "rsqrt" and fl:
-        return f"{lit(1)} / np.sqrt({a})"
+        return f"nm.rsqrt_f32({a})" if dt is DType.f32 else f"{lit(1)} / np.sqrt({a})"
     if op == "reciprocal" and fl:
         return f"{lit(1)} / {a}"
     if op in ("floor", "ceil", "round") and dt is not DType.bool:
         return f"np.{'rint' if op == 'round' else op}({a})" if fl else a
     if op == "sign" and dt is not DType.bool:
-        return f"np.sign({a})" if fl else _wrap(f"({a} > 0) - ({a} < 0)", dt)
+        return f"{NP_TYPE[dt]}(({a} > {lit(0)}) - ({a} < {lit(0)}))" if fl else _wrap(f"({a} > 0) - ({a} < 0)", dt)
     if op == "relu" and dt is not DType.bool:
         return f"({lit(0)} if {a} < {lit(0)} else {a})"
     if op == "gelu" and fl:
@@ -180,7 +180,7 @@ def scalar_expr(node: Node, args: list[str]) -> str:
     if op == "logical_not":
         return f"({a} == 0)"
     if op == "isnan":
-        return f"({a} != {a})" if fl else "False"
+        return f"({a} != {a})" if node.inputs[0].type.dtype in FLOATS else "False"
     if op == "bitwise_not" and not fl:
         return f"(not {a})" if dt is DType.bool else _wrap(f"~{a}", dt)
     if op == "cast":
@@ -398,7 +398,9 @@ def _row_op(b: _Builder, node: Node, args: list[Def]) -> Def:
         mean = row_mean(x)
         y = b.expr(f"{x.name} - {mean.name}", out, [x, mean])
     var = row_mean(b.expr(f"{y.name} * {y.name}", out, [y]))
-    rstd = b.expr(f"{lit(1)} / np.sqrt({var.name} + {lit(eps)})", out, [var])
+    rsqrt = f"nm.rsqrt_f32({var.name} + {lit(eps)})" if out is DType.f32 else \
+        f"{lit(1)} / np.sqrt({var.name} + {lit(eps)})"
+    rstd = b.expr(rsqrt, out, [var])
     y = b.expr(f"{y.name} * {rstd.name}", out, [y, rstd])
     for i, extra in enumerate(args[1:]):
         y = b.expr(f"{y.name} {'*' if i == 0 else '+'} {extra.name}", out, [y, extra])

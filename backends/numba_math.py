@@ -44,6 +44,8 @@ _EXP_ROUND = F32(12583038.0)  # 1.5 * 2**23 + 126: adding it rounds to an intege
 _SQRT_HALF = F32(0.70710678118654752)
 _SMALLEST_NORMAL = F32(1.17549435e-38)
 _TWO_23 = F32(8388608.0)
+_TWO_24 = F32(16777216.0)
+_TWO_12 = F32(4096.0)
 _ONE = F32(1.0)
 _HALF = F32(0.5)
 _TWO = F32(2.0)
@@ -137,6 +139,18 @@ def tanh_f32(x):
     q = q * u + F32(2.15170315e+06)
     q = q * u + F32(4.6605554e+06)
     return p / q * xc
+
+
+@njit(inline="always")
+def rsqrt_f32(x):
+    """1 / sqrt(x). Under `arcp` LLVM computes it as the rsqrt estimate and one Newton step (~2 ulp),
+    which gives NaN for 0 and inf and -inf below the smallest normal: those take selects (subnormals
+    scaled by 2**24 first)."""
+    small = x < _SMALLEST_NORMAL
+    r = _ONE / np.sqrt(x * _TWO_24 if small else x)
+    r = r * _TWO_12 if small else r
+    r = _INF if x == _ZERO else r
+    return _ZERO if x == _INF else r
 
 
 @njit(inline="always")
@@ -263,6 +277,33 @@ def gelu_tanh_f64(x):
 @njit(inline="always")
 def sigmoid_f64(x):
     return 1.0 / (1.0 + math.exp(-x))
+
+
+@njit(inline="always")
+def _div_floor(a, b, zero, one, half):
+    """a // b for floats as torch computes it: the floor of the exact quotient (Python's //), from fmod,
+    which is exact; flooring the rounded a / b is one too high when it rounds up to an integer
+    (1.0 // 0.1 is 9.0). Division by zero gives a / b (inf or NaN)."""
+    mod = np.fmod(a, b)
+    quotient = (a if b == zero else a - mod) / b  # one division: `arcp` would share a reciprocal of b
+    if b == zero:
+        return quotient
+    if (mod != zero) & ((b < zero) != (mod < zero)):
+        quotient = quotient - one
+    if quotient == zero:
+        return zero
+    floored = np.floor(quotient)
+    return floored + one if quotient - floored > half else floored
+
+
+@njit(inline="always")
+def div_floor_float32(a, b):
+    return _div_floor(a, b, F32(0.0), F32(1.0), F32(0.5))
+
+
+@njit(inline="always")
+def div_floor_float64(a, b):
+    return _div_floor(a, b, 0.0, 1.0, 0.5)
 
 
 @njit(inline="always")

@@ -24,8 +24,8 @@ def _check(m: Match) -> str | None:
             return f"{name} %{value.name} is {value.type.dtype}, not floating point"
         if name != "w" and value.type.shape != (channels,):
             return f"{name} %{value.name} has shape {list(value.type.shape)}, expected [{channels}] (conv channels)"
-    if conv.outputs[0].type.rank < 2:
-        return "the convolution has no channel dim"
+    if conv.inputs[0].type.rank != weight.type.rank:
+        return "the convolution is unbatched: batch norm's dim 1 is not its channel dim"
     return None
 
 

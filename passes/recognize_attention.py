@@ -12,7 +12,7 @@ import torch
 
 from ..ir import Node, Value
 from ..ir.numbers import shortest_float
-from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
+from .rewrite import TRUE_DIV, Match, Pat, PatternPass, Rule, RuleSet
 
 
 def _swaps_last_two(node: Node) -> bool:
@@ -147,7 +147,7 @@ def _causal(m: Match) -> Value:
 
 
 _scores = Pat("matmul", Pat.var("q"), Pat.var("kt"))
-_scaled = Pat.any(Pat(("mul", "div"), _scores, Pat.const("c"), name="scaled"), _scores)
+_scaled = Pat.any(Pat(("mul", "div"), _scores, Pat.const("c"), name="scaled", attrs=TRUE_DIV), _scores)
 _masked = Pat.any(Pat("add", _scaled, Pat.var("mask")),
                   Pat("where", Pat.var("cond"), _scaled, Pat.const("fill")),
                   Pat("where", Pat.var("ncond"), Pat.const("fill"), _scaled),

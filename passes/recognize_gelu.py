@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..ir import Value
-from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
+from .rewrite import TRUE_DIV, Match, Pat, PatternPass, Rule, RuleSet
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _CUBIC = 0.044715
@@ -22,8 +22,8 @@ def _gelu_of(inner: Pat) -> Pat:
     half = Pat.const(value=0.5)
     two = Pat.const(value=2.0)
     one_plus = Pat("add", Pat.const(value=1.0), inner)
-    return Pat.any(*_product(half, x, one_plus), Pat("mul", Pat("div", x, two), one_plus),
-                   Pat("div", Pat("mul", x, one_plus), two))
+    return Pat.any(*_product(half, x, one_plus), Pat("mul", Pat("div", x, two, attrs=TRUE_DIV), one_plus),
+                   Pat("div", Pat("mul", x, one_plus), two, attrs=TRUE_DIV))
 
 
 def _cube(x: Pat) -> Pat:
@@ -54,7 +54,7 @@ def _rewrite(approximate: str):  # type: ignore[no-untyped-def]
 
 _x = Pat.var("x")
 _erf = Pat("erf", Pat.any(Pat("mul", _x, Pat.const(value=1 / math.sqrt(2))),
-                          Pat("div", _x, Pat.const(value=math.sqrt(2)))))
+                          Pat("div", _x, Pat.const(value=math.sqrt(2)), attrs=TRUE_DIV)))
 
 RULES = RuleSet([
     Rule("gelu-erf", _gelu_of(_erf), _rewrite("none"), _check),

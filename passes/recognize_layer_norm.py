@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..ir import Node, Value
 from .norm_patterns import check_affine, check_normalized, normalize, trailing_dims
-from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
+from .rewrite import TRUE_DIV, Match, Pat, PatternPass, Rule, RuleSet
 
 
 def _describe_reduction(node: Node) -> str:
@@ -56,7 +56,7 @@ _variance = Pat.any(Pat("mean", Pat.any(Pat("pow", _centered, Pat.const(value=2.
 _shifted = Pat("add", _variance, Pat.const("eps", scalar=True))
 
 RULES = RuleSet([
-    Rule("layer-norm", Pat.any(Pat("div", _centered, Pat("sqrt", _shifted)),
+    Rule("layer-norm", Pat.any(Pat("div", _centered, Pat("sqrt", _shifted), attrs=TRUE_DIV),
                                Pat("mul", _centered, Pat("rsqrt", _shifted))), _layer_norm, _check_core),
     Rule("layer-norm-weight", Pat("mul", Pat("layer_norm", Pat.var(), name="norm"), Pat.var("p")), _with_weight,
          check_affine),

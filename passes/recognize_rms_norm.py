@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..ir import Value
 from .norm_patterns import check_affine, check_normalized, normalize, trailing_dims
-from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
+from .rewrite import TRUE_DIV, Match, Pat, PatternPass, Rule, RuleSet
 
 
 def _check_core(m: Match) -> str | None:
@@ -35,7 +35,8 @@ _square = Pat.any(Pat("pow", _x, Pat.const(value=2.0)), Pat("mul", _x, _x))
 _shifted = Pat("add", Pat("mean", _square, name="mean"), Pat.const("eps", scalar=True))
 
 RULES = RuleSet([
-    Rule("rms-norm", Pat.any(Pat("mul", _x, Pat("rsqrt", _shifted)), Pat("div", _x, Pat("sqrt", _shifted))),
+    Rule("rms-norm", Pat.any(Pat("mul", _x, Pat("rsqrt", _shifted)),
+                             Pat("div", _x, Pat("sqrt", _shifted), attrs=TRUE_DIV)),
          _rms_norm, _check_core),
     Rule("rms-norm-weight", Pat("mul", Pat("rms_norm", Pat.var(), name="norm"), Pat.var("p")), _with_weight,
          check_affine),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..ir import DType, Node, Value
-from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
+from .rewrite import TRUE_DIV, Match, Pat, PatternPass, Rule, RuleSet
 
 
 def _one_dim_kept(node: Node) -> int | None:
@@ -64,7 +64,7 @@ _total = Pat("sum", _exp, name="total")
 
 RULES = RuleSet([
     # exp(x - amax(x)) / sum(exp(x - amax(x))); the max shift may be missing (then softmax is the stabler form).
-    Rule("softmax", Pat.any(Pat("div", _exp, _total), Pat("mul", _exp, Pat("reciprocal", _total))),
+    Rule("softmax", Pat.any(Pat("div", _exp, _total, attrs=TRUE_DIV), Pat("mul", _exp, Pat("reciprocal", _total))),
          _softmax, _reduction_check("max", "total")),
     # (x - amax(x)) - log(sum(exp(x - amax(x))))
     Rule("log-softmax", Pat("sub", _shifted, Pat("log", _total)), _log_softmax, _reduction_check("max", "total")),

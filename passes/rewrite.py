@@ -23,6 +23,10 @@ from .base import Pass, PassContext, PassResult
 ValueCheck = Callable[[Value], bool]
 
 
+# `attrs` for a pattern's `div`: true division only (floor and trunc division have the same op name).
+TRUE_DIV = {"rounding_mode": None}
+
+
 class Pat:
     """A pattern over one value; build with `Pat(op, *operands)`, `Pat.var`, `Pat.const`, `Pat.opt`, `Pat.any`.
 

@@ -65,6 +65,20 @@ def test_input_statistics_and_shared_conv_stay() -> None:
     assert "is also a graph output" in (pass_.report.why_not("fold-batchnorm-into-conv", "3") or "")
 
 
+def test_batch_norm_after_an_unbatched_conv_stays() -> None:
+    """Unbatched, the conv's output is [C, L] and batch norm normalizes dim 1, the positions (6 here, as C)."""
+    pass_ = unchanged(FoldBatchNormIntoConvPass(), """
+    graph g(%x: f32[3,8]) -> (f32[6,6]) {
+      const %w: f32[6,3,3]
+      const %mean: f32[6] = [0.5, -0.5, 0.25, 0.0, 1.0, 2.0]
+      const %var: f32[6] = [1.0, 2.0, 0.5, 4.0, 1.0, 3.0]
+      %0: f32[6,6] = conv(%x, %w)
+      %1: f32[6,6] = batch_norm(%0, %mean, %var)
+      return %1
+    }""")
+    assert "unbatched" in (pass_.report.why_not("fold-batchnorm-into-conv", "1") or "")
+
+
 @settings(max_examples=20)
 @given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3), st.booleans(), st.booleans(), st.integers(1, 2))
 def test_shapes_fold_and_keep_results(cin: int, cout: int, kernel: int, bias: bool, affine: bool,

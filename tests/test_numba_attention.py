@@ -63,6 +63,15 @@ def test_masks_and_causal() -> None:
     _check(node, _operands(types, 2))
 
 
+def test_a_query_row_with_every_key_masked_gives_zeros() -> None:
+    """Padded batches have such rows; PyTorch's attention returns zeros for them, not NaN."""
+    for mask in ("rows-bool", "full-f32"):
+        node, types = _node((2, 2, 3, 8), 2, 4, 2, 8, mask)
+        operands = _operands(types, 3)
+        operands[5][..., 1, :] = False if mask.endswith("bool") else float("-inf")
+        _check(node, operands)
+
+
 @given(b=st.integers(1, 2), kv_heads=st.integers(1, 3), groups=st.integers(1, 3), lq=st.integers(1, 4),
        past=st.integers(0, 9), new=st.integers(1, 4), d=st.integers(1, 20), dv=st.integers(1, 20),
        mask=st.sampled_from(["none", "keys-f32", "rows-bool", "full-f32"]), causal=st.booleans(),

@@ -67,6 +67,42 @@ def test_unary_ops_match_eager(op: str, dtype: str) -> None:
     check(unary(op, dtype), [x], rtol=1e-5 if dtype == "f64" else 2e-5, atol=1e-6)
 
 
+_INF, _NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("op, values, out", [
+    ("isnan", [_NAN, 1.0, _INF, -_INF, -0.0, 3.0, _NAN, -2.0], "bool"),
+    ("sign", [_NAN, -2.0, 0.0, 3.0, _INF, -_INF, 1e-30, -1e-30], None),
+    ("rsqrt", [0.0, _INF, 1e-40, 4.0, 0.25, 1e30, 7.0, _NAN], None),  # 1e-40 is subnormal in float32
+])
+def test_unary_ops_on_special_values(op: str, values: list[float], out: str | None, dtype: str) -> None:
+    """NaN, infinities, zeros and subnormals in the vector loop (64 elements) as torch treats them."""
+    text = unary(op, dtype, shape="[64]").replace(f"%0: {dtype}[64]", f"%0: {out or dtype}[64]")
+    text = text.replace(f"-> ({dtype}[64])", f"-> ({out or dtype}[64])")
+    check(text, [torch.tensor(values * 8, dtype=DType.parse(dtype).torch)], rtol=1e-6 if dtype == "f32" else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_float_floor_division_floors_the_exact_quotient(dtype: str) -> None:
+    """1.0 // 0.1 is 9 in torch and Python (the rounded quotient 1.0 / 0.1 is exactly 10)."""
+    text = f"""graph m(%a: {dtype}[64], %b: {dtype}[64]) -> ({dtype}[64]) {{
+  %0: {dtype}[64] = div(%a, %b) {{rounding_mode="floor"}}
+  return %0
+}}"""
+    t = DType.parse(dtype).torch
+    a = torch.tensor([1.0, 0.7, -7.0, _INF, 5.0, 0.0, 3.0, -3.0] * 8, dtype=t)
+    b = torch.tensor([0.1, 0.1, 0.7, 2.0, 0.0, 0.0, -2.0, 2.0] * 8, dtype=t)
+    check(text, [a, b], rtol=0, atol=0)
+
+
+def test_rms_norm_of_a_row_whose_squares_overflow_is_zero() -> None:
+    text = ("graph m(%x: f32[2,8]) -> (f32[2,8]) {\n"
+            "  %0: f32[2,8] = rms_norm(%x) {normalized_shape=[8], eps=1e-6}\n  return %0\n}")
+    x = torch.stack([torch.full((8,), 1e20), torch.arange(8.0)])
+    check(text, [x])
+
+
 @pytest.mark.parametrize("op, attrs", [("gelu", ' {approximate="tanh"}'), ("leaky_relu", " {negative_slope=0.2}"),
                                        ("elu", " {alpha=0.5}"), ("softplus", " {beta=2.0, threshold=5.0}"),
                                        ("clamp", " {min=-0.5, max=1.0}"), ("clamp", " {min=0.25}")])
@@ -145,6 +181,13 @@ def test_elementwise_edge_shapes(shape: str) -> None:
   %1: f32{shape} = add(%0, %x)
   return %1
 }}""")
+
+
+@pytest.mark.parametrize("op, dims, shape, out", [("sum", "[-1]", "[3,0]", "[3]"), ("mean", "[-1]", "[3,0]", "[3]"),
+                                                ("sum", "[2, 3]", "[2,3,0,4]", "[2,3]")])
+def test_reductions_over_an_empty_dim_write_their_outputs(op: str, dims: str, shape: str, out: str) -> None:
+    """sum over a size-0 dim is 0 and mean is NaN: the output has elements although the input has none."""
+    check(f"graph m(%x: f32{shape}) -> (f32{out}) {{\n  %0: f32{out} = {op}(%x) {{dims={dims}}}\n  return %0\n}}")
 
 
 REDUCTION = region("reduction", "%x: f32[2,5,48], %w: f32[48], %b: f32[48]",
@@ -288,6 +331,8 @@ def test_kernels_write_into_out_buffers() -> None:
     region("reduction", "%x: f32[4,5]", "f32[5]", "%0: f32[5] = sum(%x) {dims=[0]}\nreturn %0"),
     region("gemm", "%x: f32[4,5], %w: f32[3,5]", "f32[4,3]",
            "%0: f32[4,3] = linear(%x, %w)\n%1: f32[4,3] = softmax(%0) {dim=-1}\nreturn %1"),
+    # An unbatched convolution: the library calls need a batch dim.
+    "graph m(%x: f32[3,8], %w: f32[6,3,3]) -> (f32[6,6]) {\n  %0: f32[6,6] = conv(%x, %w)\n  return %0\n}",
 ])
 def test_supports_declines_what_it_cannot_compile(text: str) -> None:
     graph = parse_graph(text)

@@ -16,6 +16,19 @@ from heteropass.testing.strategies import graph_and_inputs, random_input
 from .test_rewrite import check_pass, unchanged
 
 
+def test_scores_floor_divided_by_a_constant_stay() -> None:
+    unchanged(RecognizeAttentionPass(), """
+    graph g(%q: f32[2,4,6,8], %k: f32[2,4,6,8], %v: f32[2,4,6,8]) -> (f32[2,4,6,8]) {
+      const %d: f32[] = 2.8284271247461903
+      %0: f32[2,4,8,6] = transpose(%k) {dim0=-1, dim1=-2}
+      %1: f32[2,4,6,6] = matmul(%q, %0)
+      %2: f32[2,4,6,6] = div(%1, %d) {rounding_mode="floor"}
+      %3: f32[2,4,6,6] = softmax(%2) {dim=-1}
+      %4: f32[2,4,6,8] = matmul(%3, %v)
+      return %4
+    }""")
+
+
 def test_scaled_attention_with_transposed_k() -> None:
     result = check_pass(RecognizeAttentionPass(), """
     graph g(%q: f32[2,4,6,8], %k: f32[2,4,6,8], %v: f32[2,4,6,8]) -> (f32[2,4,6,8]) {

@@ -16,6 +16,21 @@ from heteropass.testing.strategies import graph_and_inputs, random_input
 from .test_rewrite import check_pass, unchanged
 
 
+def test_trunc_or_floor_division_in_place_of_a_true_one_stays() -> None:
+    unchanged(RecognizeGeluPass(), """
+    graph g(%x: f32[4,8]) -> (f32[4,8]) {
+      const %two: f32[] = 2.0
+      const %one: f32[] = 1.0
+      const %sqrt2: f32[] = 1.4142135623730951
+      %0: f32[4,8] = div(%x, %two) {rounding_mode="trunc"}
+      %1: f32[4,8] = div(%x, %sqrt2) {rounding_mode="floor"}
+      %2: f32[4,8] = erf(%1)
+      %3: f32[4,8] = add(%2, %one)
+      %4: f32[4,8] = mul(%0, %3)
+      return %4
+    }""")
+
+
 def test_erf_form() -> None:
     result = check_pass(RecognizeGeluPass(), """
     graph g(%x: f32[4,8]) -> (f32[4,8]) {

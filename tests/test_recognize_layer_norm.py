@@ -29,6 +29,12 @@ graph g(%x: f32[2,3,8], %w: f32[8], %b: f32[8]) -> (f32[2,3,8]) {
 }"""
 
 
+def test_trunc_division_by_the_deviation_stays() -> None:
+    text = _DECOMPOSED.replace("div(%1, %5)", 'div(%1, %5) {rounding_mode="trunc"}')
+    assert "trunc" in text
+    unchanged(RecognizeLayerNormPass(), text)
+
+
 def test_layer_norm_with_weight_and_bias() -> None:
     result = check_pass(RecognizeLayerNormPass(), _DECOMPOSED, """
     graph g(%x: f32[2,3,8], %w: f32[8], %b: f32[8]) -> (f32[2,3,8]) {

@@ -85,6 +85,16 @@ def test_a_shift_over_another_dim_is_kept_as_an_operand() -> None:
     }""")
 
 
+def test_floor_division_by_the_sum_stays() -> None:
+    unchanged(RecognizeSoftmaxPass(), """
+    graph g(%x: f32[4,4]) -> (f32[4,4]) {
+      %2: f32[4,4] = exp(%x)
+      %5: f32[4,1] = sum(%2) {dims=[1], keepdim=true}
+      %6: f32[4,4] = div(%2, %5) {rounding_mode="floor"}
+      return %6
+    }""")
+
+
 def test_a_sum_without_keepdim_stays() -> None:
     # Without keepdim the [4] sum broadcasts along the other axis: not a softmax.
     pass_ = unchanged(RecognizeSoftmaxPass(), """
