@@ -53,6 +53,7 @@ class HeteropassRep(BackendRep):
     def run(self, inputs: Sequence[Any] | Mapping[str, Any], **kwargs: Any) -> tuple[np.ndarray, ...]:
         if isinstance(inputs, Mapping):
             by_name = dict(inputs)
+            self._check_names(by_name)
         else:
             inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
             if len(inputs) != len(self.input_names):
@@ -63,6 +64,18 @@ class HeteropassRep(BackendRep):
         program, executable = self._for_values(by_name)
         tensors = [to_torch(np.asarray(by_name[name])) for name in program.input_names]
         return tuple(to_numpy(t.contiguous()) for t in executable(*tensors))
+
+    def _check_names(self, by_name: Mapping[str, Any]) -> None:
+        """Inputs by name: every model input, nothing else. An initializer the graph also lists as an input
+        is a constant here (folded at import), so a value for it is refused rather than ignored."""
+        initializers = {t.name for t in self.model.graph.initializer}
+        if overridden := sorted(set(by_name) & initializers):
+            raise ValueError(f"{overridden} are initializers, which heteropass folds as constants; "
+                             f"the model's inputs are {self.input_names}")
+        if missing := [name for name in self.input_names if name not in by_name]:
+            raise ValueError(f"missing input(s) {missing}; the model's inputs are {self.input_names}")
+        if unknown := sorted(set(by_name) - set(self.input_names)):
+            raise ValueError(f"unknown input(s) {unknown}; the model's inputs are {self.input_names}")
 
     def _coerce(self, name: str, value: Any) -> np.ndarray:
         """The input as an array of the model's element type (test data may hold objects or TensorProtos)."""

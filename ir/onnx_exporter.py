@@ -200,7 +200,8 @@ class _ModelBuilder:
         for value, name in copies:
             if id(value) not in env:
                 env[id(value)] = constant(value)
-            em.emit("Identity", [env[id(value)]], [name])
+            if env[id(value)] != name:  # else the output is the graph input of that name
+                em.emit("Identity", [env[id(value)]], [name])
 
     def lower_node(self, em: Emitter, node: Node, inputs: list[str], desired: list[str],
                    constant: ConstantNamer, value_info: list[ValueInfoProto]) -> None:
@@ -275,14 +276,17 @@ def _rename(nodes: Sequence[onnx.NodeProto], old: str, new: str) -> None:
                     names[i] = new
 
 
-def _io_names(given: Sequence[str] | None, values: Sequence[Value], names: Names, what: str) -> list[str]:
+def _io_names(given: Sequence[str] | None, values: Sequence[Value], names: Names, what: str,
+              inputs: dict[str, int] | None = None) -> list[str]:
+    """The ONNX names of graph inputs or outputs; an output may keep the name of the graph input (in
+    `inputs`: name -> id of the value) that it is, as ONNX allows."""
     if given is None:
         return [names.unique(v.name) for v in values]
     given = list(given)
     if len(given) != len(values):
         raise ValueError(f"{len(given)} {what} names for {len(values)} graph {what}s")
-    for name in given:
-        if name in names.used:
+    for name, value in zip(given, values, strict=True):
+        if name in names.used and (inputs or {}).get(name) != id(value):
             raise ValueError(f"{what} name {name!r} is used twice")
         names.used.add(name)
     return given
@@ -303,7 +307,8 @@ def export_onnx(graph: Graph, *, opset: int = DEFAULT_OPSET, as_functions: bool 
             raise OnnxExportError(f"cannot export %{value.name}: {value.type} has symbolic dimensions")
     names = Names()
     inputs = _io_names(input_names, graph.inputs, names, "input")
-    outputs = _io_names(output_names, graph.outputs, names, "output")
+    outputs = _io_names(output_names, graph.outputs, names, "output",
+                        {name: id(v) for name, v in zip(inputs, graph.inputs, strict=True)})
     builder = _ModelBuilder(opset, as_functions)
     em = Emitter(names, opset, builder.initializers)
     value_info: list[ValueInfoProto] = []

@@ -14,6 +14,7 @@ import base64
 import functools
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,17 +84,94 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto | Any, *, str
     if not strict and fallback is None:
         fallback = "reference"
     proto = load_model(model)
+    _check(proto)
     opset = _default_opset(proto)
     if opset < MIN_OPSET:
+        original = opset
         try:
-            proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
+            proto = onnx.version_converter.convert_version(_hardmax_over_rows(proto, opset), MIN_OPSET)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OnnxImportError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET}: {first}") from None
+            raise OnnxImportError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET}: {_first_line(exc)}") \
+                from None
         opset = MIN_OPSET
+        if original < 11:
+            _asymmetric_linear_resize(proto.graph)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
     return _Importer(proto, opset, fallback, dict(bind or {})).run()
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check(proto: onnx.ModelProto) -> None:
+    """What ONNX Runtime rejects before it runs a model: an opset newer than onnx knows, a name defined
+    twice (single assignment), and nodes whose attributes or input count break their op's schema
+    (onnx.checker.check_node). Node order and declared shapes are not required (ONNX Runtime sorts
+    the nodes itself and accepts types without a shape)."""
+    known = onnx.defs.onnx_opset_version()
+    opset = _default_opset(proto)
+    if opset > known:
+        raise OnnxImportError(f"the model uses opset {opset}; onnx {onnx.__version__} knows opsets up to {known}")
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = proto.ir_version or onnx.IR_VERSION
+    context.opset_imports = {"": opset, **{e.domain: e.version for e in proto.opset_import if e.domain}}
+    defined: dict[str, str] = {}
+    for graph_input in proto.graph.input:
+        if graph_input.name in defined:
+            raise OnnxImportError(f"invalid ONNX model: graph input {graph_input.name!r} is listed twice")
+        defined[graph_input.name] = "a graph input"
+    initializers = {t.name for t in proto.graph.initializer}
+    for i, node in enumerate(proto.graph.node):
+        what = f"node {node.name or (node.output[0] if node.output else str(i))!r} ({node.op_type})"
+        for name in filter(None, node.output):
+            if name in defined or name in initializers:
+                raise OnnxImportError(f"invalid ONNX model: {name!r} is defined twice: by "
+                                      f"{defined.get(name, 'an initializer')} and by {what}")
+            defined[name] = what
+        if node.domain in _DEFAULT_DOMAINS and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                       for a in node.attribute):
+            try:
+                onnx.checker.check_node(node, context)
+            except onnx.checker.ValidationError as exc:
+                raise OnnxImportError(f"invalid ONNX model: {what}: {_first_line(exc)}") from None
+
+
+def _hardmax_over_rows(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Before opset 13 Hardmax flattens its input to 2-D at `axis` and takes one maximum per row; the
+    version converter keeps the node as it is, which opset 13 reads as one maximum along `axis`. Each
+    old Hardmax becomes Flatten(axis) -> Hardmax -> Reshape to the input's shape, the same in both."""
+    if opset >= 13 or opset < 5 or not any(n.op_type == "Hardmax" and n.domain in _DEFAULT_DOMAINS
+                                           for n in proto.graph.node):
+        return proto
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type != "Hardmax" or node.domain not in _DEFAULT_DOMAINS:
+            nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        x, y = node.input[0], node.output[0]
+        flat, rows, shape = f"{y}__hardmax_flat", f"{y}__hardmax_rows", f"{y}__hardmax_shape"
+        nodes += [onnx.helper.make_node("Flatten", [x], [flat], axis=axis, name=f"{node.name}__flatten"),
+                  onnx.helper.make_node("Hardmax", [flat], [rows], axis=1, name=node.name),
+                  onnx.helper.make_node("Shape", [x], [shape], name=f"{node.name}__shape"),
+                  onnx.helper.make_node("Reshape", [rows, shape], [y], name=f"{node.name}__reshape")]
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return proto
+
+
+def _asymmetric_linear_resize(graph: onnx.GraphProto) -> None:
+    """Resize-10 and Upsample map output to input coordinates as x / scale ("asymmetric"); the version
+    converter leaves the mode out, which opset 13 reads as "half_pixel". Linear resizes get it back
+    (for nearest, the opset-10 rounding agrees with the opset-13 default)."""
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if (node.op_type == "Resize" and "coordinate_transformation_mode" not in attrs
+                and "mode" in attrs and attrs["mode"].s in (b"linear", b"bilinear")):
+            node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -127,7 +205,10 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto | Any) -> onnx
         for tensor in external:
             _check_location(tensor, base)
         proto = onnx.ModelProto.FromString(proto.SerializeToString())
-        onnx.external_data_helper.load_external_data_for_model(proto, str(base))
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(base))
+        except (OSError, ValueError) as exc:
+            raise OnnxImportError(f"cannot read external data: {_first_line(exc)}") from None
     return proto
 
 
@@ -351,8 +432,11 @@ class _Importer:
             needs = self._graph_inputs_behind(exc.value)
             raise OnnxImportError(f"{where}: operand %{exc.value.name} must be known at import time (it is "
                                   f"computed from graph inputs {needs} at run time)", needs_values=needs) from None
-        except (OpError, RuntimeError, ValueError, IndexError) as exc:
-            raise OnnxImportError(f"{where}: {exc}") from exc
+        except OnnxImportError:
+            raise
+        except Exception as exc:  # a rule meeting a node it cannot read: name the node, not the rule's line
+            known = isinstance(exc, OpError | RuntimeError | ValueError | IndexError)
+            raise OnnxImportError(f"{where}: {exc if known else f'{type(exc).__name__} {exc}'.strip()}") from exc
         self._bind_outputs(node, results, out_types, where)
 
     def _inline_if(self, node: onnx.NodeProto, inputs: list[Value | None], where: str) -> bool:
@@ -361,7 +445,9 @@ class _Importer:
         if condition is None or condition.const is None:
             return False
         branch_name = "then_branch" if bool(condition.const.reshape(-1)[0]) else "else_branch"
-        branch = next(a.g for a in node.attribute if a.name == branch_name)
+        branch = next((a.g for a in node.attribute if a.name == branch_name), None)
+        if branch is None:
+            raise OnnxImportError(f"{where}: required attribute '{branch_name}' is missing")
         for inner in _topological(list(branch.node), set(self.env)):
             self._lower(inner)
         for name, result in zip(node.output, branch.output, strict=True):
@@ -473,6 +559,7 @@ class _Importer:
         if self.fallback is None:
             raise OnnxImportError(f"{where}: {reason} (import with fallback='reference' to run it with the "
                                   "ONNX reference evaluator)")
+        warnings.warn(f"{where}: {reason}; it runs with the {self.fallback} evaluator", stacklevel=4)
         wanted = [i for i, name in enumerate(node.output) if name]
         types = [out_types[i] for i in wanted]
         if any(t is None or not t.is_static for t in types):

@@ -273,6 +273,16 @@ def test_names_are_sanitized_unique_and_io_can_be_renamed() -> None:
         export_onnx(graph, output_names=["x", "y", "z", "x"])
 
 
+def test_an_output_that_is_a_graph_input_may_keep_its_name() -> None:
+    graph = Graph("g")
+    x = graph.add_input("x", t(2, 3))
+    graph.set_outputs([graph.call("relu", x), x])
+    model = assert_exports_faithfully(graph, random_inputs(graph), input_names=["x"], output_names=["y", "x"])
+    assert [o.name for o in model.graph.output] == ["y", "x"] and [n.op_type for n in model.graph.node] == ["Relu"]
+    with pytest.raises(ValueError, match="output name 'x' is used twice"):
+        export_onnx(graph, input_names=["x"], output_names=["x", "y"])
+
+
 def test_opaque_node_error_names_node_and_op() -> None:
     graph = parse_graph("""graph g(%x: f32[2,3]) -> (f32[2,3]) {
       %0: f32[2,3] = relu(%x)

@@ -202,10 +202,13 @@ def test_unsupported_op_names_op_node_and_opset() -> None:
 @pytest.mark.parametrize("fallback", ["reference", "onnxruntime"])
 def test_fallback_runs_the_node_with_an_onnx_evaluator(fallback: str) -> None:
     model = _reverse_sequence_model()
-    program = import_onnx(model, fallback=fallback)
+    with pytest.warns(UserWarning, match=rf"node 'rev' \(ReverseSequence, opset 21\).* runs with the {fallback}"):
+        program = import_onnx(model, fallback=fallback)
     verify(program.graph)
     assert program.graph.op_counts() == {"opaque": 1, "relu": 1}
-    assert_matches_onnxruntime(model, fallback=fallback)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert_matches_onnxruntime(model, fallback=fallback)
 
 
 # -- malformed input --------------------------------------------------------------------------------
@@ -231,8 +234,53 @@ def test_undefined_input() -> None:
 def test_wrong_attribute_type() -> None:
     node = helper.make_node("Transpose", ["x"], ["y"], name="t", perm=[1.0, 0.0])
     model = make_model([node], [("x", F32, [2, 3])], [("y", F32, [3, 2])])
-    with pytest.raises(OnnxImportError, match="attribute 'perm' must be INTS, got FLOATS"):
+    with pytest.raises(OnnxImportError, match=r"node 't' \(Transpose\): Mismatched attribute type .*perm.*INTS"):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("nodes, inputs, message", [
+    ([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Sigmoid", ["x"], ["y"])], ["x"],
+     r"'y' is defined twice: by node 'y' \(Relu\) and by node 'y' \(Sigmoid\)"),
+    ([helper.make_node("Relu", ["x"], ["x"], name="r")], ["x"], r"'x' is defined twice: by a graph input and by node"),
+    ([helper.make_node("Relu", ["x"], ["y"])], ["x", "x"], "graph input 'x' is listed twice"),
+    ([helper.make_node("Concat", ["x", "x"], ["y"], name="c")], ["x"], r"node 'c' \(Concat\): Required attribute"),
+    ([helper.make_node("Relu", ["x", "x"], ["y"], name="r")], ["x"], r"node 'r' \(Relu\): .*input size 2"),
+])
+def test_models_onnx_runtime_rejects_are_rejected_naming_the_node(nodes: list, inputs: list[str], message: str) -> None:
+    model = make_model(nodes, [(name, F32, [2, 3]) for name in inputs], [("y" if nodes[0].output[0] != "x" else "x",
+                                                                          F32, [2, 3])])
+    with pytest.raises(OnnxImportError, match=message):
+        import_onnx(model)
+
+
+def test_an_opset_newer_than_onnx_knows_is_rejected() -> None:
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [2])], [("y", F32, [2])], opset=99)
+    with pytest.raises(OnnxImportError, match="uses opset 99"):
+        import_onnx(model)
+
+
+def test_a_rule_failing_on_a_malformed_node_names_it() -> None:
+    model = make_model([helper.make_node("DepthToSpace", ["x"], ["y"], name="d2s", blocksize=0)],
+                       [("x", F32, [1, 4, 2, 2])], [("y", F32, None)])
+    with pytest.raises(OnnxImportError, match=r"node 'd2s' \(DepthToSpace"):
+        import_onnx(model)
+
+
+def _old_model(node: onnx.NodeProto, x_shape: list[int], opset: int,
+               scales: list[float] | None = None) -> onnx.ModelProto:
+    initializers = {"scales": np.array(scales, np.float32)} if scales else {}
+    return make_model([node], [("x", F32, x_shape)], [("y", F32, None)], initializers, opset=opset)
+
+
+def test_old_opset_hardmax_and_linear_resize_keep_their_meaning() -> None:
+    """Before opset 13 Hardmax takes one maximum per row of the input flattened at `axis`; Resize-10 and
+    Upsample map coordinates as x / scale. The version converter loses both."""
+    assert_matches_onnxruntime(_old_model(helper.make_node("Hardmax", ["x"], ["y"], axis=1), [2, 3, 4], 11))
+    assert_matches_onnxruntime(_old_model(helper.make_node("Hardmax", ["x"], ["y"], axis=0), [2, 3, 4], 11))
+    resize = helper.make_node("Resize", ["x", "scales"], ["y"], mode="linear")
+    assert_matches_onnxruntime(_old_model(resize, [1, 1, 4, 4], 10, [1.0, 1.0, 2.0, 2.0]))
+    upsample = helper.make_node("Upsample", ["x", "scales"], ["y"], mode="linear")
+    assert_matches_onnxruntime(_old_model(upsample, [1, 1, 3, 4], 9, [1.0, 1.0, 2.0, 1.5]))
 
 
 def test_cycle() -> None:
@@ -327,3 +375,19 @@ def test_qdq_model_imports_as_quantize_dequantize_and_exports_back() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     exported = export_onnx(program.graph)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in exported.graph.node}
+
+
+def test_backend_run_by_name_requires_exactly_the_model_inputs() -> None:
+    model = make_model([helper.make_node("Add", ["x", "b"], ["y"])], [("x", F32, [3]), ("b", F32, [3])],
+                       [("y", F32, [3])])
+    rep = HeteropassBackend.prepare(model)
+    x = np.ones(3, np.float32)
+    np.testing.assert_array_equal(rep.run({"x": x, "b": x})[0], 2 * x)
+    with pytest.raises(ValueError, match=r"missing input\(s\) \['b'\]"):
+        rep.run({"x": x})
+    with pytest.raises(ValueError, match=r"unknown input\(s\) \['bogus'\]"):
+        rep.run({"x": x, "b": x, "bogus": x})
+    with_default = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [("x", F32, [3]), ("w", F32, [3])],
+                              [("y", F32, [3])], {"w": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match=r"\['w'\] are initializers"):
+        HeteropassBackend.prepare(with_default).run({"x": x, "w": x})
