@@ -9,6 +9,7 @@ into the executable) makes a new instance, which is kept for later calls.
 
 from __future__ import annotations
 
+import linecache
 from collections.abc import Callable, Sequence
 
 import torch
@@ -63,16 +64,20 @@ class Executable:
             for tensor, (dtype, shape) in zip(tensors, static, strict=True):
                 if not isinstance(tensor, torch.Tensor) or tensor.dtype is not dtype or tensor.shape != shape:
                     self.check_inputs(tensors)
-        if self._instantiate is None:
-            return self._forward(*tensors)
         try:
-            forward = self._idle.pop()
-        except IndexError:
-            forward = self._instantiate()
-        try:
-            return forward(*tensors)
-        finally:
-            self._idle.append(forward)
+            if self._instantiate is None:
+                return self._forward(*tensors)
+            try:
+                forward = self._idle.pop()
+            except IndexError:
+                forward = self._instantiate()
+            try:
+                return forward(*tensors)
+            finally:
+                self._idle.append(forward)
+        except Exception as exc:
+            _note_generated_line(exc)
+            raise
 
     @property
     def instances(self) -> int:
@@ -156,3 +161,17 @@ def build_executable(graph: Graph, backends: Sequence[Backend] | None = None, *,
         return forward
 
     return Executable(instantiate(), input_types, code, kernel_sources, partitions, plan, instantiate)
+
+
+def _note_generated_line(exc: BaseException) -> None:
+    """Add the innermost line of generated code the error passed through (a kernel call, or a reference
+    partition's line, which ends with the node's origin) as a note on `exc`."""
+    line = None
+    frame = exc.__traceback__
+    while frame is not None:
+        filename = frame.tb_frame.f_code.co_filename
+        if filename.startswith("<heteropass "):
+            line = linecache.getline(filename, frame.tb_lineno).strip()
+        frame = frame.tb_next
+    if line:
+        exc.add_note(f"heteropass: raised while running `{line}`")

@@ -59,7 +59,8 @@ def kernel_source(graph: Graph) -> tuple[str, dict[str, Any]]:
 
     lines = [f"def {function}({', '.join(params)}):"]
     for node in graph.nodes:
-        lines.append(f"    {_statement(node, namer)}")
+        # The node's origin (an ONNX node's name) ends its line, so a traceback through it names it.
+        lines.append(f"    {_statement(node, namer)}" + (f"  # {node.source}" if node.source else ""))
         dead = [v for v in node.outputs if id(v) not in last_reader and id(v) not in returned]
         dead += [v for v in dict.fromkeys(node.inputs) if v.producer is not None and
                  last_reader[id(v)] is node and id(v) not in returned]

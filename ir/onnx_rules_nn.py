@@ -27,13 +27,19 @@ def explicit_pads(ctx: NodeContext, spatial: tuple[int, ...], kernel: list[int],
         return begins + ends
     if auto_pad == "VALID":
         return [0] * (2 * n)
-    return list(ctx.attr("pads") or [0] * (2 * n))
+    pads = list(ctx.attr("pads") or [0] * (2 * n))
+    if len(pads) != 2 * n:
+        raise ctx.fail(f"pads must hold {2 * n} values (a begin and an end per spatial dim), got {len(pads)}")
+    return pads
 
 
 def _window_attrs(ctx: NodeContext, x: Value, kernel: list[int]) -> tuple[list[int], list[int], list[int]]:
     n = x.type.rank - 2
     strides = list(ctx.attr("strides") or [1] * n)
     dilations = list(ctx.attr("dilations") or [1] * n)
+    for name, values in (("kernel_shape", kernel), ("strides", strides), ("dilations", dilations)):
+        if len(values) != n:
+            raise ctx.fail(f"{name} must hold {n} values (one per spatial dim), got {len(values)}")
     pads = explicit_pads(ctx, static_shape(x, ctx)[2:], kernel, strides, dilations)
     return strides, dilations, pads
 

@@ -141,8 +141,14 @@ def resize(ctx: NodeContext) -> list[Value]:
         raise ctx.fail("needs scales or sizes")
     mode = ctx.attr("mode", "nearest")
     antialias = bool(ctx.attr("antialias", 0))
+    if mode not in ("nearest", "linear", "cubic"):
+        raise ctx.fail(f"mode must be nearest, linear or cubic, got {mode!r}")
     if mode == "nearest":
-        coeffs = _nearest(ctx.attr("nearest_mode", "round_prefer_floor"))
+        nearest_mode = ctx.attr("nearest_mode", "round_prefer_floor")
+        if nearest_mode not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+            raise ctx.fail(f"nearest_mode must be round_prefer_floor, round_prefer_ceil, floor or ceil, "
+                           f"got {nearest_mode!r}")
+        coeffs = _nearest(nearest_mode)
     elif mode == "linear":
         coeffs = _linear(antialias)
     else:

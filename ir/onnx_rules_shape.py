@@ -146,7 +146,10 @@ def split(ctx: NodeContext) -> list[Value]:
     total = static_shape(x, ctx)[axis]
     sizes = ctx.const_ints(1) if len(ctx.inputs) > 1 and ctx.inputs[1] is not None else ctx.attr("split")
     if not sizes:
-        count = ctx.attr("num_outputs") or ctx.num_outputs
+        count = ctx.attr("num_outputs")
+        if count is not None and count < 1:
+            raise ctx.fail(f"num_outputs must be at least 1, got {count}")
+        count = count or ctx.num_outputs
         chunk = -(-total // count)
         sizes = [min(chunk, total - i * chunk) for i in range(count)]
     return ctx.call_multi("split", [x], {"sizes": tuple(sizes), "dim": axis})
@@ -226,6 +229,8 @@ def pad(ctx: NodeContext) -> list[Value]:
     for i, axis in enumerate(axes):
         pads[axis], pads[rank + axis] = given[i], given[len(axes) + i]
     mode = ctx.attr("mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise ctx.fail(f"mode must be constant, reflect, edge or wrap, got {mode!r}")
     if not any(pads):
         return [x]
     if mode != "constant":
@@ -239,6 +244,8 @@ def pad(ctx: NodeContext) -> list[Value]:
 @rule("Trilu")
 def trilu(ctx: NodeContext) -> list[Value]:
     k = ctx.const_ints(1)
+    if k is not None and len(k) != 1:
+        raise ctx.fail(f"k must hold one value, got {len(k)}")
     op = "triu" if ctx.attr("upper", 1) else "tril"
     return [ctx.call(op, ctx.input(0), diagonal=k[0] if k else 0)]
 

@@ -391,3 +391,32 @@ def test_backend_run_by_name_requires_exactly_the_model_inputs() -> None:
                               [("y", F32, [3])], {"w": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match=r"\['w'\] are initializers"):
         HeteropassBackend.prepare(with_default).run({"x": x, "w": x})
+
+
+@pytest.mark.parametrize("node, x_shape, initializers, message", [
+    (helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="bogus"), [1, 1, 2, 2],
+     {"scales": np.array([1, 1, 2, 2], np.float32)}, "mode must be nearest, linear or cubic, got 'bogus'"),
+    (helper.make_node("Pad", ["x", "pads"], ["y"], mode="bogus"), [2, 2], {"pads": np.array([1, 1, 1, 1])},
+     "mode must be constant, reflect, edge or wrap"),
+    (helper.make_node("Split", ["x"], ["y"], axis=0, num_outputs=0), [2, 2], {}, "num_outputs must be at least 1"),
+    (helper.make_node("Conv", ["x", "w"], ["y"], pads=[1]), [1, 1, 4, 4], {"w": np.ones((1, 1, 3, 3), np.float32)},
+     "pads must hold 4 values"),
+    (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2]), [1, 1, 4, 4], {},
+     "strides must hold 2 values"),
+    (helper.make_node("Trilu", ["x", "k"], ["y"]), [2, 3], {"k": np.array([1, 2])}, "k must hold one value"),
+])
+def test_invalid_attribute_values_are_errors_naming_the_node(node: onnx.NodeProto, x_shape: list[int],
+                                                           initializers: dict[str, np.ndarray], message: str) -> None:
+    model = make_model([node], [("x", F32, x_shape)], [("y", F32, None)], initializers)
+    with pytest.raises(OnnxImportError, match=rf"node 'y' \({node.op_type}, opset 21\): {message}"):
+        import_onnx(model)
+
+
+def test_an_error_at_run_time_names_the_onnx_node() -> None:
+    """An index out of range fails inside the op; the error's note names the node it came from."""
+    model = make_model([helper.make_node("Gather", ["w", "ids"], ["y"], name="embed")], [("ids", I64, [3])],
+                       [("y", F32, [3, 4])], {"w": np.ones((10, 4), np.float32)})
+    rep = HeteropassBackend.prepare(model)
+    with pytest.raises(IndexError) as caught:
+        rep.run([np.array([0, 1, 10])])
+    assert any("node 'embed' (Gather, opset 21)" in note for note in getattr(caught.value, "__notes__", []))
