@@ -98,7 +98,13 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto | Any, *, str
             _asymmetric_linear_resize(proto.graph)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
-    return _Importer(proto, opset, fallback, dict(bind or {})).run()
+    importer = _Importer(proto, opset, fallback, dict(bind or {}))
+    program = importer.run()
+    if importer.fallbacks:
+        listing = "\n  ".join(importer.fallbacks)
+        warnings.warn(f"{len(importer.fallbacks)} ONNX node(s) run with the {fallback} evaluator:\n  {listing}",
+                      stacklevel=2)
+    return program
 
 
 def _first_line(exc: Exception) -> str:
@@ -349,6 +355,7 @@ class _Importer:
         self.env: dict[str, Value] = {}
         self.types: dict[str, TensorType | None] = {}
         self.expansions = 0
+        self.fallbacks: list[str] = []
 
     def run(self) -> OnnxProgram:
         onnx_graph = self.proto.graph
@@ -559,7 +566,7 @@ class _Importer:
         if self.fallback is None:
             raise OnnxImportError(f"{where}: {reason} (import with fallback='reference' to run it with the "
                                   "ONNX reference evaluator)")
-        warnings.warn(f"{where}: {reason}; it runs with the {self.fallback} evaluator", stacklevel=4)
+        self.fallbacks.append(f"{where}: {reason}")
         wanted = [i for i, name in enumerate(node.output) if name]
         types = [out_types[i] for i in wanted]
         if any(t is None or not t.is_static for t in types):
