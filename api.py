@@ -14,7 +14,7 @@ import torch
 from .backends import resolve_backends
 from .backends.base import Backend
 from .backends.executable import Executable, build_executable
-from .ir import Graph, TensorType, format_graph, run_graph
+from .ir import OPS, Graph, TensorType, format_graph, run_graph
 from .ir.torch_importer import TorchProgram, import_module
 from .passes.base import PassContext
 from .passes.instruments import dump_dir_from_env, instruments_for
@@ -197,6 +197,10 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
 
 _PRECISION_OPTIONS = ("allow", "deny", "keep_nodes", "block_size", "activation_bits", "granularity",
                       "calibration_method", "percentile")
+# The precisions each option means something for (the others: every lowered precision).
+_OPTION_PRECISIONS = {"allow": ("bf16", "fp16"), "block_size": ("int8-weight",), "activation_bits": ("int8-weight",),
+                      "granularity": ("int8-dynamic",), "calibration_method": ("int8-static",),
+                      "percentile": ("int8-static",)}
 
 
 def _check_precision_request(precision: str, options: dict[str, Any] | None) -> None:
@@ -207,6 +211,14 @@ def _check_precision_request(precision: str, options: dict[str, Any] | None) -> 
     if unknown:
         raise ValueError(f"unknown precision_options {unknown}; known: {list(_PRECISION_OPTIONS)} (calibration "
                          f"and tolerance are arguments of compile)")
+    for option in options or {}:
+        applies = _OPTION_PRECISIONS.get(option, tuple(p for p in PRECISIONS if p != "fp32"))
+        if precision not in applies:
+            raise ValueError(f"precision_options {option!r} applies to precision {' / '.join(applies)}, "
+                             f"not {precision!r}")
+    ops = {*(options or {}).get("allow", ()), *(options or {}).get("deny", ())}
+    if unknown_ops := sorted(ops - set(OPS)):
+        raise ValueError(f"allow/deny name unknown ops {unknown_ops} (IR op names, e.g. 'linear', 'softmax')")
 
 
 def _precision_config(program: TorchProgram, precision: str, calibration: Sequence[Any] | None,

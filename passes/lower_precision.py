@@ -68,9 +68,12 @@ LOWERED, FOLLOWS, KEPT, AS_IS = "lower", "follow", "keep", "as-is"
 
 
 def fits(tensor: torch.Tensor, dtype: DType) -> bool:
-    """Whether converting `tensor` to `dtype` creates no infinities (f16 tops out at 65504)."""
+    """Whether converting `tensor` to `dtype` creates no infinities (f16 tops out at 65504) and keeps every
+    nonzero element a normal number (f16's smallest is 6.1e-5: 1e-8 would become 0)."""
     converted = tensor.to(dtype.torch)
-    return bool((converted.isfinite() | ~tensor.isfinite()).all())
+    overflow = converted.isinf() & tensor.isfinite()
+    underflow = (tensor != 0) & tensor.isfinite() & (converted.abs() < torch.finfo(dtype.torch).tiny)
+    return not bool((overflow | underflow).any())
 
 
 @dataclass
@@ -93,7 +96,7 @@ def _cannot_lower(node: Node, target: DType) -> str | None:
         return "its operands or results are not all f32 (autocast lowers only float32)"
     for v in floats:
         if v.const is not None and not fits(v.const, target):
-            return f"the constant %{v.name} exceeds the {target} range"
+            return f"the constant %{v.name} is outside the {target} range (overflows or underflows)"
     return None
 
 

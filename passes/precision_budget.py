@@ -70,7 +70,7 @@ def search_budget(graph: Graph, candidates: Sequence[str], build: Callable[[froz
                      f"{sensitivity[name].max_rel:.2e} > tolerance {tolerance:.2e}")
     error = measure(within)
     chosen = list(within)
-    if error.max_rel > tolerance:
+    if not error.max_rel <= tolerance:  # NaN (an overflow turned into NaN) is over any tolerance
         chosen, error, first_failure = _longest_prefix(within, measure, tolerance, error)
         for position, name in enumerate(within[len(chosen):]):
             combined = first_failure if position == 0 else measure([*chosen, name])

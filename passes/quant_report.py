@@ -143,7 +143,7 @@ def _choose(graph: Graph, candidates: list[str], apply: Apply, config: Precision
     error, values = trial.run(chosen)
     report = QuantReport(chosen, tolerance=config.tolerance, batches=len(config.calibration))
     alone: dict[str, ErrorMetrics] = {}
-    while config.tolerance is not None and error.max_rel > config.tolerance and chosen:
+    while config.tolerance is not None and not error.max_rel <= config.tolerance and chosen:
         if not alone:
             alone = {name: trial.run([name])[0] for name in candidates}
         worst = max(chosen, key=lambda n: (alone[n].max_rel, -alone[n].sqnr_db))

@@ -251,7 +251,31 @@ def test_fp16_keeps_constants_beyond_its_range_in_f32() -> None:
       %5: f32[2,2] = mul(%4, %far)
       return %5
     }""", config)
-    assert result.notes == ["kept matmul at f32 (%0): the constant %huge exceeds the f16 range"]
+    assert result.notes == ["kept matmul at f32 (%0): the constant %huge is outside the f16 range "
+                            "(overflows or underflows)"]
+
+
+def test_fp16_keeps_constants_that_would_underflow_in_f32() -> None:
+    """1e-8 is below f16's smallest normal (6.1e-5): converted, the product would be 0."""
+    text = """
+    graph g(%x: f32[2,2]) -> (f32[2,2]) {
+      const %w: f32[2,2] = [[1.0, 0.5], [0.25, 2.0]]
+      const %tiny: f32[] = 1e-08
+      %0: f32[2,2] = matmul(%x, %w)
+      %1: f32[2,2] = mul(%0, %tiny)
+      return %1
+    }"""
+    result = check(text, """
+    graph g(%x: f32[2,2]) -> (f32[2,2]) {
+      const %w: f16[2,2] = [[1.0, 0.5], [0.25, 2.0]]
+      const %tiny: f32[] = 1e-08
+      %0: f16[2,2] = cast(%x) {dtype=f16}
+      %1: f16[2,2] = matmul(%0, %w)
+      %2: f32[2,2] = cast(%1) {dtype=f32}
+      %3: f32[2,2] = mul(%2, %tiny)
+      return %3
+    }""", PrecisionConfig("fp16"))
+    assert result.notes == []
 
 
 def test_graphs_without_float32_work_are_left_alone() -> None:

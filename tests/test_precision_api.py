@@ -100,6 +100,12 @@ def test_bad_precision_requests_are_clear_errors() -> None:
                    precision_options={"granularity": "column"})
     with pytest.raises(ValueError, match=r"unknown precision_options \['tolerance'\]"):
         hp.compile(models.mlp(), models.mlp_inputs(), precision="bf16", precision_options={"tolerance": 0.1})
+    with pytest.raises(ValueError, match=r"allow/deny name unknown ops \['Linear'\]"):
+        hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-weight", precision_options={"deny": ["Linear"]})
+    with pytest.raises(ValueError, match="'block_size' applies to precision int8-weight, not 'int8-dynamic'"):
+        hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-dynamic", precision_options={"block_size": 8})
+    with pytest.raises(ValueError, match="'allow' applies to precision bf16 / fp16"):
+        hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-dynamic", precision_options={"allow": ["conv"]})
     with pytest.raises(ValueError, match=r"calibration batch 1: input 0 'x' expects f32\[8,64\], got f32\[4,64\]"):
         hp.compile(models.mlp(), models.mlp_inputs(), precision="int8-static",
                    calibration=[models.mlp_inputs(), models.mlp_inputs(batch=4)])

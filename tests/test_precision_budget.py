@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import heteropass as hp
 from heteropass.ir import DType, Graph, parse_graph
 from heteropass.ir.compare import assert_graphs_equal
 from heteropass.ir.torch_importer import import_module
@@ -159,6 +160,30 @@ def test_the_search_is_linear_in_the_candidates(record_property) -> None:  # typ
                                f"tolerance {tolerance:.2e} (all lowered: {everything.error.max_rel:.2e}), "
                                f"{result.stats['budget_evaluations']} evaluations of {len(calibration)} batches "
                                f"in {seconds:.2f} s")
+
+
+class _BranchesThatOverflowTogether(torch.nn.Module):
+    """Each branch fits f16 alone (~40000); their sum (~80000) overflows it, and the layer norm after
+    it turns the infinity into NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+        self.norm, self.out = torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)
+        with torch.no_grad():
+            for linear in (self.a, self.b):
+                linear.weight.copy_(1.0 + 0.1 * torch.randn(16, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(self.a(x) + self.b(x)))
+
+
+def test_a_combination_that_gives_nan_is_over_the_tolerance() -> None:
+    torch.manual_seed(0)
+    model, x = _BranchesThatOverflowTogether().eval(), torch.full((4, 16), 2500.0) + torch.randn(4, 16)
+    cm = hp.compile(model, (x,), precision="fp16", tolerance=0.01)
+    assert cm.accuracy is not None and cm.accuracy.max_rel <= 0.01
+    assert bool(cm(x).isfinite().all())
 
 
 def test_the_search_needs_calibration_inputs(mlp: tuple) -> None:
