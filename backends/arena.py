@@ -145,8 +145,7 @@ def _copying_views(plan: ArenaPlan, steps: Sequence[StepIO],
         if i in plan.views:
             results = run_view(i, [tensors[id(v)] for v in step.inputs])
             if any(r.untyped_storage().data_ptr() not in storages for r in results):
-                copying.add(i)
-                continue
+                copying.add(i)  # its results still feed later views, which then copy too
             tensors.update((id(v), r) for v, r in zip(step.outputs, results, strict=True))
         else:
             for v in step.outputs:

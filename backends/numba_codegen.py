@@ -21,6 +21,7 @@ one pass over the row per reduction depth (softmax: max, then sum, then the outp
 
 from __future__ import annotations
 
+import keyword
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -186,6 +187,11 @@ def scalar_expr(node: Node, args: list[str]) -> str:
     if op == "cast":
         return cast(a, node.inputs[0].type.dtype, out)
     raise Unsupported(f"{op} on {dt}")
+
+
+def _is_variable(name: str) -> bool:
+    """Whether a Def's name is a variable to assign, not a literal (`1.5`, `np.float32(2.0)`, `True`)."""
+    return name.isidentifier() and not keyword.iskeyword(name)
 
 
 def _wrap(expr: str, dt: DType) -> str:
@@ -589,7 +595,7 @@ def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
     row_lines: list[str] = lines
 
     def emit_row(d: Def) -> None:
-        if id(d) in row_done or not d.name.isidentifier():
+        if id(d) in row_done or not _is_variable(d.name):
             return
         if d.reduce:
             raise AssertionError(f"reduction {d.name} used before its pass")
@@ -599,7 +605,7 @@ def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
         row_lines.append(f"{indent}{d.name} = {_rhs(d, address, inner=False)}")
 
     def emit_full(d: Def, done: set[int], body: list[str], inner_indent: str) -> None:
-        if id(d) in done or not d.name.isidentifier():
+        if id(d) in done or not _is_variable(d.name):
             return
         if not d.full:
             emit_row(d)
@@ -693,9 +699,9 @@ def pointer_entry(spec: KernelSpec, kernel: str, name: str, ranged: bool = False
     aliases = [] if spec.reduction or not outputs else [
         i for i, a in enumerate(spec.arrays) if a.name.startswith("a") and a.dtype == spec.arrays[outputs[0]].dtype
         and a.strides == spec.arrays[outputs[0]].strides][:2]
-    for keyword, i in zip(["if", "elif"], aliases, strict=False):
+    for branch, i in zip(["if", "elif"], aliases, strict=False):
         shared = [views[i] if j == outputs[0] else v for j, v in enumerate(views)]
-        lines += [f"    {keyword} v{i}.ctypes.data == v{outputs[0]}.ctypes.data:",
+        lines += [f"    {branch} v{i}.ctypes.data == v{outputs[0]}.ctypes.data:",
                   f"        {kernel}({', '.join(shared + count)})"]
     lines += ["    else:", f"        {call}"] if aliases else [f"    {call}"]
     params = ", ".join([f"p{i}" for i in range(len(spec.arrays))] + bounds)

@@ -271,6 +271,33 @@ class _ActivationUsedTwice(torch.nn.Module):
         return y * 2 + 1, y.sum(-1)
 
 
+class _Lerp(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.lerp(x, y, 0.3)  # decomposes into a where on a constant bool
+
+
+class _SelfAttention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("model, inputs", [
+    (_Lerp(), (torch.randn(4, 6), torch.randn(4, 6))),
+    (_SelfAttention(), (torch.randn(2, 5, 8),)),  # views of views in one partition, some of them copying
+    (torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), (torch.randn(2, 5, 8),)),
+], ids=["lerp", "multihead_attention", "transformer_encoder_layer"])
+def test_torch_modules_compile_with_the_numba_backend(model: torch.nn.Module, inputs: tuple) -> None:
+    torch.manual_seed(0)
+    model = model.eval()
+    compiled = hp.compile(model, inputs, backends=[NumbaBackend(), ReferenceBackend()])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+
+
 def test_gemm_region_whose_epilogue_has_two_outputs_compiles_and_matches_eager() -> None:
     """Timing the product options ran a two-output epilogue in place over the one product buffer."""
     model, x = _ActivationUsedTwice().eval(), torch.randn(8, 64)
