@@ -134,6 +134,9 @@ def _order_like(kwargs: dict[str, Any], spec: pytree.TreeSpec) -> dict[str, Any]
 
 
 def _same_literal(a: Any, b: Any) -> bool:
+    """Equal and of the same type: 2.0 is not 2 (the result's dtype follows it), True is not 1."""
+    if type(a) is not type(b):
+        return False
     try:
         return bool(a == b)
     except Exception:
@@ -459,11 +462,14 @@ def _import_traced(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any], 
     values, then lower that graph to ATen with make_fx on the example inputs."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    # Tracing runs the model's code: a buffer it updates in place changes, and is put back below.
+    buffers = {name: tensor.detach().clone() for name, tensor in model.named_buffers()}
     try:
         tracer = fx.Tracer()
         tracer.record_stack_traces = True
         traced = fx.GraphModule(model, tracer.trace(model))
     except Exception as exc:
+        _restore_changed(model, buffers)
         raise TorchImportError(f"neither torch.export nor torch.fx.symbolic_trace can capture "
                                f"{type(model).__name__}: {exc}") from exc
     runner = _RunTraced(traced)
@@ -486,8 +492,18 @@ def _import_traced(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any], 
         out_spec.append(spec)
         return out_leaves
 
-    with torch.no_grad(), fx.traceback.preserve_node_meta():
-        gm = make_fx(flat_forward)(*state.values(), *(leaves[i] for i in tensor_slots))
+    try:
+        with torch.no_grad(), fx.traceback.preserve_node_meta():
+            gm = make_fx(flat_forward)(*state.values(), *(leaves[i] for i in tensor_slots))
+    except Exception as exc:
+        raise TorchImportError(f"neither torch.export nor make_fx over torch.fx.symbolic_trace can capture "
+                               f"{type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        changed = _restore_changed(model, buffers)
+    if changed:
+        raise TorchImportError(f"{type(model).__name__} updates buffer(s) {changed} in place; torch.export failed "
+                               "on it and the torch.fx fallback cannot keep such updates (fix what torch.export "
+                               "reports to compile it with the buffers as state)")
     graph = Graph(name)
     lowering = _GraphLowering(graph)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -503,6 +519,18 @@ def _import_traced(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any], 
     outputs = [lowering.value(arg) for arg in output_node.args[0]]
     output_leaves = lowering.finish(outputs, strict, f"import of {name}")
     return TorchProgram(lowering.graph, in_spec, out_spec[-1], input_leaves, output_leaves)
+
+
+def _restore_changed(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> list[str]:
+    """The buffers that tracing changed (running the model's in-place updates), put back as they were."""
+    changed = []
+    for name, tensor in model.named_buffers():
+        before = saved.get(name)
+        if before is not None and not torch.equal(tensor, before):
+            with torch.no_grad():
+                tensor.copy_(before)
+            changed.append(name)
+    return changed
 
 
 class _RunTraced(torch.nn.Module):

@@ -160,6 +160,35 @@ def test_falls_back_to_symbolic_trace_when_export_fails() -> None:
     _assert_close(_run(program, (x2,)), model(x2))
 
 
+class AlignedRunningSum(nn.Module):
+    """Fails torch.export (the alignment check) and updates a buffer, which the fx fallback cannot keep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("total", torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.total.add_(check_aligned(x))
+        return self.total * 2
+
+
+def test_the_fallback_refuses_buffer_updates_and_leaves_the_buffers_alone() -> None:
+    model = AlignedRunningSum()
+    with pytest.warns(UserWarning, match="torch.export failed"), \
+            pytest.raises(TorchImportError, match=r"updates buffer\(s\) \['total'\] in place"):
+        import_module(model, (torch.ones(4),))
+    assert torch.equal(model.total, torch.zeros(4))
+
+
+def test_a_call_must_repeat_the_literals_the_import_specialized_on_with_their_types() -> None:
+    model, x, bias = Structured(), torch.randn(2, 3), torch.randn(3)
+    program = import_module(model, (x, 2), example_kwargs={"bias": bias})
+    with pytest.raises(ValueError, match=r"input 2\.0 differs from 2"):
+        program.flatten_inputs((x, 2.0), {"bias": bias})
+    with pytest.raises(ValueError, match="input True differs from 1"):
+        import_module(model, (x, 1), example_kwargs={"bias": bias}).flatten_inputs((x, True), {"bias": bias})
+
+
 class Structured(nn.Module):
     """Returns a dict with an input, a parameter, a number and None besides computed tensors."""
 
