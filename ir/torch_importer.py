@@ -97,8 +97,9 @@ class TorchProgram:
 
     def write_state(self, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> None:
         """Copy the new values of the tensors the model updates in place into them (`write_back`)."""
-        for output, graph_input in self.write_back:
-            inputs[graph_input].copy_(outputs[output])
+        with torch.no_grad():  # a parameter is a leaf that requires grad
+            for output, graph_input in self.write_back:
+                inputs[graph_input].copy_(outputs[output])
 
     def unflatten_outputs(self, outputs: Sequence[torch.Tensor]) -> Any:
         """The model's result (tuple, dict, ModelOutput, ...) from the graph's outputs."""
@@ -370,7 +371,8 @@ def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool
 
     Parameters, buffers and tensor constants become graph constants named by their state-dict
     names; tensor arguments become graph inputs named after the forward's parameters. A buffer the
-    model updates in place becomes a graph input after them (see `TorchProgram.write_back`).
+    model updates in place (or a parameter, as Embedding's max_norm renormalizes it) becomes a graph
+    input after them (see `TorchProgram.write_back`).
     """
     args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
     name = _sanitize(type(model).__name__.lower())
@@ -385,16 +387,17 @@ def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool
         # torch's own run_decompositions trips its LeafSpec deprecation; nothing the user can act on.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         decomposed = exported.run_decompositions(decomposition_table())
-    return _import_exported(decomposed, name, strict, dict(model.named_buffers()))
+    return _import_exported(decomposed, name, strict, {**dict(model.named_parameters()), **dict(model.named_buffers())})
 
 
 def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
-                     buffers: dict[str, torch.Tensor]) -> TorchProgram:
+                     state_tensors: dict[str, torch.Tensor]) -> TorchProgram:
     graph = Graph(name)
     lowering = _GraphLowering(graph)
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     input_leaves: list[int | Literal] = []
-    mutated = {spec.target for spec in ep.graph_signature.output_specs if spec.kind is OutputKind.BUFFER_MUTATION}
+    mutated = {spec.target for spec in ep.graph_signature.output_specs
+               if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION)}
     state_nodes: list[tuple[fx.Node, str]] = []
     for node, spec in zip(placeholders, ep.graph_signature.input_specs, strict=True):
         if spec.kind is InputKind.USER_INPUT:
@@ -404,17 +407,17 @@ def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
             else:
                 input_leaves.append(len(graph.inputs))
                 lowering.env[node] = graph.add_input(_sanitize(spec.arg.name), _placeholder_type(node))
-        elif spec.kind is InputKind.BUFFER and spec.target in mutated:
+        elif spec.kind in (InputKind.BUFFER, InputKind.PARAMETER) and spec.target in mutated:
             state_nodes.append((node, spec.target))
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             tensor = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
             lowering.env[node] = graph.add_constant(_sanitize(spec.target), tensor)
         else:
             raise TorchImportError(f"input {spec.arg.name} of kind {spec.kind.name} is not supported")
-    # A buffer the model updates is state, read from the model at every call, not a constant to fold.
+    # A buffer (or parameter) the model updates is state, read from the model at every call, not a constant.
     state: dict[int, torch.Tensor] = {}
     for node, target in state_nodes:
-        state[len(graph.inputs)] = buffers[target]
+        state[len(graph.inputs)] = state_tensors[target]
         lowering.env[node] = graph.add_input(_sanitize(target), _placeholder_type(node))
     slot_of = {node.name: lowering.env[node] for node in placeholders}
 
@@ -425,7 +428,7 @@ def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
     for arg, spec in zip(output_node.args[0], ep.graph_signature.output_specs, strict=True):
         if spec.kind is OutputKind.USER_OUTPUT:
             outputs.append(lowering.value(arg) if isinstance(spec.arg, TensorArgument) else Literal(spec.arg.value))
-        elif spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.USER_INPUT_MUTATION):
+        elif spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION, OutputKind.USER_INPUT_MUTATION):
             target = slot_of[_mutated_placeholder(ep, spec)]
             updates.append((lowering.value(arg), next(i for i, v in enumerate(graph.inputs) if v is target)))
         else:
@@ -444,7 +447,7 @@ def _mutated_placeholder(ep: torch.export.ExportedProgram, spec: Any) -> str:
     if spec.kind is OutputKind.USER_INPUT_MUTATION:
         return spec.target
     return next(i.arg.name for i in ep.graph_signature.input_specs
-                if i.kind is InputKind.BUFFER and i.target == spec.target)
+                if i.kind in (InputKind.BUFFER, InputKind.PARAMETER) and i.target == spec.target)
 
 
 def _placeholder_type(node: fx.Node) -> TensorType:

@@ -68,12 +68,17 @@ LOWERED, FOLLOWS, KEPT, AS_IS = "lower", "follow", "keep", "as-is"
 
 
 def fits(tensor: torch.Tensor, dtype: DType) -> bool:
-    """Whether converting `tensor` to `dtype` creates no infinities (f16 tops out at 65504) and keeps every
-    nonzero element a normal number (f16's smallest is 6.1e-5: 1e-8 would become 0)."""
+    """Whether converting `tensor` to `dtype` creates no infinities (f16 tops out at 65504) and loses no
+    more than the type's epsilon of the tensor's largest magnitude: values below f16's normal range
+    (6.1e-5) lose their precision, and a constant made only of them (1e-8) would become 0."""
     converted = tensor.to(dtype.torch)
-    overflow = converted.isinf() & tensor.isfinite()
-    underflow = (tensor != 0) & tensor.isfinite() & (converted.abs() < torch.finfo(dtype.torch).tiny)
-    return not bool((overflow | underflow).any())
+    if bool((converted.isinf() & tensor.isfinite()).any()):
+        return False
+    finite = tensor.isfinite()
+    if not bool(finite.any()):
+        return True
+    error = (converted.to(tensor.dtype) - tensor)[finite].abs().max()
+    return bool(error <= torch.finfo(dtype.torch).eps * tensor[finite].abs().max())
 
 
 @dataclass

@@ -221,6 +221,17 @@ def test_in_place_updates_of_buffers_and_inputs_persist_as_in_eager(backend: str
         torch.testing.assert_close(cm(key, torch.tensor([step])), eager(key, torch.tensor([step])))
     torch.testing.assert_close(compiled_model.cache, eager.cache)
 
+    torch.manual_seed(0)
+    eager_embedding = torch.nn.Embedding(10, 4, max_norm=1.0)  # renormalizes the rows it looks up, in place
+    compiled_embedding = torch.nn.Embedding(10, 4, max_norm=1.0)
+    compiled_embedding.load_state_dict(eager_embedding.state_dict())
+    ids = torch.tensor([1, 3, 3])
+    with pytest.warns(UserWarning, match="embedding_renorm"):  # runs as an opaque PyTorch call
+        cm = hp.compile(compiled_embedding, (ids,), backends=[backend])
+    for ids in (torch.tensor([1, 3, 3]), torch.tensor([0, 7, 1])):
+        torch.testing.assert_close(cm(ids), eager_embedding(ids).detach())
+    torch.testing.assert_close(compiled_embedding.weight.detach(), eager_embedding.weight.detach())
+
     x = torch.randn(3)
     x_eager = x.clone()
     cm = hp.compile(ScalesItsInput(), (x.clone(),), backends=[backend])
