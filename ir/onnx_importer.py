@@ -1,7 +1,7 @@
 """Import ONNX models into the IR.
 
-`import_onnx` loads a model (path, bytes, `onnx.ModelProto` or `onnx_ir.Model`), upgrades opsets
-below 13 with the version converter, inlines local functions, runs ONNX shape inference, turns
+`import_onnx` loads a model (path, bytes, `onnx.ModelProto` or `onnx_ir.Model`), validates it and
+upgrades opsets below 13 (`onnx_upgrade`), inlines local functions, runs ONNX shape inference, turns
 initializers and Constant nodes into graph constants and lowers every node through the rule table
 in `onnx_lowering` (rules in `onnx_rules_*`). Nodes without a rule are an `OnnxImportError`, or,
 with `fallback="reference"` / `"onnxruntime"`, `opaque` nodes that run the single ONNX node with
@@ -24,7 +24,6 @@ import numpy as np
 import onnx
 import onnx.inliner
 import onnx.shape_inference
-import onnx.version_converter
 import torch
 from google.protobuf.message import DecodeError
 
@@ -43,12 +42,12 @@ from .onnx_lowering import (
     to_numpy,
     to_torch,
 )
+from .onnx_upgrade import DEFAULT_DOMAINS, first_line, upgrade, validate
 from .ops import OpError, encode_call
 from .types import DType, TensorType
 
 MIN_OPSET = 13
 FALLBACKS = ("reference", "onnxruntime")
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _NAME = re.compile(r"[^A-Za-z0-9_.]")
 
 __all__ = ["OnnxImportError", "OnnxProgram", "import_onnx", "run_onnx_node"]
@@ -84,18 +83,10 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto | Any, *, str
     if not strict and fallback is None:
         fallback = "reference"
     proto = load_model(model)
-    _check(proto)
-    opset = _default_opset(proto)
+    opset = default_opset(proto)
+    validate(proto, opset)
     if opset < MIN_OPSET:
-        original = opset
-        try:
-            proto = onnx.version_converter.convert_version(_hardmax_over_rows(proto, opset), MIN_OPSET)
-        except Exception as exc:
-            raise OnnxImportError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET}: {_first_line(exc)}") \
-                from None
-        opset = MIN_OPSET
-        if original < 11:
-            _asymmetric_linear_resize(proto.graph)
+        proto, opset = upgrade(proto, opset, MIN_OPSET)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
     importer = _Importer(proto, opset, fallback, dict(bind or {}))
@@ -105,79 +96,6 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto | Any, *, str
         warnings.warn(f"{len(importer.fallbacks)} ONNX node(s) run with the {fallback} evaluator:\n  {listing}",
                       stacklevel=2)
     return program
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _check(proto: onnx.ModelProto) -> None:
-    """What ONNX Runtime rejects before it runs a model: an opset newer than onnx knows, a name defined
-    twice (single assignment), and nodes whose attributes or input count break their op's schema
-    (onnx.checker.check_node). Node order and declared shapes are not required (ONNX Runtime sorts
-    the nodes itself and accepts types without a shape)."""
-    known = onnx.defs.onnx_opset_version()
-    opset = _default_opset(proto)
-    if opset > known:
-        raise OnnxImportError(f"the model uses opset {opset}; onnx {onnx.__version__} knows opsets up to {known}")
-    context = onnx.checker.C.CheckerContext()
-    context.ir_version = proto.ir_version or onnx.IR_VERSION
-    context.opset_imports = {"": opset, **{e.domain: e.version for e in proto.opset_import if e.domain}}
-    defined: dict[str, str] = {}
-    for graph_input in proto.graph.input:
-        if graph_input.name in defined:
-            raise OnnxImportError(f"invalid ONNX model: graph input {graph_input.name!r} is listed twice")
-        defined[graph_input.name] = "a graph input"
-    initializers = {t.name for t in proto.graph.initializer}
-    for i, node in enumerate(proto.graph.node):
-        what = f"node {node.name or (node.output[0] if node.output else str(i))!r} ({node.op_type})"
-        for name in filter(None, node.output):
-            if name in defined or name in initializers:
-                raise OnnxImportError(f"invalid ONNX model: {name!r} is defined twice: by "
-                                      f"{defined.get(name, 'an initializer')} and by {what}")
-            defined[name] = what
-        if node.domain in _DEFAULT_DOMAINS and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                       for a in node.attribute):
-            try:
-                onnx.checker.check_node(node, context)
-            except onnx.checker.ValidationError as exc:
-                raise OnnxImportError(f"invalid ONNX model: {what}: {_first_line(exc)}") from None
-
-
-def _hardmax_over_rows(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Before opset 13 Hardmax flattens its input to 2-D at `axis` and takes one maximum per row; the
-    version converter keeps the node as it is, which opset 13 reads as one maximum along `axis`. Each
-    old Hardmax becomes Flatten(axis) -> Hardmax -> Reshape to the input's shape, the same in both."""
-    if opset >= 13 or opset < 5 or not any(n.op_type == "Hardmax" and n.domain in _DEFAULT_DOMAINS
-                                           for n in proto.graph.node):
-        return proto
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    nodes = []
-    for node in proto.graph.node:
-        if node.op_type != "Hardmax" or node.domain not in _DEFAULT_DOMAINS:
-            nodes.append(node)
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        x, y = node.input[0], node.output[0]
-        flat, rows, shape = f"{y}__hardmax_flat", f"{y}__hardmax_rows", f"{y}__hardmax_shape"
-        nodes += [onnx.helper.make_node("Flatten", [x], [flat], axis=axis, name=f"{node.name}__flatten"),
-                  onnx.helper.make_node("Hardmax", [flat], [rows], axis=1, name=node.name),
-                  onnx.helper.make_node("Shape", [x], [shape], name=f"{node.name}__shape"),
-                  onnx.helper.make_node("Reshape", [rows, shape], [y], name=f"{node.name}__reshape")]
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    return proto
-
-
-def _asymmetric_linear_resize(graph: onnx.GraphProto) -> None:
-    """Resize-10 and Upsample map output to input coordinates as x / scale ("asymmetric"); the version
-    converter leaves the mode out, which opset 13 reads as "half_pixel". Linear resizes get it back
-    (for nearest, the opset-10 rounding agrees with the opset-13 default)."""
-    for node in graph.node:
-        attrs = {a.name: a for a in node.attribute}
-        if (node.op_type == "Resize" and "coordinate_transformation_mode" not in attrs
-                and "mode" in attrs and attrs["mode"].s in (b"linear", b"bilinear")):
-            node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -214,7 +132,7 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto | Any) -> onnx
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(base))
         except (OSError, ValueError) as exc:
-            raise OnnxImportError(f"cannot read external data: {_first_line(exc)}") from None
+            raise OnnxImportError(f"cannot read external data: {first_line(exc)}") from None
     return proto
 
 
@@ -261,9 +179,9 @@ def _check_location(tensor: onnx.TensorProto, base: Path) -> None:
         raise OnnxImportError(f"external data of tensor {tensor.name!r}: location {location!r} {problem}")
 
 
-def _default_opset(proto: onnx.ModelProto) -> int:
+def default_opset(proto: onnx.ModelProto) -> int:
     for entry in proto.opset_import:
-        if entry.domain in _DEFAULT_DOMAINS:
+        if entry.domain in DEFAULT_DOMAINS:
             return entry.version
     return onnx.defs.onnx_opset_version() if not proto.opset_import else MIN_OPSET
 
@@ -416,7 +334,7 @@ class _Importer:
         where = f"node '{label}' ({node.op_type}, opset {self.opset})"
         inputs = [self.env[name] if name else None for name in node.input]
         out_types = [self.types.get(name) for name in node.output]
-        domain = node.domain if node.domain not in _DEFAULT_DOMAINS else ""
+        domain = node.domain if node.domain not in DEFAULT_DOMAINS else ""
         if domain == "" and node.op_type == "If" and self._inline_if(node, inputs, where):
             return None
         if domain == "" and node.op_type == "Scan":
