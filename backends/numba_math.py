@@ -227,6 +227,13 @@ def gelu_f32(x):
     gelu(-inf) is NaN (-inf * 0) as in PyTorch.
     """
     u = min(x * x, F32(27.5625))
+    p, q = gelu_fit_f32(u)
+    return x * min(max(p / q * x + _HALF, _ZERO), _ONE)
+
+
+@njit(inline="always")
+def gelu_fit_f32(u):
+    """Numerator and denominator of `gelu_f32`'s fit at u = x^2 (bench/op_costs.py times them apart)."""
     p = F32(1.2237015e+01)
     p = p * u + F32(6.6204804e+02)
     p = p * u + F32(8.509502e+03)
@@ -237,7 +244,7 @@ def gelu_f32(x):
     q = q * u + F32(6.05109043e+04)
     q = q * u + F32(4.2216846e+05)
     q = q * u + F32(1.251127e+06)
-    return x * min(max(p / q * x + _HALF, _ZERO), _ONE)
+    return p, q
 
 
 @njit(inline="always")

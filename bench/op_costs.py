@@ -69,16 +69,7 @@ def _gelu_parts(clip: bool, divide: bool, clamp: bool) -> Callable[..., object]:
     @njit(inline="always")
     def gelu(x):
         u = min(x * x, F32(27.5625)) if clamp else x * x
-        p = F32(1.2237015e+01)
-        p = p * u + F32(6.6204804e+02)
-        p = p * u + F32(8.509502e+03)
-        p = p * u + F32(8.526399e+04)
-        p = p * u + F32(4.991191e+05)
-        q = u + F32(2.4455041e+02)
-        q = q * u + F32(4.852465e+03)
-        q = q * u + F32(6.05109043e+04)
-        q = q * u + F32(4.2216846e+05)
-        q = q * u + F32(1.251127e+06)
+        p, q = nm.gelu_fit_f32(u)
         phi = (p / q if divide else p * q) * x + HALF
         return x * (min(max(phi, ZERO), ONE) if clip else phi)
 
