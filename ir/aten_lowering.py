@@ -152,6 +152,9 @@ def _clamp(lx: Lowerer, a: dict[str, Any]) -> Value:
         if hi is not None:
             x = lx.emit("minimum", x, lx.operand(hi, x))
         return x
+    if not x.type.dtype.is_floating and any(isinstance(b, float) for b in (lo, hi)):
+        # PyTorch promotes an integer tensor clamped by float bounds to the default float type.
+        x = lx.emit("cast", x, dtype=DType.from_torch(torch.get_default_dtype()))
     return lx.emit("clamp", x, min=lo, max=hi)
 
 

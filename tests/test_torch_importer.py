@@ -306,3 +306,17 @@ def test_imported_graph_has_no_dead_or_identity_nodes() -> None:
     assert not any(n.op == "cast" and n.inputs[0].type == n.outputs[0].type for n in graph.nodes)
     names = [v.name for n in graph.nodes for v in n.outputs]
     assert names == [str(i) for i in range(len(names))]
+
+
+class ClampsIntegers(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.clamp(x, min=0.5), torch.clamp(x, min=-2, max=3)
+
+
+def test_an_integer_tensor_clamped_by_float_bounds_becomes_float_as_in_pytorch() -> None:
+    x = torch.tensor([-3, 0, 1, 5])
+    program = import_module(ClampsIntegers(), (x,))
+    got, expected = _run(program, (x,)), ClampsIntegers()(x)
+    assert [t.dtype for t in got] == [torch.float32, torch.int64]
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)
