@@ -125,9 +125,23 @@ def _add_sub(op: str, reverse: bool = False) -> Rule:
     return rule
 
 
-def _div(lx: Lowerer, a: dict[str, Any]) -> Value:
-    x, y = _args(a)[:2]
-    return lx.emit("div", lx.operand(x, y), lx.operand(y, x), rounding_mode=a.get("rounding_mode"))
+def _mul_div(op: str) -> Rule:
+    """mul/div. With a 16-bit float result and a Python number that type cannot hold exactly, PyTorch's
+    CPU kernels multiply or divide in float32 by the number in float32 and round once (`x_f16 * 70000.0`
+    is finite); add and sub convert the number to the tensor's type instead."""
+
+    def rule(lx: Lowerer, a: dict[str, Any]) -> Value:
+        x, y = _args(a)[:2]
+        attrs = {"rounding_mode": a.get("rounding_mode")} if op == "div" else {}
+        narrow = lx.out_dtype(DType.f32)
+        numbers = [n for n in (x, y) if not isinstance(n, Value | bool)]
+        if narrow not in (DType.f16, DType.bf16) or all(
+                torch.tensor(n, dtype=narrow.torch).item() == n for n in numbers):
+            return lx.emit(op, lx.operand(x, y), lx.operand(y, x), **attrs)
+        x, y = (lx.emit("cast", v, dtype=DType.f32) if isinstance(v, Value) else v for v in (x, y))
+        return lx.emit("cast", lx.emit(op, lx.operand(x, y), lx.operand(y, x), **attrs), dtype=narrow)
+
+    return rule
 
 
 def _where(lx: Lowerer, a: dict[str, Any]) -> Value:
@@ -500,13 +514,13 @@ for _name in ("neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "re
     RULES[getattr(aten, _name).default] = _unary(_name)
 RULES[aten.round.default] = _unary("round")
 
-for _name in ("mul", "pow", "maximum", "minimum", "fmod", "remainder", "eq", "ne", "lt", "le", "gt", "ge",
+for _name in ("pow", "maximum", "minimum", "fmod", "remainder", "eq", "ne", "lt", "le", "gt", "ge",
               "logical_and", "logical_or", "logical_xor", "bitwise_and", "bitwise_or"):
     RULES[getattr(aten, _name)] = _binary(_name)
 
 RULES.update({
     aten.add: _add_sub("add"), aten.sub: _add_sub("sub"), aten.rsub: _add_sub("sub", reverse=True),
-    aten.div: _div, aten.where.self: _where, aten.where.ScalarSelf: _where,
+    aten.mul: _mul_div("mul"), aten.div: _mul_div("div"), aten.where.self: _where, aten.where.ScalarSelf: _where,
     aten.where.ScalarOther: _where, aten.where.Scalar: _where, aten.masked_fill: _masked_fill,
     aten.clamp: _clamp, aten.clamp_min: _clamp_bound("min"), aten.clamp_max: _clamp_bound("max"),
     aten.hardtanh.default: lambda lx, a: lx.emit("clamp", a["self"], min=a["min_val"], max=a["max_val"]),

@@ -20,6 +20,7 @@ from heteropass.ir.torch_importer import (
     import_aten_graph,
     import_module,
 )
+from heteropass.ir.types import DType
 from heteropass.testing import models
 
 RTOL = 1e-5
@@ -320,3 +321,19 @@ def test_an_integer_tensor_clamped_by_float_bounds_becomes_float_as_in_pytorch()
     assert [t.dtype for t in got] == [torch.float32, torch.int64]
     for g, e in zip(got, expected, strict=True):
         assert torch.equal(g, e)
+
+
+class ScalesHalves(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x * 70000.0, x / 1e-6, x * 0.1, x.bfloat16() * 1.001, x + 0.1, x * 0.5
+
+
+def test_16_bit_floats_are_multiplied_and_divided_by_a_python_number_in_float32_as_in_pytorch() -> None:
+    x = (torch.rand(64) * 4 - 2).half()
+    program = import_module(ScalesHalves(), (x,))
+    got, expected = _run(program, (x,)), ScalesHalves()(x)
+    assert torch.isfinite(expected[0]).any()
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == e.dtype and torch.equal(g, e)
+    exact = [n for n in program.graph.nodes if n.op == "mul" and n.outputs[0].type.dtype == DType.f16]
+    assert exact, "x * 0.5 stays a float16 product: 0.5 is exact in float16"
