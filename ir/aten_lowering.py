@@ -217,7 +217,8 @@ def _full(value_key: str | float, shape_from: str = "size") -> Rule:
         shape = _shape(source) if isinstance(source, Value) else _ints(source)
         fallback = source.type.dtype if isinstance(source, Value) else _fill_dtype(value)
         dtype = _dtype(a.get("dtype")) or lx.out_dtype(fallback)
-        return lx.emit("full", shape=shape, value=float(value), dtype=dtype)
+        number = float(value) if dtype.is_floating else int(value)
+        return lx.emit("full", shape=shape, value=number, dtype=dtype)
 
     return rule
 

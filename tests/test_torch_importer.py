@@ -337,3 +337,15 @@ def test_16_bit_floats_are_multiplied_and_divided_by_a_python_number_in_float32_
         assert g.dtype == e.dtype and torch.equal(g, e)
     exact = [n for n in program.graph.nodes if n.op == "mul" and n.outputs[0].type.dtype == DType.f16]
     assert exact, "x * 0.5 stays a float16 product: 0.5 is exact in float16"
+
+
+class FillsLargeIntegers(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.full((3,), 2**60 + 1, dtype=torch.int64)
+
+
+def test_an_int64_fill_above_2_to_the_53_keeps_every_digit() -> None:
+    x = torch.arange(3)
+    program = import_module(FillsLargeIntegers(), (x,))
+    assert torch.equal(_run(program, (x,)), FillsLargeIntegers()(x))
+    assert "value=1152921504606846977" in str(program.graph)

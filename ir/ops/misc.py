@@ -12,9 +12,9 @@ from ..types import DType
 from .registry import Attr, register
 
 
-@register("full", [], {"shape": Attr("ints"), "value": Attr("float"), "dtype": Attr("dtype", DType.f32)},
+@register("full", [], {"shape": Attr("ints"), "value": Attr("number"), "dtype": Attr("dtype", DType.f32)},
           kind="creation")
-def full(shape: tuple[int, ...], value: float, dtype: DType) -> torch.Tensor:
+def full(shape: tuple[int, ...], value: float | int, dtype: DType) -> torch.Tensor:
     """A tensor of `shape` filled with `value`."""
     fill: float | int | bool = value
     if dtype is DType.bool:

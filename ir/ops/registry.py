@@ -11,7 +11,7 @@ import torch
 from ..graph import Graph
 from ..types import DType, TensorType
 
-ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "dtype", "graph")
+ATTR_KINDS = ("int", "float", "number", "bool", "str", "ints", "floats", "dtype", "graph")
 _REQUIRED = object()
 
 
@@ -57,6 +57,13 @@ def _to_float(v: Any) -> float:
     return float(v)
 
 
+def _to_number(v: Any) -> int | float:
+    """An int or a float, kept as given: an int64 fill above 2**53 does not survive a float."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError("not a number")
+    return v
+
+
 def _to_bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise TypeError("not a bool")
@@ -93,7 +100,7 @@ def _to_graph(v: Any) -> Graph:
 
 
 _COERCE: dict[str, Callable[[Any], Any]] = {
-    "int": _to_int, "float": _to_float, "bool": _to_bool, "str": _to_str,
+    "int": _to_int, "float": _to_float, "number": _to_number, "bool": _to_bool, "str": _to_str,
     "ints": _seq(_to_int), "floats": _seq(_to_float), "dtype": _to_dtype, "graph": _to_graph,
 }
 
