@@ -185,10 +185,21 @@ def _positive_indices(ctx: NodeContext, indices: Value, size: int) -> Value:
     return ctx.call("where", negative, ctx.call("add", indices, ctx.scalar(size, indices)), indices)
 
 
+def _check_constant_indices(ctx: NodeContext, x: Value, indices: Value, axis: int) -> None:
+    """Indices known at import must lie in [-size, size) of `axis`, as ONNX Runtime checks when it runs."""
+    size = x.type.shape[axis]
+    if indices.const is None or not isinstance(size, int) or indices.const.numel() == 0:
+        return
+    outside = indices.const[(indices.const < -size) | (indices.const >= size)]
+    if outside.numel():
+        raise ctx.fail(f"index {int(outside.reshape(-1)[0])} is out of range for axis {axis} of size {size}")
+
+
 @rule("Gather")
 def gather(ctx: NodeContext) -> list[Value]:
     x = ctx.input(0)
     axis = normalize_axis(ctx.attr("axis", 0), x.type.rank, ctx)
+    _check_constant_indices(ctx, x, ctx.input(1), axis)
     return [ctx.call("take", x, ctx.input(1), dim=axis)]
 
 
@@ -196,6 +207,7 @@ def gather(ctx: NodeContext) -> list[Value]:
 def gather_elements(ctx: NodeContext) -> list[Value]:
     x = ctx.input(0)
     axis = normalize_axis(ctx.attr("axis", 0), x.type.rank, ctx)
+    _check_constant_indices(ctx, x, ctx.input(1), axis)
     indices = _positive_indices(ctx, ctx.input(1), static_shape(x, ctx)[axis])
     return [ctx.call("gather", x, indices, dim=axis)]
 

@@ -404,6 +404,10 @@ def test_backend_run_by_name_requires_exactly_the_model_inputs() -> None:
     (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2]), [1, 1, 4, 4], {},
      "strides must hold 2 values"),
     (helper.make_node("Trilu", ["x", "k"], ["y"]), [2, 3], {"k": np.array([1, 2])}, "k must hold one value"),
+    (helper.make_node("Gather", ["x", "i"], ["y"], axis=1), [2, 3], {"i": np.array([0, -3, 3])},
+     "index 3 is out of range for axis 1 of size 3"),
+    (helper.make_node("GatherElements", ["x", "i"], ["y"]), [2, 3], {"i": np.array([[-3, 0, 1]])},
+     "index -3 is out of range for axis 0 of size 2"),
 ])
 def test_invalid_attribute_values_are_errors_naming_the_node(node: onnx.NodeProto, x_shape: list[int],
                                                            initializers: dict[str, np.ndarray], message: str) -> None:
