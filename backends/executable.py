@@ -62,7 +62,8 @@ class Executable:
             self.check_inputs(tensors)
         else:
             for tensor, (dtype, shape) in zip(tensors, static, strict=True):
-                if not isinstance(tensor, torch.Tensor) or tensor.dtype is not dtype or tensor.shape != shape:
+                if (not isinstance(tensor, torch.Tensor) or tensor.dtype is not dtype or tensor.shape != shape
+                        or not tensor.is_cpu):
                     self.check_inputs(tensors)
         try:
             if self._instantiate is None:
@@ -98,6 +99,9 @@ class Executable:
             where = f"input {i} '{name}'"
             if not isinstance(tensor, torch.Tensor):
                 raise InputError(f"{where} expects a tensor {expected_type}, got {type(tensor).__qualname__}")
+            if not tensor.is_cpu:
+                raise InputError(f"{where} expects a CPU tensor, got one on {tensor.device}: every partition "
+                                 "runs on the CPU")
             if (tensor.dtype != expected_type.dtype.torch or tensor.dim() != expected_type.rank
                     or any(isinstance(want, int) and want != size
                            for want, size in zip(expected_type.shape, tensor.shape, strict=True))):

@@ -81,6 +81,8 @@ def test_callables_hold_no_ir_objects() -> None:
     (lambda x, m: (x.to(torch.complex64), m), "input 0 'x' expects f32[8,16], got torch.complex64[8,16]"),
     (lambda x, m: (x.tolist(), m), "input 0 'x' expects a tensor f32[8,16], got list"),
     (lambda x, m: (x, 3), "input 1 'mask' expects a tensor i64[8,16], got int"),
+    (lambda x, m: (x.to("meta"), m), "input 0 'x' expects a CPU tensor, got one on meta: every partition runs on "
+                                     "the CPU"),
 ])
 def test_input_errors(args, message: str) -> None:
     graph = parse_graph(TEXT)
