@@ -34,7 +34,7 @@ from ..ir import DType, Graph, Node, Value
 
 # No nnan/ninf: isnan, NaN propagation and the infinity checks in numba_math depend on them.
 # Elementwise loops vectorize without reassoc; reductions need it to vectorize their accumulators.
-FASTMATH_ELEMENTWISE = {"nsz", "arcp", "contract", "afn"}
+FASTMATH_ELEMENTWISE = {"nsz", "arcp", "contract"}
 FASTMATH_REDUCTION = FASTMATH_ELEMENTWISE | {"reassoc"}
 
 NP_TYPE = {DType.f64: "np.float64", DType.f32: "np.float32", DType.i64: "np.int64", DType.i32: "np.int32",

@@ -145,11 +145,11 @@ def tanh_f32(x):
 def rsqrt_f32(x):
     """1 / sqrt(x). Under `arcp` LLVM computes it as the rsqrt estimate and one Newton step (~2 ulp),
     which gives NaN for 0 and inf and -inf below the smallest normal: those take selects (subnormals
-    scaled by 2**24 first)."""
+    scaled by 2**24 first; -0.0 gives -inf, as 1 / sqrt(-0.0) does)."""
     small = x < _SMALLEST_NORMAL
     r = _ONE / np.sqrt(x * _TWO_24 if small else x)
     r = r * _TWO_12 if small else r
-    r = _INF if x == _ZERO else r
+    r = np.copysign(_INF, x) if x == _ZERO else r
     return _ZERO if x == _INF else r
 
 

@@ -125,6 +125,22 @@ def _add_sub(op: str, reverse: bool = False) -> Rule:
     return rule
 
 
+def _pow(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """pow. A float tensor to the power 0.5, -0.5, -1, 2, 3 or -2 becomes the op PyTorch's CPU kernel runs for
+    it (sqrt, rsqrt, ...): they differ from std::pow at -0.0 and -inf (pow(-inf, 0.5) is inf, sqrt(-inf) NaN)."""
+    x, y = _args(a)[:2]
+    if not (isinstance(x, Value) and isinstance(y, int | float) and not isinstance(y, bool)
+            and x.type.dtype.is_floating and lx.out_dtype(x.type.dtype) == x.type.dtype):
+        return lx.emit("pow", lx.operand(x, y), lx.operand(y, x))
+    if y in (0.5, -0.5):
+        return lx.emit("sqrt" if y > 0 else "rsqrt", x)
+    if y in (2, 3, -1, -2):
+        power = x if abs(y) == 1 else lx.emit("mul", x, x)
+        power = lx.emit("mul", power, x) if y == 3 else power
+        return lx.emit("reciprocal", power) if y < 0 else power
+    return lx.emit("pow", x, lx.operand(y, x))
+
+
 def _mul_div(op: str) -> Rule:
     """mul/div. With a 16-bit float result and a Python number that type cannot hold exactly, PyTorch's
     CPU kernels multiply or divide in float32 by the number in float32 and round once (`x_f16 * 70000.0`
@@ -515,13 +531,14 @@ for _name in ("neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "re
     RULES[getattr(aten, _name).default] = _unary(_name)
 RULES[aten.round.default] = _unary("round")
 
-for _name in ("pow", "maximum", "minimum", "fmod", "remainder", "eq", "ne", "lt", "le", "gt", "ge",
+for _name in ("maximum", "minimum", "fmod", "remainder", "eq", "ne", "lt", "le", "gt", "ge",
               "logical_and", "logical_or", "logical_xor", "bitwise_and", "bitwise_or"):
     RULES[getattr(aten, _name)] = _binary(_name)
 
 RULES.update({
     aten.add: _add_sub("add"), aten.sub: _add_sub("sub"), aten.rsub: _add_sub("sub", reverse=True),
-    aten.mul: _mul_div("mul"), aten.div: _mul_div("div"), aten.where.self: _where, aten.where.ScalarSelf: _where,
+    aten.pow: _pow, aten.mul: _mul_div("mul"), aten.div: _mul_div("div"),
+    aten.where.self: _where, aten.where.ScalarSelf: _where,
     aten.where.ScalarOther: _where, aten.where.Scalar: _where, aten.masked_fill: _masked_fill,
     aten.clamp: _clamp, aten.clamp_min: _clamp_bound("min"), aten.clamp_max: _clamp_bound("max"),
     aten.hardtanh.default: lambda lx, a: lx.emit("clamp", a["self"], min=a["min_val"], max=a["max_val"]),

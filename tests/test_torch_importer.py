@@ -349,3 +349,17 @@ def test_an_int64_fill_above_2_to_the_53_keeps_every_digit() -> None:
     program = import_module(FillsLargeIntegers(), (x,))
     assert torch.equal(_run(program, (x,)), FillsLargeIntegers()(x))
     assert "value=1152921504606846977" in str(program.graph)
+
+
+@pytest.mark.parametrize("exponent", [0.5, -0.5, -1.0, 2.0, 3.0, -2.0, 1.5, -1.5, 2.5])
+def test_pow_by_a_python_number_keeps_pytorchs_results_at_signed_zeros_and_infinities(exponent: float) -> None:
+    """PyTorch runs x ** 0.5 as sqrt (sqrt(-inf) is NaN where std::pow gives inf), x ** -0.5 as rsqrt, and so on."""
+    class Power(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x ** exponent
+
+    x = torch.tensor([-0.0, 0.0, float("inf"), -float("inf"), float("nan"), -2.0, 2.0, 3.5, -1.0, 1.0])
+    got, expected = _run(import_module(Power(), (x,)), (x,)), Power()(x)
+    assert torch.equal(got.isnan(), expected.isnan())
+    same = ~expected.isnan()
+    assert torch.equal(got[same], expected[same]) and torch.equal(got[same].signbit(), expected[same].signbit())
