@@ -269,7 +269,8 @@ class _Importer:
         self.opset = opset
         self.fallback = fallback
         self.bind = bind
-        self.graph = Graph(sanitize(proto.graph.name or "onnx_model"))
+        name = sanitize(proto.graph.name or "onnx_model")
+        self.graph = Graph(name if name[0].isalpha() or name[0] == "_" else f"_{name}")
         self.env: dict[str, Value] = {}
         self.types: dict[str, TensorType | None] = {}
         self.expansions = 0

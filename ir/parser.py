@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -75,9 +76,10 @@ def _literal(toks: _Tokens) -> Any:
     if kind == "number":
         return float(text) if any(c in text for c in ".eE") else int(text)
     if kind == "string":
-        import json
-
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ParseError(f"line {line}: bad string {text}: {exc.msg}") from None
     if text == "[":
         items = []
         if not toks.accept("]"):
@@ -111,6 +113,8 @@ def _type(toks: _Tokens) -> TensorType:
         while True:
             kind, text, line = toks.next()
             if kind == "number":
+                if not text.isdigit():
+                    raise ParseError(f"line {line}: a dimension is a size >= 0 or a symbol, got {text}")
                 dims.append(int(text))
             elif kind == "ident":
                 dims.append(text)
@@ -122,10 +126,19 @@ def _type(toks: _Tokens) -> TensorType:
     return TensorType(tuple(dims), dtype)
 
 
+def _flat(literal: Any) -> list[Any]:
+    return [x for item in literal for x in _flat(item)] if isinstance(literal, list) else [literal]
+
+
 def _constant_tensor(name: str, type: TensorType, literal: Any, constants: Mapping[str, torch.Tensor],
-                     seed: int) -> torch.Tensor:
+                     seed: int, line: int) -> torch.Tensor:
     if literal is not None:
-        return torch.tensor(literal, dtype=type.dtype.torch).reshape(type.static_shape())
+        if not type.dtype.is_floating and any(isinstance(x, float) for x in _flat(literal)):
+            raise ParseError(f"line {line}: constant %{name} is {type}, its value holds a non-integer")
+        try:
+            return torch.tensor(literal, dtype=type.dtype.torch).reshape(type.static_shape())
+        except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+            raise ParseError(f"line {line}: constant %{name}: {type} cannot hold {literal!r} ({exc})") from None
     if name in constants:
         return constants[name]
     # No data in the text: a deterministic random tensor stands in (tests compare structure).
@@ -194,7 +207,9 @@ def _parse_graph(toks: _Tokens, constants: Mapping[str, torch.Tensor]) -> Graph:
             toks.expect(":")
             type = _type(toks)
             literal = _literal(toks) if toks.accept("=") else None
-            tensor = _constant_tensor(name, type, literal, constants, seed=len(graph.constants))
+            if not type.is_static:
+                raise ParseError(f"line {line}: constant %{name} has symbolic dimensions: {type}")
+            tensor = _constant_tensor(name, type, literal, constants, seed=len(graph.constants), line=line)
             if TensorType.of(tensor) != type:
                 raise ParseError(f"line {line}: constant %{name} is {TensorType.of(tensor)}, declared {type}")
             define(name, graph.add_constant(name, tensor), line)
@@ -222,7 +237,10 @@ def _parse_graph(toks: _Tokens, constants: Mapping[str, torch.Tensor]) -> Graph:
         attrs: dict[str, Any] = {}
         if toks.accept("{"):
             while True:
+                key_line = toks.peek()[2]
                 key = toks.expect_kind("ident")
+                if key in attrs:
+                    raise ParseError(f"line {key_line}: attribute {key} is given twice")
                 toks.expect("=")
                 attrs[key] = _literal(toks)
                 if toks.accept("}"):
@@ -247,6 +265,7 @@ def _parse_graph(toks: _Tokens, constants: Mapping[str, torch.Tensor]) -> Graph:
                 raise ParseError(f"line {line}: %{name} is declared {declared} but {op} gives {value.type}")
             define(name, value, line)
 
+    return_line = toks.items[toks.i - 1][2]
     results = []
     if toks.peek()[0] == "value":
         results.append(use(toks.next()))
@@ -256,6 +275,6 @@ def _parse_graph(toks: _Tokens, constants: Mapping[str, torch.Tensor]) -> Graph:
     graph.set_outputs(results)
     got = [v.type for v in results]
     if got != declared_results:
-        raise ParseError(f"graph {graph.name} declares results ({', '.join(map(str, declared_results))}) "
-                         f"but returns ({', '.join(map(str, got))})")
+        raise ParseError(f"line {return_line}: graph {graph.name} declares results "
+                         f"({', '.join(map(str, declared_results))}) but returns ({', '.join(map(str, got))})")
     return graph

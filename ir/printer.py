@@ -55,7 +55,8 @@ def format_attrs(node: Node) -> str:
     """Attributes other than nested graphs and defaults, as ` {name=value, ...}`."""
     schema = get_op(node.op).attrs
     shown = [f"{k}={format_attr_value(v)}" for k, v in node.attrs.items()
-             if k not in schema or (schema[k].kind != "graph" and (schema[k].required or schema[k].default != v))]
+             if k not in schema or (schema[k].kind != "graph" and (
+                 schema[k].required or format_attr_value(schema[k].default) != format_attr_value(v)))]
     return " {" + ", ".join(shown) + "}" if shown else ""
 
 

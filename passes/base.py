@@ -37,10 +37,12 @@ class PassContext:
 class Pass:
     """Base class. Subclasses set `name` (kebab-case), `opt_level` (the least level that runs it)
     and implement `call`. `requires`/`ensures` name properties (e.g. "static-shapes") the pass
-    needs before it runs and guarantees after."""
+    needs before it runs and guarantees after; `approximates` marks a pass that changes results on
+    purpose (precision lowering, quantization), which check-each measures but does not fail."""
 
     name: ClassVar[str]
     opt_level: ClassVar[int] = 1
+    approximates: ClassVar[bool] = False
     requires: ClassVar[frozenset[str]] = frozenset()
     ensures: ClassVar[frozenset[str]] = frozenset()
 

@@ -255,6 +255,7 @@ class LowerPrecisionPass(Pass):
     nodes, inserted casts and converted constants, and the measured error when calibration inputs are given."""
 
     name = "lower-precision"
+    approximates = True
     opt_level = 0
 
     def __init__(self, config: PrecisionConfig | None = None) -> None:

@@ -27,7 +27,7 @@ from heteropass.passes import (
     instruments_for,
     load_reproducer,
 )
-from heteropass.passes.instruments import relative_error
+from heteropass.passes.instruments import DriftError, relative_error
 
 TEXT = """
 graph g(%x: f32[4], %y: f32[4]) -> (f32[4], i64[4]) {
@@ -176,6 +176,51 @@ def test_check_each_catches_a_wrong_pass_and_names_it(tmp_path, wrong):
     rejected = (tmp_path / "reproducer.output.ir").read_text()
     assert rejected.startswith(f"# output of {wrong.name}, rejected: DriftError")
     assert str(parse_graph(rejected)) != str(rebuilt)
+
+
+class HalveOutputs(Pass):
+    """Scales every float output by 1/2: a pass that changes results on purpose, like precision lowering."""
+
+    name = "halve-outputs"
+    approximates = True
+
+    def call(self, graph: Graph, ctx: PassContext) -> PassResult:
+        half = graph.add_constant("half", torch.tensor(0.5))
+        graph.set_outputs([graph.add_node("mul", [v, half]).output if v.type.dtype.is_floating else v
+                           for v in graph.outputs])
+        return PassResult(graph, True)
+
+
+def test_a_new_run_removes_what_the_last_compilation_wrote_into_the_folder(tmp_path):
+    for name in ("placed.ir", "module.py", "precision.json", "notes.txt"):
+        (tmp_path / name).write_text("from an earlier compilation")
+    PassManager(pipeline(), instruments=[DumpIR(tmp_path)]).run(parse_graph(TEXT))
+    assert not any((tmp_path / name).exists() for name in ("placed.ir", "module.py", "precision.json"))
+    assert (tmp_path / "notes.txt").exists(), "files heteropass does not write are the user's"
+
+
+def test_check_each_measures_a_pass_that_approximates_without_failing_it():
+    result = PassManager([HalveOutputs(), DropDead()], instruments=[CheckEach()]).run(parse_graph(TEXT))
+    assert result.records[0].stats["drift"] == pytest.approx(0.5)
+    assert result.records[1].stats["drift"] == 0.0
+
+
+EMBEDDING = """
+graph g(%ids: i64[3]) -> (f32[3,2]) {
+  const %table: f32[2,2] = [[1.0, 2.0], [3.0, 4.0]]
+  %0: f32[3,2] = take(%table, %ids) {dim=0}
+  return %0
+}
+"""
+
+
+def test_check_each_runs_on_the_inputs_it_is_given():
+    """Random integers lie in [0, 4): out of range for a 2-row table; the example inputs are in range."""
+    with pytest.raises(DriftError, match=r"fails on seed 0 before any pass ran .*give example inputs"):
+        PassManager(pipeline(), instruments=[CheckEach()]).run(parse_graph(EMBEDDING))
+    checked = CheckEach(inputs=[torch.tensor([1, 0, 1])])
+    result = PassManager(pipeline(), instruments=[checked]).run(parse_graph(EMBEDDING))
+    assert [r.stats["drift"] for r in result.records] == [0.0, 0.0]
 
 
 def test_relative_error():

@@ -62,6 +62,18 @@ graph g(%x: f32[2,3]) -> (f32[2,3], bool[2,3]) {
     assert str(parse_graph(text)) == text
 
 
+def test_an_attribute_equal_to_its_default_but_for_the_sign_of_zero_is_printed() -> None:
+    text = """\
+graph g(%x: f32[3]) -> (f32[5]) {
+  %0: f32[5] = pad(%x) {pads=[1, 1], value=-0.0}
+  return %0
+}
+"""
+    graph = parse_graph(text)
+    assert str(graph) == text
+    assert torch.equal(run_graph(graph, torch.ones(3))[0][0].signbit(), torch.tensor(True))
+
+
 def test_use_lists_follow_edits() -> None:
     g = build()
     mul = g.nodes[1]
@@ -85,8 +97,18 @@ def test_remove_used_node_is_refused() -> None:
     ("graph g(%x: f32[2]) -> (f32[2]) {\n  %0: f32[2] = neg(%x) {axis=1}\n  return %0\n}", "unknown attribute"),
     ("graph g(%x: f32[2]) -> (f32[2]) {\n  %0: f32[2] = nope(%x)\n  return %0\n}", "unknown op 'nope'"),
     ("graph g(%x: q32[2]) -> (f32[2]) {\n  return %x\n}", "unknown dtype"),
-    ("graph g(%x: f32[2]) -> (f32[3]) {\n  return %x\n}", "declares results"),
+    ("graph g(%x: f32[2]) -> (f32[3]) {\n  return %x\n}", "line 2: graph g declares results"),
     ("graph g(%x: f32[2]) -> (f32[2]) {\n  %x: f32[2] = neg(%x)\n  return %x\n}", "defined twice"),
+    ("graph g() -> (f32[2]) {\n  const %c: f32[2] = [1.0, 2.0, 3.0]\n  return %c\n}", r"line 2: constant %c: f32"),
+    ("graph g() -> (i8[]) {\n  const %c: i8[] = 300\n  return %c\n}", "line 2: .* cannot hold 300"),
+    ("graph g() -> (f32[]) {\n  const %c: f32[] = \"a\"\n  return %c\n}", "line 2: .* cannot hold 'a'"),
+    ("graph g() -> (i64[]) {\n  const %c: i64[] = 1.5\n  return %c\n}", "line 2: .* holds a non-integer"),
+    ("graph g() -> (f32[n]) {\n  const %c: f32[n] = [1.0]\n  return %c\n}", "line 2: .* symbolic dimensions"),
+    ("graph g(%x: f32[-2]) -> (f32[-2]) {\n  return %x\n}", "line 1: a dimension is a size >= 0"),
+    ("graph g(%x: f32[2]) -> (f32[2]) {\n  %0: f32[2] = cumsum(%x) {dim=0, dim=-1}\n  return %0\n}",
+     "line 2: attribute dim is given twice"),
+    ("graph g(%x: f32[2]) -> (f32[2]) {\n  %0: f32[2] = opaque(%x) {target=\"a\\q\"}\n  return %0\n}",
+     "line 2: bad string"),
 ])
 def test_parse_errors_name_the_line(text: str, message: str) -> None:
     with pytest.raises(ParseError, match=message):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from heteropass.ir import run_graph, verify
+from heteropass.ir import parse_graph, run_graph, verify
 from heteropass.ir.compare import assert_graphs_equal
 from heteropass.ir.onnx_exporter import export_onnx
 from heteropass.ir.onnx_importer import OnnxImportError, import_onnx
@@ -424,3 +424,11 @@ def test_an_error_at_run_time_names_the_onnx_node() -> None:
     with pytest.raises(IndexError) as caught:
         rep.run([np.array([0, 1, 10])])
     assert any("node 'embed' (Gather, opset 21)" in note for note in getattr(caught.value, "__notes__", []))
+
+
+@pytest.mark.parametrize("name", ["2layer-mlp", ".hidden", "0"])
+def test_a_graph_name_that_is_not_an_identifier_still_prints_as_parsable_ir(name: str) -> None:
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [3])], [("y", F32, [3])])
+    model.graph.name = name
+    graph = import_onnx(model).graph
+    assert str(parse_graph(str(graph))) == str(graph)
