@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+
 from .graph import Graph, Value
 from .ops import OpError, get_op
 from .printer import format_node
+from .types import TensorType
 
 
 class VerificationError(Exception):
@@ -29,6 +32,8 @@ def verify(graph: Graph, check_types: bool = True) -> None:
     for name, value in graph.constants.items():
         if value.const is None or value.name != name:
             raise VerificationError(f"constant %{name} has no data or a mismatched name")
+        if check_types and _type_of(value.const) != value.type:
+            raise VerificationError(f"constant %{name} is declared {value.type} but holds {_type_of(value.const)}")
         define(value, "constants")
 
     for position, node in enumerate(graph.nodes):
@@ -73,3 +78,10 @@ def verify(graph: Graph, check_types: bool = True) -> None:
     for value in graph.outputs:
         if id(value) not in defined:
             raise VerificationError(f"graph output %{value.name} is not defined")
+
+
+def _type_of(tensor: torch.Tensor) -> TensorType | str:
+    try:
+        return TensorType.of(tensor)
+    except TypeError:  # an element type heteropass has no name for
+        return f"{tensor.dtype}{list(tensor.shape)}"

@@ -294,6 +294,7 @@ class _Run:
         graph = self.result.graph
         before_text, before_consts = self.text, {name: v.const for name, v in graph.constants.items()
                                                  if v.const is not None}
+        before_data = {name: (id(t), t._version) for name, t in before_consts.items()}
         before_counts = graph.op_counts()
         output_text = None
         try:
@@ -306,15 +307,21 @@ class _Run:
             self.text = output_text = format_graph(graph)
             if not outcome.modified and self.text != before_text:
                 raise RuntimeError("it reported modified=False but changed the graph")
+            _check_constants(graph, before_data, outcome.modified)
             record = PassRecord(len(self.result.records) + 1, pass_.name, step, group, elapsed, outcome.modified,
                                 dict(outcome.stats), before_counts, graph.op_counts(), list(outcome.notes))
             for instrument in self.manager._after_order:
                 instrument.after_pass(pass_, graph, record)
         except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            try:
+                _check_constants(self.result.graph, before_data, True)
+            except RuntimeError as edited:
+                reason += f" (also, {edited}: the reproducer's constants hold that edit)"
             directory = self._reproducer_dir()
             write_reproducer(directory, before_text, before_consts, self.result.pipeline, pass_.name, step,
-                             self.manager.ctx, f"{type(exc).__name__}: {exc}", output_text)
-            raise PassFailure(pass_.name, f"{type(exc).__name__}: {exc}", directory) from exc
+                             self.manager.ctx, reason, output_text)
+            raise PassFailure(pass_.name, reason, directory) from exc
         self.result.graph = graph
         self.result.records.append(record)
         # A modifying pass keeps only the properties it ensures (MLIR's preserved analyses).
@@ -327,6 +334,20 @@ class _Run:
             if directory is not None:
                 return directory
         return tempfile.mkdtemp(prefix="heteropass-reproducer-")
+
+
+def _check_constants(graph: Graph, before: dict[str, tuple[int, int]], modified: bool) -> None:
+    """A pass replaces a constant's tensor, never writes into it (the caller's graph and the model's
+    weights share it); and one that reports modified=False keeps every tensor, which the printed text,
+    naming large constants only, cannot show."""
+    for name, value in graph.constants.items():
+        if name not in before or value.const is None:
+            continue
+        identity, version = before[name]
+        if id(value.const) == identity and value.const._version != version:
+            raise RuntimeError(f"it wrote into constant %{name} in place; a pass must give it a new tensor")
+        if not modified and id(value.const) != identity:
+            raise RuntimeError(f"it reported modified=False but replaced the data of constant %{name}")
 
 
 def write_reproducer(directory: str, text: str, constants: dict[str, torch.Tensor], pipeline: list[str],

@@ -128,6 +128,11 @@ def test_verifier_catches_broken_graphs() -> None:
     g.nodes[0].inputs[0].uses.clear()
     with pytest.raises(VerificationError, match="use list"):
         verify(g)
+    for data in (torch.randn(32, 16, dtype=torch.float64), torch.randn(1, 16)):
+        g = build()
+        g.constants["fc.weight"].const = data
+        with pytest.raises(VerificationError, match=r"constant %fc.weight is declared f32\[32,16\] but holds"):
+            verify(g)
 
 
 def test_clone_is_independent() -> None:

@@ -250,6 +250,35 @@ def test_a_pass_that_hides_a_change_fails(tmp_path):
         PassManager([HiddenChange()], instruments=[DumpIR(tmp_path)]).run(parse_graph(TEXT))
 
 
+class ScaleWeightInPlace(Pass):
+    """Writes into a constant's tensor, which the caller's graph (and the model) share."""
+
+    name = "scale-weight-in-place"
+
+    def call(self, graph: Graph, ctx: PassContext) -> PassResult:
+        graph.constants["w"].const.mul_(0)
+        return PassResult(graph, True)
+
+
+class SwapWeightQuietly(Pass):
+    """Replaces a constant's data but reports modified=False; large constants print by name only."""
+
+    name = "swap-weight-quietly"
+
+    def call(self, graph: Graph, ctx: PassContext) -> PassResult:
+        graph.constants["w"].const = torch.zeros(16)
+        return PassResult(graph, False)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (ScaleWeightInPlace(), "wrote into constant %w in place"),
+    (SwapWeightQuietly(), "reported modified=False but replaced the data of constant %w"),
+])
+def test_a_pass_that_edits_constants_behind_the_managers_back_fails(tmp_path, wrong, message):
+    with pytest.raises(PassFailure, match=f"'{wrong.name}' failed: RuntimeError: it {message}"):
+        PassManager([wrong], instruments=[DumpIR(tmp_path)]).run(parse_graph(TEXT))
+
+
 def test_pass_registry_names_every_pass():
     registry = pass_registry()
     assert sorted(registry) == [
