@@ -225,14 +225,21 @@ def emit_module(graph: Graph, partitions: Sequence[Partition], kernel_names: Seq
 def _returned(graph: Graph, namer: Namer) -> list[str]:
     """The returned expressions: a copy of each output that the caller could otherwise change for someone
     else (a constant, a graph input, an output already returned), as eager PyTorch returns fresh tensors
-    for `clone()`, `x * 1` and a folded weight expression, which the passes reduce to those."""
+    for `clone()`, `x * 1` and a folded weight expression, which the passes reduce to those. A `split`
+    result is made contiguous: merge-parallel-linears returns column slices of one product where eager
+    returned separate contiguous tensors (`.view` works on them), and a slice would keep the whole alive."""
     inputs = {id(v) for v in graph.inputs}
     seen: set[int] = set()
     returned = []
     for value in graph.outputs:
         shared = value.const is not None or id(value) in inputs or id(value) in seen
         seen.add(id(value))
-        returned.append(f"{namer(value)}.clone()" if shared else namer(value))
+        if shared:
+            returned.append(f"{namer(value)}.clone()")
+        elif value.producer is not None and value.producer.op == "split":
+            returned.append(f"{namer(value)}.contiguous()")
+        else:
+            returned.append(namer(value))
     return returned
 
 

@@ -56,6 +56,10 @@ def _check(m: Match) -> str | None:
     softmax = m.node("probs")
     if softmax.attrs["dim"] % softmax.inputs[0].type.rank != softmax.inputs[0].type.rank - 1:
         return f"the softmax is over dim {softmax.attrs['dim']}, not the last"
+    scores = (*q.type.shape[:-1], kt.type.shape[-1])
+    if tuple(softmax.inputs[0].type.shape) != scores:
+        return (f"the mask grows the scores from {list(scores)} to {list(softmax.inputs[0].type.shape)}; "
+                "attention does not broadcast q, k, v up to the mask")
     if m.get("cond") is not None or m.get("ncond") is not None:
         return _check_where(m)
     mask = m.get("mask")

@@ -19,16 +19,16 @@ def _product(a: Pat, b: Pat, c: Pat) -> list[Pat]:
 def _gelu_of(inner: Pat) -> Pat:
     """0.5 * x * (1 + inner), also with x / 2 or (x * (1 + inner)) / 2 for the half."""
     x = Pat.var("x")
-    half = Pat.const(value=0.5)
-    two = Pat.const(value=2.0)
-    one_plus = Pat("add", Pat.const(value=1.0), inner)
+    half = Pat.const(value=0.5, rtol=0)
+    two = Pat.const(value=2.0, rtol=0)
+    one_plus = Pat("add", Pat.const(value=1.0, rtol=0), inner)
     return Pat.any(*_product(half, x, one_plus), Pat("mul", Pat("div", x, two, attrs=TRUE_DIV), one_plus),
                    Pat("div", Pat("mul", x, one_plus), two, attrs=TRUE_DIV))
 
 
 def _cube(x: Pat) -> Pat:
-    square = Pat.any(Pat("mul", x, x), Pat("pow", x, Pat.const(value=2.0)))
-    return Pat.any(Pat("pow", x, Pat.const(value=3.0)), Pat("mul", square, x))
+    square = Pat.any(Pat("mul", x, x), Pat("pow", x, Pat.const(value=2.0, rtol=0)))
+    return Pat.any(Pat("pow", x, Pat.const(value=3.0, rtol=0)), Pat("mul", square, x))
 
 
 def _tanh_argument(x: Pat) -> Pat:

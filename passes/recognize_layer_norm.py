@@ -50,8 +50,8 @@ def _with_bias(m: Match) -> Value:
 
 _x = Pat.var("x")
 _centered = Pat("sub", _x, Pat("mean", _x, name="mean"), name="d")
-_variance = Pat.any(Pat("mean", Pat.any(Pat("pow", _centered, Pat.const(value=2.0)), Pat("mul", _centered, _centered)),
-                        name="var"),
+_squared = Pat.any(Pat("pow", _centered, Pat.const(value=2.0, rtol=0)), Pat("mul", _centered, _centered))
+_variance = Pat.any(Pat("mean", _squared, name="var"),
                     Pat("var", _x, name="var"))
 _shifted = Pat("add", _variance, Pat.const("eps", scalar=True))
 

@@ -31,7 +31,7 @@ def _with_weight(m: Match) -> Value:
 
 
 _x = Pat.var("x")
-_square = Pat.any(Pat("pow", _x, Pat.const(value=2.0)), Pat("mul", _x, _x))
+_square = Pat.any(Pat("pow", _x, Pat.const(value=2.0, rtol=0)), Pat("mul", _x, _x))
 _shifted = Pat("add", Pat("mean", _square, name="mean"), Pat.const("eps", scalar=True))
 
 RULES = RuleSet([

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 
 import pytest
+import torch
 
 from heteropass.backends.base import Backend, Kernel
 from heteropass.backends.codegen import (
@@ -16,6 +17,7 @@ from heteropass.backends.codegen import (
     py_literal,
     python_name,
 )
+from heteropass.backends.executable import build_executable
 from heteropass.backends.partition import partition
 from heteropass.backends.reference import ReferenceBackend
 from heteropass.ir import DType, Graph, Node, TensorType, Value, parse_graph
@@ -103,6 +105,20 @@ graph g(%x: f32[2]) -> (f32[2], f32[2], f32[]) {
 """)
     # Eager returns new tensors for clone(), x * 1 or a weight expression, which the passes reduce to these.
     assert emit_module(graph, [], []).splitlines()[-1] == "    return [x.clone(), x.clone(), c_0.clone()]"
+
+
+def test_returned_split_results_are_contiguous_as_separate_linears_were() -> None:
+    graph = parse_graph("""\
+graph g(%x: f32[3,4]) -> (f32[3,2], f32[3,2]) {
+  const %w: f32[4,4]
+  %0: f32[3,4] = linear(%x, %w)
+  %1: f32[3,2], %2: f32[3,2] = split(%0) {sizes=[2, 2], dim=-1}
+  return %1, %2
+}
+""")
+    outputs = build_executable(graph, [ReferenceBackend()])(torch.randn(3, 4))
+    assert all(out.is_contiguous() for out in outputs)
+    outputs[0].view(-1)
 
 
 def test_python_names() -> None:

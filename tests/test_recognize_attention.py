@@ -97,6 +97,21 @@ def test_finite_fill_with_input_condition_and_softmax_over_rows_stay() -> None:
     assert pass_.report.why_not("attention", "6") == "attention at %6: the softmax is over dim 1, not the last"
 
 
+def test_a_mask_that_grows_the_batch_stays() -> None:
+    """Eager broadcasts q @ k^T + mask up to a [4,...] mask; sdpa's kernel would not."""
+    pass_ = unchanged(RecognizeAttentionPass(), """
+    graph g(%q: f32[1,2,4,3], %kt: f32[1,2,3,4], %v: f32[1,2,4,3], %m: f32[4,2,4,4]) -> (f32[4,2,4,3]) {
+      %0: f32[1,2,4,4] = matmul(%q, %kt)
+      %1: f32[4,2,4,4] = add(%0, %m)
+      %2: f32[4,2,4,4] = softmax(%1) {dim=-1}
+      %3: f32[4,2,4,3] = matmul(%2, %v)
+      return %3
+    }""")
+    assert pass_.report.why_not("attention", "3") == (
+        "attention at %3: the mask grows the scores from [1, 2, 4, 4] to [4, 2, 4, 4]; attention does not broadcast "
+        "q, k, v up to the mask")
+
+
 @settings(max_examples=20)
 @given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.integers(1, 4), st.booleans(), st.booleans())
 def test_shapes_and_scales_fuse_and_keep_results(batch: int, rows: int, cols: int, depth: int, divide: bool,

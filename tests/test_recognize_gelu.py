@@ -137,3 +137,24 @@ def test_groupings_fuse_and_keep_results(shape: list[int], variant: int, tanh: b
 def test_random_graphs_keep_their_results(case: tuple) -> None:  # type: ignore[type-arg]
     graph, inputs = case
     assert_pass_preserves_semantics(RecognizeGeluPass(), graph, inputs)
+
+
+def test_an_exponent_near_three_is_not_a_cube() -> None:
+    """pow(x, 3.0002) is NaN for negative x; the 0.044715 and sqrt(2/pi) may be rounded, the exponent not."""
+    unchanged(RecognizeGeluPass(), """
+    graph g(%x: f32[4,8]) -> (f32[4,8]) {
+      const %half: f32[] = 0.5
+      const %one: f32[] = 1.0
+      const %three: f32[] = 3.0002
+      const %c: f32[] = 0.044715
+      const %k: f32[] = 0.7978845608028654
+      %0: f32[4,8] = mul(%half, %x)
+      %1: f32[4,8] = pow(%x, %three)
+      %2: f32[4,8] = mul(%c, %1)
+      %3: f32[4,8] = add(%x, %2)
+      %4: f32[4,8] = mul(%k, %3)
+      %5: f32[4,8] = tanh(%4)
+      %6: f32[4,8] = add(%one, %5)
+      %7: f32[4,8] = mul(%0, %6)
+      return %7
+    }""")

@@ -119,3 +119,18 @@ def test_decomposed_forms_fuse_and_keep_results(shape: list[int], data: st.DataO
 def test_random_graphs_keep_their_results(case: tuple) -> None:  # type: ignore[type-arg]
     graph, inputs = case
     assert_pass_preserves_semantics(RecognizeRmsNormPass(), graph, inputs)
+
+
+def test_an_exponent_near_two_is_not_a_square() -> None:
+    """pow(x, 2.0001) is NaN for negative x; an exponent must be exactly 2, however loose other constants are."""
+    unchanged(RecognizeRmsNormPass(), """
+    graph g(%x: f32[2,3,8], %w: f32[8]) -> (f32[2,3,8]) {
+      const %eps: f32[] = 1e-6
+      const %two: f32[] = 2.0001
+      %0: f32[2,3,8] = pow(%x, %two)
+      %1: f32[2,3,1] = mean(%0) {dims=[-1], keepdim=true}
+      %2: f32[2,3,1] = add(%1, %eps)
+      %3: f32[2,3,1] = rsqrt(%2)
+      %4: f32[2,3,8] = mul(%x, %3)
+      return %4
+    }""")
