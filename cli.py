@@ -26,7 +26,7 @@ from .api import CompileOptions, measure_accuracy, optimize
 from .backends.executable import Executable
 from .ir import Graph
 from .ir.sample import random_inputs
-from .passes.manager import PipelineResult
+from .passes.manager import PassFailure, PipelineResult
 from .passes.precision_config import PRECISIONS, PrecisionConfig
 
 console = Console(highlight=False, soft_wrap=True)
@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     compile_cmd.add_argument("-o", "--output", help="write the optimized model to this .onnx file")
     run_cmd = add("run", "execute on random inputs and time against ONNX Runtime")
     run_cmd.add_argument("--inputs", choices=["random"], default="random")
-    run_cmd.add_argument("--repeats", type=int, default=20)
+    run_cmd.add_argument("--repeats", type=_positive_int, default=20)
     run_cmd.add_argument("--seed", type=int, default=0)
     dump_cmd = add("dump", "print the IR after the passes of the pipeline")
     dump_cmd.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
@@ -131,6 +131,23 @@ def cmd_compile(args: argparse.Namespace) -> None:
         console.print(f"dumps in {args.dump_dir}/")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """max |got - expected|, where equal values (inf and inf) and NaN against NaN count as no difference."""
+    if not got.size:
+        return 0.0
+    g, e = got.astype(np.float64), expected.astype(np.float64)
+    same = (g == e) | (np.isnan(g) & np.isnan(e))
+    with np.errstate(invalid="ignore"):
+        return float(np.where(same, 0.0, np.abs(g - e)).max())
+
+
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
     fn()
     times = []
@@ -159,8 +176,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     for column in ("output", "type", "max abs diff vs ONNX Runtime"):
         table.add_column(column)
     for name, value, reference in zip(program.output_names, outputs, expected, strict=True):
-        got = value.numpy()
-        diff = np.abs(got.astype(np.float64) - reference.astype(np.float64)).max() if got.size else 0.0
+        diff = _max_abs_diff(value.numpy(), reference)
         table.add_row(name, str(program.graph.outputs[program.output_names.index(name)].type), f"{diff:.3g}")
     console.print(table)
     console.print(f"median latency: heteropass {ours:.3f} ms, ONNX Runtime {theirs:.3f} ms "
@@ -198,5 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"heteropass {args.command}: error: {message}", file=sys.stderr)
+        if isinstance(exc, PassFailure):
+            print(f"heteropass {args.command}: the failing pass's input is in {exc.reproducer} "
+                  "(heteropass.passes.load_reproducer reads it)", file=sys.stderr)
         return 1
     return 0

@@ -59,7 +59,7 @@ class PrecisionConfig:
             raise ValueError(f"block_size must be >= 0, got {self.block_size}")
         if self.activation_bits not in (16, 32):
             raise ValueError(f"activation_bits must be 16 or 32, got {self.activation_bits}")
-        if self.tolerance is not None and self.tolerance <= 0:
+        if self.tolerance is not None and not self.tolerance > 0:  # NaN too
             raise ValueError(f"tolerance must be positive, got {self.tolerance}")
         if self.tolerance is not None and not self.calibration:
             raise ValueError("a tolerance needs calibration inputs to measure the error against")

@@ -119,3 +119,36 @@ def test_python_dash_m_heteropass(model: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.startswith("heteropass compile: error: cannot read ONNX model")
+
+
+def test_run_counts_matching_infinities_as_no_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """log(0) is -inf in both; inf - inf is NaN, which would hide a real disagreement."""
+    path = _save(tmp_path / "log.onnx", [helper.make_node("Mul", ["x", "zero"], ["z"]),
+                                         helper.make_node("Log", ["z"], ["y"])], [4], [4],
+                 [numpy_helper.from_array(np.zeros(4, np.float32), "zero")])
+    assert main(["run", str(path), "--repeats", "1"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "f32[4]" in line)
+    assert row.split()[-2] == "0"
+
+
+def test_bad_numbers_are_refused_before_any_work(model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _one_line_error(capsys, ["compile", str(model), "--precision", "bf16", "--tolerance", "nan"],
+                    "tolerance must be positive, got nan")
+    with pytest.raises(SystemExit):
+        main(["run", str(model), "--repeats", "0"])
+    assert "--repeats: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_failing_pass_says_where_its_reproducer_is(model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from heteropass.passes.fuse_gemm_epilogue import FuseGemmEpiloguePass
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("simulated pass bug")
+
+    monkeypatch.setattr(FuseGemmEpiloguePass, "call", fail)
+    assert main(["compile", str(model), "--dump-dir", str(tmp_path / "dumps")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("heteropass compile: error: pass 'fuse-gemm-epilogue' failed: RuntimeError")
+    assert err[1] == (f"heteropass compile: the failing pass's input is in {tmp_path / 'dumps'} "
+                      "(heteropass.passes.load_reproducer reads it)")
