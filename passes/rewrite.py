@@ -134,14 +134,16 @@ def describe(value: Value) -> str:
 
 @dataclass
 class _Trace:
-    """The deepest failure seen while matching one rule at one root: (nodes matched so far, reason)."""
+    """The deepest failure seen while matching one rule at one root: (nodes matched so far, reason). Of two
+    at the same depth, a near miss (a constant of the wrong value, an op with the wrong attributes) wins
+    over a value of the wrong kind, which is what the other operand order of a commutative op gives."""
 
-    progress: int = -1
+    progress: tuple[int, bool] = (-1, False)
     reason: str = ""
 
-    def fail(self, progress: int, reason: str) -> None:
-        if progress > self.progress:
-            self.progress, self.reason = progress, reason
+    def fail(self, progress: int, reason: str, near: bool = False) -> None:
+        if (progress, near) > self.progress:
+            self.progress, self.reason = (progress, near), reason
 
 
 Captures = dict[str, Value | None]
@@ -173,7 +175,8 @@ def _match(pat: Pat, value: Value | None, caps: Captures, nodes: tuple[Node, ...
         trace.fail(len(nodes), f"{path} is {describe(value)}, expected {pat.what}")
         return
     if pat.where is not None and not pat.where(value):
-        trace.fail(len(nodes), f"{path} is {describe(value)}, expected {pat.what}")
+        trace.fail(len(nodes), f"{path} is {describe(value)}, expected {pat.what}",
+                   near=pat.kind == "const" or (value.producer is not None and value.producer.op in pat.ops))
         return
     if pat.kind != "op":
         yield _bind(pat, value, caps), nodes
@@ -187,29 +190,32 @@ def _match(pat: Pat, value: Value | None, caps: Captures, nodes: tuple[Node, ...
         return
     for key, want in pat.attrs.items():
         if node.attrs.get(key) != want:
-            trace.fail(len(nodes), f"{path} is {describe(value)}, expected {key}={want}")
+            trace.fail(len(nodes), f"{path} is {describe(value)}, expected {key}={want}", near=True)
             return
     operands: list[Value | None] = list(node.inputs)
     if len(operands) > len(pat.operands) or any(p.kind != "opt" for p in pat.operands[len(operands):]):
         trace.fail(len(nodes), f"{path} is {describe(value)}: {len(operands)} operands, expected {len(pat.operands)}")
         return
     operands += [None] * (len(pat.operands) - len(operands))
-    orders = [operands]
+    orders = [list(range(len(operands)))]
     if get_op(node.op).commutative and len(operands) == 2 and operands[0] is not operands[1]:
-        orders.append(operands[::-1])
+        orders.append([1, 0])
     inner = (*nodes, node)
     for order in orders:
-        yield from _match_operands(pat, node, order, 0, _bind(pat, value, caps), inner, trace)
+        yield from _match_operands(pat, node, [operands[j] for j in order], order, 0, _bind(pat, value, caps),
+                                   inner, trace)
 
 
-def _match_operands(pat: Pat, node: Node, operands: list[Value | None], i: int, caps: Captures,
-                    nodes: tuple[Node, ...], trace: _Trace) -> Iterator[tuple[Captures, tuple[Node, ...]]]:
+def _match_operands(pat: Pat, node: Node, operands: list[Value | None], positions: list[int], i: int,
+                    caps: Captures, nodes: tuple[Node, ...], trace: _Trace
+                    ) -> Iterator[tuple[Captures, tuple[Node, ...]]]:
+    """Match `operands` (the node's, possibly swapped; `positions` are their places in the node) in turn."""
     if i == len(operands):
         yield caps, nodes
         return
-    where = f"operand {i} of {node.op} %{node.outputs[0].name}"
+    where = f"operand {positions[i]} of {node.op} %{node.outputs[0].name}"
     for caps2, nodes2 in _match(pat.operands[i], operands[i], caps, nodes, where, trace):
-        yield from _match_operands(pat, node, operands, i + 1, caps2, nodes2, trace)
+        yield from _match_operands(pat, node, operands, positions, i + 1, caps2, nodes2, trace)
 
 
 def _bind(pat: Pat, value: Value | None, caps: Captures) -> Captures:
@@ -388,7 +394,7 @@ def _try(rule: Rule, graph: Graph, root: Node, report: RewriteReport) -> bool:
         report.applied[rule.name] = report.applied.get(rule.name, 0) + 1
         report.misses.pop((rule.name, id(old)), None)
         return True
-    progress, reason = failure if failure is not None else (trace.progress, trace.reason)
+    progress, reason = failure if failure is not None else (trace.progress[0], trace.reason)
     # A near miss got past half of the pattern: worth a note in the summary, unlike every mul tried for GELU.
     near = 2 * progress > rule.pattern.min_nodes
     report.misses[(rule.name, id(root.outputs[0]))] = Miss(rule.name, root.outputs[0],

@@ -158,3 +158,27 @@ def test_an_exponent_near_three_is_not_a_cube() -> None:
       %7: f32[4,8] = mul(%0, %6)
       return %7
     }""")
+
+
+def test_why_not_names_the_constant_that_is_off() -> None:
+    """mul is commutative: the swapped order fails on the cube; the note must blame %c, the near miss."""
+    pass_ = unchanged(RecognizeGeluPass(), """
+    graph g(%x: f32[4,8]) -> (f32[4,8]) {
+      const %half: f32[] = 0.5
+      const %one: f32[] = 1.0
+      const %three: f32[] = 3.0
+      const %c: f32[] = 0.0447
+      const %k: f32[] = 0.7978845608028654
+      %0: f32[4,8] = mul(%half, %x)
+      %1: f32[4,8] = pow(%x, %three)
+      %2: f32[4,8] = mul(%1, %c)
+      %3: f32[4,8] = add(%x, %2)
+      %4: f32[4,8] = mul(%k, %3)
+      %5: f32[4,8] = tanh(%4)
+      %6: f32[4,8] = add(%one, %5)
+      %7: f32[4,8] = mul(%0, %6)
+      return %7
+    }""")
+    assert pass_.report.why_not("gelu-tanh", "7") == (
+        "gelu-tanh at %7: operand 1 of mul %2 is %c (constant f32[] = 0.04470000043511391), expected a constant "
+        "equal to 0.044715")
