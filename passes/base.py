@@ -49,6 +49,10 @@ class Pass:
     def call(self, graph: Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError
 
+    def settings(self) -> dict[str, Any]:
+        """What the pass was constructed with, as JSON-ready values; a reproducer records it."""
+        return {}
+
     def __call__(self, graph: Graph, ctx: PassContext | None = None) -> PassResult:
         return self.call(graph, ctx or PassContext())
 

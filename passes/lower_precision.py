@@ -260,6 +260,9 @@ class LowerPrecisionPass(Pass):
 
     def __init__(self, config: PrecisionConfig | None = None) -> None:
         self.config = config or PrecisionConfig(precision="bf16")
+
+    def settings(self) -> dict[str, object]:
+        return self.config.as_dict()
         if self.config.precision not in _TARGETS:
             raise ValueError(f"lower-precision lowers to {sorted(_TARGETS)}, not {self.config.precision!r}")
         unknown = sorted((self.config.allow | self.config.deny) - set(OPS))

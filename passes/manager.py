@@ -319,7 +319,7 @@ class _Run:
             except RuntimeError as edited:
                 reason += f" (also, {edited}: the reproducer's constants hold that edit)"
             directory = self._reproducer_dir()
-            write_reproducer(directory, before_text, before_consts, self.result.pipeline, pass_.name, step,
+            write_reproducer(directory, before_text, before_consts, self.result.pipeline, pass_, step,
                              self.manager.ctx, reason, output_text)
             raise PassFailure(pass_.name, reason, directory) from exc
         self.result.graph = graph
@@ -351,24 +351,26 @@ def _check_constants(graph: Graph, before: dict[str, tuple[int, int]], modified:
 
 
 def write_reproducer(directory: str, text: str, constants: dict[str, torch.Tensor], pipeline: list[str],
-                     pass_name: str, step: int, ctx: PassContext, error: str, output_text: str | None) -> None:
-    """Write `reproducer.ir` (the failing pass's input), `reproducer.constants.pt`, `reproducer.json` and,
-    when the pass returned a graph that an instrument rejected, that graph as `reproducer.output.ir`."""
+                     pass_: Pass, step: int, ctx: PassContext, error: str, output_text: str | None) -> None:
+    """Write `reproducer.ir` (the failing pass's input), `reproducer.constants.pt`, `reproducer.json` (with
+    the pass's `settings`, e.g. its precision request) and, when the pass returned a graph that an
+    instrument rejected, that graph as `reproducer.output.ir`."""
+    pass_name = pass_.name
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     (path / "reproducer.ir").write_text(text)
     if output_text is not None:
         (path / "reproducer.output.ir").write_text(f"# output of {pass_name}, rejected: {error}\n{output_text}")
     torch.save(constants, path / "reproducer.constants.pt")
-    info = {"pipeline": pipeline, "failing_pass": pass_name, "step": step, "opt_level": ctx.opt_level,
-            "disabled": sorted(ctx.disabled), "options": ctx.options, "error": error}
+    info = {"pipeline": pipeline, "failing_pass": pass_name, "pass_settings": pass_.settings(), "step": step,
+            "opt_level": ctx.opt_level, "disabled": sorted(ctx.disabled), "options": ctx.options, "error": error}
     (path / "reproducer.json").write_text(json.dumps(info, indent=2, default=repr) + "\n")
 
 
 def load_reproducer(directory: str | Path) -> tuple[Graph, list[str]]:
     """Rebuild the failing pass's input graph (constants exact) and the pipeline's pass names.
 
-    `reproducer.json` also names the failing pass, the opt level and the error."""
+    `reproducer.json` also names the failing pass, its settings, the opt level and the error."""
     path = Path(directory)
     info = json.loads((path / "reproducer.json").read_text())
     constants = torch.load(path / "reproducer.constants.pt")

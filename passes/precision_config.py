@@ -47,6 +47,14 @@ class PrecisionConfig:
     calibration_method: str = "minmax"
     percentile: float = 99.99
 
+    def as_dict(self) -> dict[str, object]:
+        """The request as JSON-ready values (the calibration inputs as their count), for reproducers."""
+        return {"precision": self.precision, "calibration_batches": len(self.calibration),
+                "tolerance": self.tolerance, "allow": sorted(self.allow), "deny": sorted(self.deny),
+                "keep_nodes": sorted(self.keep_nodes), "block_size": self.block_size,
+                "activation_bits": self.activation_bits, "granularity": self.granularity,
+                "calibration_method": self.calibration_method, "percentile": self.percentile}
+
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")

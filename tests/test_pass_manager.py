@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from typing import ClassVar
 
@@ -22,6 +23,7 @@ from heteropass.passes import (
     instruments_for,
     load_reproducer,
 )
+from heteropass.passes.lower_precision import LowerPrecisionPass
 from heteropass.passes.manager import FixpointNotConverged
 from heteropass.passes.pipelines import default_pipeline, pass_registry
 from heteropass.passes.precision_config import PrecisionConfig
@@ -277,6 +279,25 @@ class SwapWeightQuietly(Pass):
 def test_a_pass_that_edits_constants_behind_the_managers_back_fails(tmp_path, wrong, message):
     with pytest.raises(PassFailure, match=f"'{wrong.name}' failed: RuntimeError: it {message}"):
         PassManager([wrong], instruments=[DumpIR(tmp_path)]).run(parse_graph(TEXT))
+
+
+class FailingFp16(Pass):
+    """A pass constructed with a precision request, failing."""
+
+    name = "failing-fp16"
+
+    def call(self, graph: Graph, ctx: PassContext) -> PassResult:
+        raise RuntimeError("boom")
+
+    def settings(self) -> dict[str, object]:
+        return LowerPrecisionPass(PrecisionConfig("fp16")).settings()
+
+
+def test_a_reproducer_records_what_the_failing_pass_was_constructed_with(tmp_path):
+    with pytest.raises(PassFailure):
+        PassManager([FailingFp16()], instruments=[DumpIR(tmp_path)]).run(parse_graph(TEXT))
+    settings = json.loads((tmp_path / "reproducer.json").read_text())["pass_settings"]
+    assert settings["precision"] == "fp16" and settings["calibration_batches"] == 0
 
 
 def test_pass_registry_names_every_pass():
