@@ -260,9 +260,6 @@ class LowerPrecisionPass(Pass):
 
     def __init__(self, config: PrecisionConfig | None = None) -> None:
         self.config = config or PrecisionConfig(precision="bf16")
-
-    def settings(self) -> dict[str, object]:
-        return self.config.as_dict()
         if self.config.precision not in _TARGETS:
             raise ValueError(f"lower-precision lowers to {sorted(_TARGETS)}, not {self.config.precision!r}")
         unknown = sorted((self.config.allow | self.config.deny) - set(OPS))
@@ -275,6 +272,9 @@ class LowerPrecisionPass(Pass):
         if unchecked:
             raise ValueError(f"cannot lower {unchecked}: {_UNLISTED}")
         self.target = _TARGETS[self.config.precision]
+
+    def settings(self) -> dict[str, object]:
+        return self.config.as_dict()
 
     def call(self, graph: Graph, ctx: PassContext) -> PassResult:
         config, target = self.config, self.target
