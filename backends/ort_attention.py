@@ -100,6 +100,8 @@ def _match(attention: Node, returned: Callable[[Value], bool]) -> PackedAttentio
     if qkv.type.rank != 3 or q.type.rank != 4 or split.attrs["dim"] % 3 != 2 or len(sizes) != 3 or len(set(sizes)) != 1:
         return None
     batch, seq, packed = qkv.type.static_shape()
+    if batch * seq * packed == 0:
+        return None  # ONNX Runtime refuses to run a session with an empty output
     heads, dim = q.type.static_shape()[1], q.type.static_shape()[3]
     if (heads * dim * 3 != packed or any(tuple(x.type.static_shape()) != (batch, heads, seq, dim) for x in (q, k, v))
             or any(tuple(view[1].outputs[0].type.static_shape()) != (batch, seq, heads, dim)  # type: ignore[index]
@@ -126,8 +128,8 @@ def _match(attention: Node, returned: Callable[[Value], bool]) -> PackedAttentio
 
 def _additive_mask(value: Value, batch: int, heads: int, seq: int) -> torch.Tensor | None:
     """Constant mask `value` as a float tensor [1 or B, 1 or H, S, S] added to the scores, or None when
-    it is not a constant of a shape MultiHeadAttention takes, or a bool mask hides a whole row (PyTorch
-    then gives NaN or zeros depending on the kernel)."""
+    it is not a constant of a shape MultiHeadAttention takes, or it hides a whole row (all False, or all
+    -inf): PyTorch's CPU kernel then gives zeros for that query (as heteropass does), the session NaN."""
     mask = value.const
     if mask is None or mask.dim() > 4 or mask.dim() < 2 or mask.dtype not in (torch.bool, torch.float32):
         return None
@@ -135,9 +137,9 @@ def _additive_mask(value: Value, batch: int, heads: int, seq: int) -> torch.Tens
     if mask.shape[0] not in (1, batch) or mask.shape[1] not in (1, heads) or tuple(mask.shape[2:]) != (seq, seq):
         return None
     if mask.dtype is torch.bool:
-        if not mask.any(dim=-1).all():
-            return None
-        return torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+        mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    if (mask == float("-inf")).all(dim=-1).any():
+        return None
     return mask.contiguous()
 
 

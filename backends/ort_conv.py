@@ -57,10 +57,31 @@ def chain_member(node: Node) -> bool:
 
 
 def chain_pool(node: Node) -> bool:
-    """Whether pool `node` may follow a convolution in a chain: a float32 2-D pool over static shapes."""
+    """Whether pool `node` may follow a convolution in a chain: a float32 2-D pool over static shapes whose
+    windows all lie in the padded input (`_whole_windows`)."""
     return (ort_available() and node.op in CHAIN_POOL_OPS and len(node.attrs["kernel"]) == 2
             and node.inputs[0].const is None and node.inputs[0].type.rank == 4
-            and all(v.type.is_static and v.type.dtype is DType.f32 for v in [*node.inputs, *node.outputs]))
+            and all(v.type.is_static and v.type.dtype is DType.f32 for v in [*node.inputs, *node.outputs])
+            and _whole_windows(node))
+
+
+def _whole_windows(node: Node) -> bool:
+    """Whether pool `node`'s windows all lie in the padded input: its output has the size that rounding
+    down gives, and so has ONNX's (which rounds up under `ceil_mode`). Otherwise ONNX Runtime and PyTorch
+    may disagree: PyTorch drops a last window that would start in the right padding, ONNX Runtime keeps
+    it (a larger output), and averages over windows cut at the input's end differ between them."""
+    kernel = node.attrs["kernel"]
+
+    def per_dim(values: tuple[int, ...]) -> list[int]:
+        return list(values) * len(kernel) if len(values) == 1 else list(values)
+
+    stride, padding = per_dim(node.attrs["stride"] or kernel), per_dim(node.attrs["padding"])
+    dilation = per_dim(node.attrs.get("dilation", (1,)))
+    sizes = node.inputs[0].type.static_shape()[2:]
+    spans = [size + 2 * p - d * (k - 1) - 1 for size, k, p, d in zip(sizes, kernel, padding, dilation, strict=True)]
+    floor = [span // s + 1 for span, s in zip(spans, stride, strict=True)]
+    onnx = [-(-span // s) + 1 for span, s in zip(spans, stride, strict=True)] if node.attrs["ceil_mode"] else floor
+    return floor == onnx == list(node.outputs[0].type.static_shape()[2:])
 
 
 def chain_runs(nodes: Sequence[Node], member: Callable[[Node], bool]) -> list[list[Node]]:
@@ -186,7 +207,8 @@ def choose_chains(run: list[Node], member: Callable[[Node], bool], returned: Cal
 def chain_session(graph: Graph, threads: int | None = None) -> Callable[..., list[torch.Tensor]]:
     """`call(*inputs, out=None)` running `graph` (a chain: its nodes pass `chain_member`, its
     constants are the weights) in one ONNX Runtime session; the results land in `out` when given.
-    The session binds the tensors' memory directly, so nothing is copied."""
+    The session binds the tensors' memory directly, so nothing is copied. It runs once here, on random
+    inputs: a session that ONNX Runtime builds but cannot run raises `ChainUnsupported`, not a later call."""
     from ..ir.onnx_exporter import OnnxExportError, export_onnx
 
     if ort is None:
@@ -218,4 +240,8 @@ def chain_session(graph: Graph, threads: int | None = None) -> Callable[..., lis
         runs.run(held, results)
         return results
 
+    try:
+        call(*(torch.randn(shape) for shape in in_shapes))
+    except Exception as exc:  # as above; e.g. an output shape that ONNX Runtime computes differently
+        raise ChainUnsupported(f"chain {graph.name}: onnxruntime cannot run it: {exc}") from exc
     return call

@@ -120,17 +120,20 @@ class BoundRuns:
 
 def ort_applies(node: Node, constant: Callable[[Value], bool] = lambda v: v.const is not None) -> bool:
     """Whether `ort_product_call` computes `node`: a float32 linear, matmul or conv over static shapes whose
-    weight (and bias) are `constant` (a region's body sees the constants its node passes as inputs)."""
+    weight (and bias) are `constant` (a region's body sees the constants its node passes as inputs), none of
+    them empty (ONNX Runtime refuses to run a session with an empty output)."""
     if node.op not in ("linear", "matmul", "conv"):
         return False
     types = [v.type for v in [*node.inputs, *node.outputs]]
     if any(not t.is_static or t.dtype is not DType.f32 for t in types):
         return False
+    if any(math.prod(t.static_shape()) == 0 for t in types):
+        return False
     if not all(map(constant, node.inputs[1:])) or node.inputs[1].type.rank != (2 if node.op != "conv" else
                                                                                node.inputs[0].type.rank):
         return False
     if node.op != "conv":
-        return node.inputs[0].type.rank >= 2 and math.prod(node.inputs[0].type.static_shape()) > 0
+        return node.inputs[0].type.rank >= 2
     return node.inputs[0].type.rank in (3, 4, 5)
 
 

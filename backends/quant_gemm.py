@@ -41,7 +41,7 @@ from functools import cache
 import numpy as np
 import torch
 from llvmlite import ir
-from numba import carray, cfunc, njit, types, uint64
+from numba import carray, cfunc, njit, types, uint32, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -222,20 +222,44 @@ def _dequantize_rows(w, s, out, first, last, k, bs):
                 out[orow + kk] = np.float32(w[wr + kk]) * sb
 
 
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is uint32 `bits`."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+_MAGNITUDE_BITS, _INF_BITS = 0x7FFFFFFF, 0x7F800000  # float32 |x| as bits; at or above inf: inf or NaN
+
+
 @njit(**_JIT)
 def _quantize_rows(x, q, xs, m, k, per_row, top):
     """q = round_half_even(x / scale) clamped to [-top, top] with scale = max(amax |x|, 1e-12) / top
-    over each row (per_row) or the whole tensor; xs gets the scales (one, or one per row)."""
+    over each row (per_row) or the whole tensor; xs gets the scales (one, or one per row). A row holding
+    a NaN or an infinity gets scale NaN and q = 0, as `quantize_rows_symmetric`: its results are NaN.
+
+    amax is the integer max of the magnitudes' bits (for floats >= 0 the same order): unlike a float
+    max(), which skips a NaN, it sees NaN and inf as the largest, at the same speed."""
     inner = uint64(k)
     rows = uint64(m) if per_row else uint64(1)
     span = inner if per_row else uint64(m) * inner
     limit = np.float32(top)
+    bits = x.view(np.uint32)
     for r in range(rows):
         base = r * span
-        amax = np.float32(0.0)
+        amax_bits = uint32(0)
         for t in range(span):
-            amax = max(amax, abs(x[base + t]))
-        scale = max(amax, np.float32(1e-12)) / limit
+            amax_bits = max(amax_bits, bits[base + t] & uint32(_MAGNITUDE_BITS))
+        if amax_bits >= uint32(_INF_BITS):
+            xs[r] = np.float32(np.nan)
+            for t in range(span):
+                q[base + t] = 0
+            continue
+        scale = max(_float32_from_bits(amax_bits), np.float32(1e-12)) / limit
         xs[r] = scale
         for t in range(span):
             v = np.rint(x[base + t] / scale)

@@ -133,12 +133,13 @@ class PercentileObserver(HistogramObserver):
 
 
 class EntropyObserver(HistogramObserver):
-    """TensorRT's entropy calibration: for each candidate threshold (the upper edge of bin i >= `levels`),
-    P is the histogram up to it with everything beyond added to the last bin, Q is that part of the
-    histogram merged into `levels` groups and spread back over each group's non-empty bins; the threshold
-    with the least KL(P || Q) wins (the largest, on ties). `levels` is 128 (int8 magnitudes), 256 for u8
-    of data that is never negative. As NVIDIA's calibrator, the first bin counts as the second: a spike of
-    exact zeros (after a ReLU) would otherwise make every wider threshold look worse."""
+    """TensorRT's entropy calibration: for each candidate threshold (the upper edge of bin i, at least `levels`
+    bins past the first non-empty one: see `threshold`), P is the histogram up to it with everything beyond
+    added to the last bin, Q is that part of the histogram merged into `levels` groups and spread back over
+    each group's non-empty bins; the threshold with the least KL(P || Q) wins (the largest, on ties).
+    `levels` is 128 (int8 magnitudes), 256 for u8 of data that is never negative. As NVIDIA's calibrator,
+    the first bin counts as the second: a spike of exact zeros (after a ReLU) would otherwise make every
+    wider threshold look worse."""
 
     def divergences(self, levels: int) -> np.ndarray:
         """KL(P || Q) for the thresholds at bins levels..bins (index 0: `levels` bins), all at once.
@@ -170,10 +171,17 @@ class EntropyObserver(HistogramObserver):
         return np.where((last == 0) & (beyond > 0) | (cum[i] == 0), np.inf, kl)
 
     def threshold(self, dtype: DType) -> float:
+        """The upper edge of the candidate bin with the least divergence, among those at least `levels` bins
+        past the first non-empty one. TensorRT starts at `levels` bins from 0, which assumes data near 0:
+        for data away from it (all in [5, 15]) the candidates just past its smallest value see P and Q
+        as the same spike (KL 0) and clip nearly all of it to that value."""
         levels = 2 * ENTROPY_LEVELS if dtype is DType.u8 and self.observed()[0] >= 0 else ENTROPY_LEVELS
-        kl = self.divergences(levels)
+        first = int(np.flatnonzero(self.counts)[0])
+        kl = self.divergences(levels)[first:]
+        if not len(kl):
+            return self.amax  # the data spans fewer than `levels` bins below its amax: nothing to clip
         last_min = len(kl) - 1 - int(np.argmin(kl[::-1]))
-        return (last_min + levels) * self.amax / self.bins
+        return (first + last_min + levels) * self.amax / self.bins
 
 
 def _xlogx(x: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import heteropass as hp
 from heteropass.ir import DType, parse_graph
 from heteropass.ir.ops.quant import broadcast_param, dequantize, quantize
 from heteropass.passes.calibration import (
@@ -115,6 +116,27 @@ def test_entropy_keeps_the_range_of_data_without_tails() -> None:
     gaussian = torch.randn(1_000_000, generator=gen)
     high = _seen(EntropyObserver(), gaussian).range(DType.i8)[1]
     assert 3.5 < high < float(gaussian.abs().max())
+
+
+def test_entropy_keeps_the_range_of_data_away_from_zero() -> None:
+    """Candidates start `levels` bins past the smallest magnitude: uniform data in [5, 15] is not clipped
+    to about 5 (P and Q of a threshold just past the data's start are the same spike), and the int8-static
+    linear stays close to eager PyTorch."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.rand(64, 32, generator=gen) * 10 + 5 for _ in range(4)]
+    for dtype in (DType.i8, DType.u8):
+        low, high = _seen(EntropyObserver(), *batches).range(dtype)
+        assert low == pytest.approx(5.0, abs=0.01) and high > 14.0
+    gaussian = torch.randn(1_000_000, generator=gen) + 10
+    high = _seen(EntropyObserver(), gaussian).range(DType.i8)[1]
+    assert 13.0 < high < float(gaussian.max())
+    model = torch.nn.Linear(32, 8).eval()
+    compiled = hp.compile(model, (batches[0],), precision="int8-static", calibration=[(b,) for b in batches],
+                          precision_options={"calibration_method": "entropy"})
+    x = torch.rand(64, 32, generator=gen) * 10 + 5
+    with torch.no_grad():
+        expected = model(x)
+    assert (compiled(x) - expected).abs().max() < 0.05 * expected.abs().max()
 
 
 def _threshold_with(observer: EntropyObserver, levels: int) -> float:

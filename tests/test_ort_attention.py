@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from heteropass.backends import ort_attention
 from heteropass.backends.executable import build_executable
 from heteropass.backends.numba_backend import NumbaBackend
 from heteropass.backends.ort_attention import find_packed_attention, packed_attention_call
@@ -77,6 +79,31 @@ def test_declines_returned_intermediates_wholly_masked_rows_and_run_time_masks()
     text = text.replace("graph m(%qkv: f32[1,4,24])", "graph m(%qkv: f32[1,4,24], %mask: f32[4,4])")
     run_time = parse_graph(text)
     assert find_packed_attention(run_time.nodes, run_time.is_output) == []
+
+
+def test_a_float_mask_hiding_a_whole_row_is_declined_and_that_row_is_zero_as_in_eager(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch's CPU kernel gives 0 for a query whose mask row is all -inf; the session would give NaN."""
+    mask = torch.randn(4, 4)
+    mask[2] = float("-inf")
+    graph = parse_graph(_graph(1, 4, 2, 4, mask="f32[4,4]"), constants={"mask": mask})
+    assert find_packed_attention(graph.nodes, graph.is_output) == []
+    monkeypatch.setattr(ort_attention, "fastest_runs", lambda runs, *a, **k: {"session": 0.0, "nodes": 1.0})
+    executable = build_executable(graph.clone(), [NumbaBackend(), ReferenceBackend()])
+    qkv = torch.randn(1, 4, 24)
+    q, k, v = (t.reshape(1, 4, 2, 4).transpose(1, 2) for t in qkv.split(8, dim=-1))
+    eager = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(1, 4, 8)
+    assert (eager[0, 2] == 0).all() and eager.isfinite().all()
+    torch.testing.assert_close(executable(qkv)[0], eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 2, 4), (2, 0, 2, 4)])
+def test_declines_empty_shapes(shape: tuple[int, int, int, int]) -> None:
+    """ONNX Runtime refuses to run a session whose output is empty."""
+    graph = parse_graph(_graph(*shape))
+    assert find_packed_attention(graph.nodes, graph.is_output) == []
+    executable = build_executable(graph.clone(), [NumbaBackend(), ReferenceBackend()])
+    assert executable(torch.randn(graph.inputs[0].type.static_shape()))[0].shape == (shape[0], shape[1], 8)
 
 
 def test_the_backend_runs_the_chain_and_matches_eager() -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import heteropass as hp
 from heteropass.backends.ort_conv import (
     ChainUnsupported,
     chain_graph,
@@ -17,7 +18,7 @@ from heteropass.backends.ort_conv import (
     split_at_pools,
 )
 from heteropass.backends.ort_gemm import ort_available
-from heteropass.ir import DType, Graph, Node, TensorType, parse_graph
+from heteropass.ir import DType, Graph, Node, TensorType, parse_graph, run_graph
 from heteropass.ir.torch_importer import import_module
 from heteropass.passes import PassContext, PassManager
 from heteropass.passes.pipelines import default_pipeline
@@ -199,3 +200,42 @@ def test_a_pool_may_end_a_run_but_not_start_one() -> None:
     w = graph.constants["w"].const
     pooled = chain_session(chain_graph(runs[0], graph.is_output))(x)[0]
     torch.testing.assert_close(pooled, F.max_pool2d(F.conv2d(x, w, padding=1), 2), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["max_pool", "avg_pool"])
+def test_a_ceil_mode_pool_whose_last_window_pytorch_drops_stays_out_of_chains(pool: str) -> None:
+    """On 11x11 with kernel 2, stride 2, padding 1, PyTorch drops the window that would start in the right
+    padding (6x6); ONNX Runtime's ceil_mode keeps it (7x7). Such a pool joins no chain, a session holding
+    it computes PyTorch's windows (the export leaves out a ceil_mode that adds none), and the backend
+    computes what eager PyTorch does."""
+    text = f"""
+    graph m(%x: f32[2,3,11,11]) -> (f32[2,4,6,6]) {{
+      const %w1: f32[4,3,3,3]
+      const %w2: f32[4,4,3,3]
+      %0: f32[2,4,11,11] = conv(%x, %w1) {{padding=[1]}}
+      %1: f32[2,4,11,11] = conv(%0, %w2) {{padding=[1]}}
+      %2: f32[2,4,6,6] = {pool}(%1) {{kernel=[2, 2], stride=[2, 2], padding=[1, 1], ceil_mode=true}}
+      return %2
+    }}"""
+    w1, w2 = torch.randn(4, 3, 3, 3) / 4, torch.randn(4, 4, 3, 3) / 6
+    graph = parse_graph(text, constants={"w1": w1, "w2": w2})
+    [run] = chain_runs(graph.nodes, chain_member)
+    assert [n.op for n in run] == ["conv", "conv"]
+    x = torch.randn(2, 3, 11, 11)
+    session = chain_session(chain_graph(graph.nodes, graph.is_output))
+    torch.testing.assert_close(session(x)[0], run_graph(graph, x)[0], rtol=1e-4, atol=1e-5)
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.pool = (torch.nn.MaxPool2d if pool == "max_pool" else torch.nn.AvgPool2d)(2, 2, 1, ceil_mode=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pool(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+    model, x = Model().eval(), torch.randn(2, 3, 11, 11)
+    with torch.no_grad():
+        expected = model(x)
+    assert expected.shape == (2, 4, 6, 6)
+    torch.testing.assert_close(hp.compile(model, (x,), backends=["numba"])(x), expected, rtol=1e-4, atol=1e-5)

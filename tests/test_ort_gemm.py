@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import heteropass as hp
 from heteropass.backends.gemm import library_products
 from heteropass.backends.ort_gemm import ort_available, ort_product_call
 from heteropass.ir import Graph, TensorType
@@ -61,6 +62,27 @@ def test_declines_run_time_weights_and_other_dtypes() -> None:
     assert ort_product_call(_node("linear", x, [w], constant=False)) is None
     assert ort_product_call(_node("linear", x.double(), [w.double()])) is None
     assert ort_product_call(_node("matmul", x, [w.t().contiguous()])) is not None
+
+
+@pytest.mark.parametrize("op, x_shape, w_shape, attrs", [
+    ("conv", (0, 4, 8, 8), (6, 4, 3, 3), {"stride": [1], "padding": [1], "dilation": [1], "groups": 1}),
+    ("linear", (0, 16), (8, 16), {}), ("linear", (3, 0), (8, 0), {}), ("linear", (3, 16), (0, 16), {})])
+def test_declines_empty_products_which_the_other_libraries_compute(op: str, x_shape: tuple[int, ...],
+                                                                   w_shape: tuple[int, ...], attrs: dict) -> None:
+    """ONNX Runtime refuses to run a session with an empty output (and oneDNN a linear of 0 inputs)."""
+    x, w, b = torch.randn(x_shape), torch.randn(w_shape), torch.randn(w_shape[0])
+    node = _node(op, x, [w, b], attrs)
+    assert ort_product_call(node) is None
+    expected = F.conv2d(x, w, b, padding=1) if op == "conv" else F.linear(x, w, b)
+    for product in library_products(node):
+        torch.testing.assert_close(product.call(x, w, b, torch.empty(expected.shape)), expected, msg=product.text)
+
+
+def test_a_convolution_over_an_empty_batch_compiles_for_numba() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(6, 6, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(0, 4, 8, 8)
+    assert hp.compile(model, (x,), backends=["numba"])(x).shape == model(x).shape == (0, 6, 8, 8)
 
 
 def test_is_one_of_the_timed_library_options() -> None:

@@ -143,6 +143,33 @@ def test_x_is_quantized_exactly_as_the_reference_does(granularity: str, bits: in
         assert q[0, :4].tolist() == [top, 2, -4, 0]
 
 
+@pytest.mark.parametrize("op, attrs", [("linear_weight_int8", {"block_size": 0, "activation_bits": 16}),
+                                       ("linear_weight_int8", {"block_size": 48, "activation_bits": 16}),
+                                       *(("linear_dynamic_int8", a) for a in DYNAMIC_ATTRS)])
+def test_a_nan_or_inf_in_x_makes_its_rows_results_nan_in_every_plan(op: str, attrs: dict) -> None:
+    """A row holding a NaN or an infinity has no finite scale: every plan gives NaN for that row (the whole
+    result per tensor), as the reference does; eager float gives NaN or +-inf there, finite elsewhere."""
+    args = operands(op, (4, 160), 37, attrs, bias=True)
+    x = args[0].clone()
+    x[1, 3], x[2, 100] = float("nan"), float("-inf")
+    args[0] = x
+    block = attrs.get("block_size", 0)
+    weight = get_op("dequantize").reference(args[1], args[2], axis=1 if block else 0, block_size=block)
+    eager = torch.nn.functional.linear(x, weight, args[3])
+    expected = get_op(op).reference(*args, **attrs)
+    rows_with = torch.tensor([False, True, True, False])
+    assert torch.equal(eager.isfinite().all(dim=1), ~rows_with)
+    bad = rows_with if attrs.get("granularity") != "tensor" else torch.ones(4, dtype=torch.bool)
+    assert expected[bad].isnan().all() and expected[~bad].isfinite().all()
+    graph, _ = quant_node(op, args, attrs)
+    for plan in quant_gemm.quant_plans(graph.nodes[0]):
+        got = plan.call(*args)
+        assert got[bad].isnan().all(), plan.name
+        if (~bad).any():
+            torch.testing.assert_close(got[~bad], expected[~bad], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got[~bad], eager[~bad], rtol=0, atol=0.05 * float(eager[~bad].abs().max()))
+
+
 def test_x_is_divided_by_its_scale_not_multiplied_by_the_reciprocal() -> None:
     """Near halves, x / s and x * (1 / s) round to different integers; the reference divides."""
     scale = torch.tensor(1.0) / 127.0

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import heteropass as hp
 from heteropass.ir import DType, Graph, TensorType, run_graph
 from heteropass.passes.precision_config import PrecisionConfig
 from heteropass.passes.quantize_dynamic import QuantizeDynamicPass
@@ -53,6 +54,17 @@ def test_tensor_granularity() -> None:
       %0: f32[2,5,16] = linear_dynamic_int8(%x, %q, %s) {granularity="tensor"}
       return %0
     }""", max_rel=3e-2)
+
+
+def test_empty_batch_with_tensor_granularity_gives_an_empty_result() -> None:
+    """An input of 0 rows has no amax: the per-tensor scale of nothing must not fail the pass or the run."""
+    model = torch.nn.Linear(16, 3).eval()
+    x = torch.randn(0, 16)
+    for backend in ("reference", "numba"):
+        compiled = hp.compile(model, (x,), precision="int8-dynamic", precision_options={"granularity": "tensor"},
+                              backends=[backend])
+        got = compiled(x)
+        assert got.shape == model(x).shape == (0, 3)
 
 
 def test_convolutions_and_other_types_stay_in_float() -> None:

@@ -105,17 +105,23 @@ def linear_weight_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tens
 
 def quantize_rows_symmetric(x: torch.Tensor, granularity: str, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer values (int8, or int16 for `bits=16`) and float scales of `x` quantized symmetrically to
-    [-(2**(bits-1) - 1), 2**(bits-1) - 1] per row (last dim) or per tensor."""
+    [-(2**(bits-1) - 1), 2**(bits-1) - 1] per row (last dim) or per tensor.
+
+    A row (or tensor) holding a NaN or an infinity has no finite scale: its scale is NaN and its integers 0,
+    so every result computed from it is NaN (the kernels do the same; eager float gives NaN or +-inf there).
+    An empty row or tensor gets the smallest scale."""
     if granularity == "row":
-        amax = x.abs().amax(dim=-1, keepdim=True)
+        amax = x.abs().amax(dim=-1, keepdim=True) if x.shape[-1] else x.new_zeros((*x.shape[:-1], 1))
     elif granularity == "tensor":
-        amax = x.abs().amax()
+        amax = x.abs().amax() if x.numel() else x.new_zeros(())
     else:
         raise ValueError(f"granularity must be 'row' or 'tensor', got {granularity!r}")
     top = 2 ** (bits - 1) - 1
-    scale = amax.float().clamp(min=1e-12) / top
+    finite = amax.isfinite()
+    scale = torch.where(finite, amax.float().clamp(min=1e-12) / top, torch.nan)
     dtype = torch.int8 if bits == 8 else torch.int16
-    return torch.round(x.float() / scale).clamp(-top, top).to(dtype), scale
+    q = torch.where(finite, torch.round(x.float() / scale).clamp(-top, top), 0.0)
+    return q.to(dtype), scale
 
 
 @register("linear_dynamic_int8", ["x", "qweight", "scale", "bias?"], {"granularity": Attr("str", "row")},
