@@ -362,11 +362,18 @@ def _softmax(em: Emitter, node: Node, x: list[str]) -> str:
 
 
 def _pool_attrs(node: Node) -> dict[str, Any]:
+    """Pool attributes. ceil_mode stays 1 only where it adds a window: PyTorch drops a last window that would
+    start in the right padding, ONNX Runtime does not, and then PyTorch's sizes are the floor ones."""
     a = node.attrs
     k = len(a["kernel"])
-    padding = _spatial(a["padding"], k)
-    return {"kernel_shape": list(a["kernel"]), "strides": _spatial(a["stride"] or a["kernel"], k),
-            "pads": padding + padding, "ceil_mode": int(a["ceil_mode"])}
+    padding, strides = _spatial(a["padding"], k), _spatial(a["stride"] or a["kernel"], k)
+    dilation = _spatial(a.get("dilation", (1,)), k)
+    sizes, out = _in(node).shape[-k:], list(_out(node).shape[-k:])
+    ceil = bool(a["ceil_mode"])
+    if ceil and all(isinstance(n, int) for n in (*sizes, *out)):
+        ceil = out != [(n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, p, d, kk, s in zip(
+            sizes, padding, dilation, a["kernel"], strides, strict=True)]
+    return {"kernel_shape": list(a["kernel"]), "strides": strides, "pads": padding + padding, "ceil_mode": int(ceil)}
 
 
 @rule("max_pool")

@@ -194,6 +194,17 @@ def test_op_exports_with_reference_semantics(case: str) -> None:
     assert_exports_faithfully(graph, INPUTS.get(case) or random_inputs(graph))
 
 
+@pytest.mark.parametrize("pool", [torch.nn.MaxPool2d(2, 2, padding=1, ceil_mode=True),
+                                  torch.nn.AvgPool2d(2, 2, padding=1, ceil_mode=True),
+                                  torch.nn.AvgPool2d(3, 2, padding=1, ceil_mode=True),
+                                  torch.nn.MaxPool2d(3, 2, ceil_mode=True)])
+def test_a_ceil_mode_pool_keeps_pytorchs_windows(pool: torch.nn.Module) -> None:
+    """Over 11x11 with padding 1, PyTorch drops the last window (it would start in the padding), ONNX
+    Runtime's ceil_mode keeps it: the export says ceil_mode only where it adds a window."""
+    x = torch.randn(1, 2, 11, 11)
+    assert_exports_faithfully(import_module(pool, (x,)).graph, [x])
+
+
 @pytest.mark.parametrize("case", sorted(NOT_EXPORTABLE))
 def test_op_without_onnx_equivalent_is_an_error(case: str) -> None:
     op, types, attrs, reason = NOT_EXPORTABLE[case]
