@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ir import OPS, DType, Graph, Node, Value, get_op, run_graph
-from .base import Pass, PassContext, PassResult
+from .base import PassContext, PassResult
 from .precision_budget import search_budget
-from .precision_config import ErrorMetrics, PrecisionConfig, measure_batches
+from .precision_config import ErrorMetrics, PrecisionConfig, PrecisionPass, measure_batches
 from .simplify_algebra import RULES as SIMPLIFY_RULES
 from .simplify_algebra import SimplifyAlgebraPass
 
@@ -247,7 +247,7 @@ def _error_stats(error: ErrorMetrics) -> dict[str, int | float]:
     return stats
 
 
-class LowerPrecisionPass(Pass):
+class LowerPrecisionPass(PrecisionPass):
     """Lower `LOWER` ops to `config.precision` ("bf16" or "fp16", default bf16), let `FOLLOW` ops follow their
     inputs, keep `KEEP_FP32` and unlisted ops in float32, with casts only where the dtype changes. With
     `config.tolerance`, lowers the largest set of `LOWER` nodes whose measured error on `config.calibration`
@@ -255,7 +255,6 @@ class LowerPrecisionPass(Pass):
     nodes, inserted casts and converted constants, and the measured error when calibration inputs are given."""
 
     name = "lower-precision"
-    approximates = True
     opt_level = 0
 
     def __init__(self, config: PrecisionConfig | None = None) -> None:
@@ -272,9 +271,6 @@ class LowerPrecisionPass(Pass):
         if unchecked:
             raise ValueError(f"cannot lower {unchecked}: {_UNLISTED}")
         self.target = _TARGETS[self.config.precision]
-
-    def settings(self) -> dict[str, object]:
-        return self.config.as_dict()
 
     def call(self, graph: Graph, ctx: PassContext) -> PassResult:
         config, target = self.config, self.target

@@ -10,6 +10,7 @@ Instruments observe (and may check) every step through the hooks of `Instrument`
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 import warnings
@@ -22,6 +23,11 @@ import torch
 
 from ..ir import Graph, format_graph, parse_graph
 from .base import Pass, PassContext
+
+
+def json_number(x: float) -> float | str:
+    """`x` for JSON, which has no inf or NaN: those become the strings "inf", "-inf", "nan"."""
+    return x if math.isfinite(x) else str(x)
 
 
 class PassFailure(Exception):
@@ -129,7 +135,7 @@ class PipelineResult:
         passes = [{
             "index": r.index, "name": r.name, "step": r.step, "group": r.group, "time_ms": round(r.time_ms, 3),
             "changed": r.modified, "nodes": r.nodes_after, "ops": r.counts_after,
-            "stats": dict(sorted(r.stats.items())), "notes": r.notes,
+            "stats": {k: json_number(v) for k, v in sorted(r.stats.items())}, "notes": r.notes,
         } for r in self.records]
         return {
             "graph": self.graph.name,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .base import Pass
+
 PRECISIONS = ("fp32", "bf16", "fp16", "int8-weight", "int8-dynamic", "int8-static")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
@@ -134,3 +136,14 @@ def measure_batches(reference: Sequence[Sequence[torch.Tensor]], actual: Sequenc
                     ) -> ErrorMetrics:
     """`measure_error` pooled over several calibration batches."""
     return measure_error([t for batch in reference for t in batch], [t for batch in actual for t in batch])
+
+
+class PrecisionPass(Pass):
+    """A pass that changes results on purpose (lowering or quantization) as its `config` asks: check-each
+    measures its drift without failing it, and a reproducer records the request."""
+
+    approximates = True
+    config: PrecisionConfig
+
+    def settings(self) -> dict[str, object]:
+        return self.config.as_dict()

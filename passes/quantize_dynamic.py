@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from ..ir import DType, Graph, Node
-from .base import Pass, PassContext, PassResult
-from .precision_config import PrecisionConfig
+from .base import PassContext, PassResult
+from .precision_config import PrecisionConfig, PrecisionPass
 from .quant_report import find_candidates, quantize_nodes, replace_node
 from .quantize_weights import CONV_OUT_AXIS, Int8Weights, constant_weight_why_not
 
@@ -24,7 +24,7 @@ def _why_not(node: Node) -> str | None:
     return None
 
 
-class QuantizeDynamicPass(Pass):
+class QuantizeDynamicPass(PrecisionPass):
     """linear(x, W, b?) / matmul(x, W) with a constant 2-D float32 W -> linear_dynamic_int8(x, int8 W [out, in],
     per-output-channel scales, b?) {granularity=config.granularity} (matmul's W transposed once here).
     Convolutions stay in float, as in PyTorch's quantize_dynamic; `config.deny`, `config.keep_nodes` and

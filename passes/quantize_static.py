@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from ..ir import DType, Graph, Node, Value
-from .base import Pass, PassContext, PassResult
+from .base import PassContext, PassResult
 from .calibration import QuantParams, calibrate
-from .precision_config import PrecisionConfig
+from .precision_config import PrecisionConfig, PrecisionPass
 from .quant_report import find_candidates, quantize_nodes
 from .quantize_weights import CONV_OUT_AXIS, Int8Weights, drop_if_unused, scale_as
 
@@ -49,7 +49,7 @@ def _why_not(node: Node) -> str | None:
     return None
 
 
-class QuantizeStaticPass(Pass):
+class QuantizeStaticPass(PrecisionPass):
     """For linear / matmul / conv / conv_transpose: each activation operand x -> dequantize(quantize(x)) with a
     u8 asymmetric per-tensor scale and zero point from calibration (`config.calibration_method`), shared by
     the readers of x; each constant weight W -> dequantize(int8 W, per-output-channel scales) (one scale for a

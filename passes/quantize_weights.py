@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from ..ir import DType, Graph, Node, Value
 from ..ir.ops.quant import quantize, weight_scale_axis
-from .base import Pass, PassContext, PassResult
+from .base import PassContext, PassResult
 from .calibration import quant_params
-from .precision_config import PrecisionConfig
+from .precision_config import PrecisionConfig, PrecisionPass
 from .quant_report import find_candidates, quantize_nodes, replace_node
 
 WEIGHT_OPS = ("linear", "matmul", "conv", "conv_transpose")
@@ -93,7 +93,7 @@ def constant_weight_why_not(node: Node) -> str | None:
     return None
 
 
-class QuantizeWeightsPass(Pass):
+class QuantizeWeightsPass(PrecisionPass):
     """linear(x, W) / matmul(x, W) with a constant 2-D float W -> linear_weight_int8(x, int8 W [out, in],
     scales) with one scale per output channel, or per `config.block_size` inputs (matmul's W transposed
     once here); conv / conv_transpose(x, W) -> the op reading dequantize(int8 W, per-output-channel scales).

@@ -199,10 +199,25 @@ def test_a_new_run_removes_what_the_last_compilation_wrote_into_the_folder(tmp_p
     assert (tmp_path / "notes.txt").exists(), "files heteropass does not write are the user's"
 
 
-def test_check_each_measures_a_pass_that_approximates_without_failing_it():
+class Overflow(HalveOutputs):
+    """Scales by inf, as a float16 overflow does: drift inf."""
+
+    name = "overflow"
+
+    def call(self, graph: Graph, ctx: PassContext) -> PassResult:
+        huge = graph.add_constant("huge", torch.tensor(float("inf")))
+        graph.set_outputs([graph.add_node("mul", [v, huge]).output if v.type.dtype.is_floating else v
+                           for v in graph.outputs])
+        return PassResult(graph, True)
+
+
+def test_check_each_measures_a_pass_that_approximates_without_failing_it(tmp_path):
     result = PassManager([HalveOutputs(), DropDead()], instruments=[CheckEach()]).run(parse_graph(TEXT))
     assert result.records[0].stats["drift"] == pytest.approx(0.5)
     assert result.records[1].stats["drift"] == 0.0
+    PassManager([Overflow()], instruments=[CheckEach(), DumpIR(tmp_path)]).run(parse_graph(TEXT))
+    summary = (tmp_path / "summary.json").read_text()
+    assert json.loads(summary)["passes"][0]["stats"]["drift"] == "inf" and "Infinity" not in summary
 
 
 EMBEDDING = """

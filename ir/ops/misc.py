@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ..types import DType
-from .registry import Attr, register
+from ..types import DType, TensorType
+from .registry import Attr, OpError, as_outputs, infer_by_meta, register
 
 
 @register("full", [], {"shape": Attr("ints"), "value": Attr("number"), "dtype": Attr("dtype", DType.f32)},
@@ -99,8 +100,23 @@ def decode_call(spec: str, operands: tuple[torch.Tensor, ...]) -> tuple[list[Any
     return [dec(a) for a in data["args"]], {k: dec(v) for k, v in data["kwargs"].items()}
 
 
+def _infer_opaque(input_types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Output types of an opaque call: by meta tensors, or, for an op with no Meta kernel (such as
+    aten.fake_quantize_per_tensor_affine_cachemask), under FakeTensorMode as torch.export traced it (the
+    op's fake impl, or its CPU kernel run on zeros)."""
+    try:
+        return infer_by_meta(opaque, input_types, attrs, "opaque")
+    except OpError as meta_error:
+        try:
+            with FakeTensorMode() as mode:
+                args = [mode.from_tensor(torch.empty(t.static_shape(), dtype=t.dtype.torch)) for t in input_types]
+                return [TensorType.of(t) for t in as_outputs(opaque(*args, **attrs))]
+        except Exception:
+            raise meta_error from None
+
+
 @register("opaque", ["*operands"], {"target": Attr("str"), "spec": Attr("str", '{"args": [], "kwargs": {}}')},
-          kind="opaque")
+          kind="opaque", infer=_infer_opaque)
 def opaque(*operands: torch.Tensor, target: str, spec: str) -> Any:
     """An op heteropass does not know: call `target` with the arguments `spec` describes."""
     args, kwargs = decode_call(spec, operands)
