@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from .ir import OPS, Graph, TensorType, format_graph, run_graph
 from .ir.torch_importer import TorchProgram, import_module
 from .passes.base import PassContext
 from .passes.instruments import dump_dir_from_env, instruments_for
-from .passes.manager import PassManager, PipelineResult
+from .passes.manager import PassManager, PipelineResult, json_number
 from .passes.pipelines import default_pipeline
 from .passes.precision_config import PRECISIONS, ErrorMetrics, PrecisionConfig, measure_batches
 
@@ -46,18 +48,19 @@ class CompileOptions:
             object.__setattr__(self, "precision", PrecisionConfig(self.precision))
 
 
-def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend | str] | None = None
-             ) -> tuple[PipelineResult, Executable]:
+def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend | str] | None = None,
+             check_inputs: Sequence[torch.Tensor] | None = None) -> tuple[PipelineResult, Executable]:
     """Run the default pipeline of `options.opt_level` on `graph` and build its executable.
 
     With a dump folder, the graph with its device placement goes there as `placed.ir` and the
-    emitted module as `module.py`, next to the IR dumps of the passes.
+    emitted module as `module.py`, next to the IR dumps of the passes. `check_inputs` (the graph's
+    inputs) are what `options.check_each` runs on; random inputs without them.
     """
     ctx = PassContext(opt_level=options.opt_level, disabled=frozenset(options.disable))
     instruments = instruments_for(dump_dir=options.dump_dir, print_after_all=options.print_after_all,
                                   print_after_change=options.print_after_change,
                                   verify_each=options.verify_each, check_each=options.check_each,
-                                  dump_onnx=options.dump_onnx)
+                                  dump_onnx=options.dump_onnx, check_inputs=check_inputs)
     pipeline = default_pipeline(options.opt_level, options.precision if options.precision.active else None)
     result = PassManager(pipeline, ctx, instruments).run(graph)
     planned = options.opt_level >= 2 and "plan-memory" not in options.disable
@@ -81,16 +84,24 @@ def measure_accuracy(reference: Graph, executable: Executable, batches: Sequence
 class CompiledModule:
     """A compiled model: call it like the model. `graph` is the optimized IR, `code` the emitted
     module's source, `report` what each pass did and how long it took, and, for a lowered precision,
-    `accuracy`: the error against float32 on the calibration inputs (or the example inputs)."""
+    `accuracy`: the error against float32 on the calibration inputs (or the example inputs).
+
+    It is an inference snapshot of the model: outputs do not require grad, and `modes` pairs the
+    model's submodules that read `self.training` (weakly held) with their mode at compile time, which a
+    call checks."""
 
     def __init__(self, program: TorchProgram, pipeline: PipelineResult, executable: Executable,
-                 options: CompileOptions, import_ms: float, accuracy: ErrorMetrics | None = None) -> None:
+                 options: CompileOptions, import_ms: float, accuracy: ErrorMetrics | None = None,
+                 modes: Sequence[tuple[weakref.ref[torch.nn.Module], bool]] = ()) -> None:
         self.program = program
         self.pipeline = pipeline
         self.executable = executable
         self.options = options
         self.import_ms = import_ms
         self.accuracy = accuracy
+        self.modes = list(modes)
+        self._mutated = sorted({graph_input for _, graph_input in program.write_back})
+        self._warned_grad = False
 
     @property
     def graph(self) -> Graph:
@@ -135,10 +146,40 @@ class CompiledModule:
         save_onnx(self.graph, path, output_names=names)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.modes:
+            self._check_modes()
         flat = self.program.flatten_inputs(args, kwargs)
+        if self._mutated:
+            self._check_aliasing(flat)
+        if not self._warned_grad and torch.is_grad_enabled() and any(
+                isinstance(t, torch.Tensor) and t.requires_grad for t in flat):
+            self._warned_grad = True
+            warnings.warn("heteropass.compile makes an inference module: its outputs do not require grad and "
+                          "no gradient reaches its inputs or the model's parameters; use "
+                          "torch.compile(model, backend='heteropass') to train", stacklevel=2)
         outputs = self.executable(*flat)
         self.program.write_state(flat, outputs)
         return self.program.unflatten_outputs(outputs)
+
+    def _check_modes(self) -> None:
+        """Train/eval mode is compiled in: a module switched since must be compiled again."""
+        for ref, training in self.modes:
+            module = ref()
+            if module is not None and module.training != training:
+                was, now = ("training", "eval") if training else ("eval", "training")
+                raise RuntimeError(f"{type(module).__name__} was in {was} mode when compiled and is in {now} "
+                                   f"mode now; heteropass.compile is a snapshot of the mode: compile again")
+
+    def _check_aliasing(self, flat: Sequence[torch.Tensor]) -> None:
+        """A graph input the model updates in place must not share memory with another input: the graph
+        reads every input as a separate tensor, eager would see the update through the other."""
+        names = [v.name for v in self.graph.inputs]
+        for j in self._mutated:
+            storage = flat[j].untyped_storage().data_ptr()
+            for i, tensor in enumerate(flat):
+                if i != j and tensor.untyped_storage().data_ptr() == storage:
+                    raise ValueError(f"input {j} '{names[j]}', which the model updates in place, shares memory "
+                                     f"with input {i} '{names[i]}'; pass separate tensors (e.g. .clone())")
 
 
 def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
@@ -166,11 +207,18 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     and say why in the dumps. `precision_options` sets the other `PrecisionConfig` fields (`allow`,
     `deny`, `keep_nodes`, `block_size`, `activation_bits`, `granularity`, `calibration_method`,
     `percentile`).
-    The measured error is `compiled.accuracy` and ends `compiled.report`.
+    The measured error is `compiled.accuracy` and ends `compiled.report`. With `example_kwargs`,
+    give each calibration batch as a dict of keyword arguments or an `(args, kwargs)` pair.
+
+    The compiled module is an inference snapshot, as after torch.compile's freezing or an ONNX Runtime
+    session: the weights are copied at compile time (changes to the model's weights afterwards, such as
+    `load_state_dict`, need a new compile), train/eval mode is fixed (a call after switching the mode is
+    an error), and outputs do not require grad. To train, use `torch.compile(model, backend="heteropass")`.
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     _check_precision_request(precision, precision_options)
+    modes = _mode_snapshot(model)
     start = time.perf_counter()
     program = import_module(model, example_inputs, strict=strict, example_kwargs=example_kwargs)
     import_ms = (time.perf_counter() - start) * 1e3
@@ -182,17 +230,35 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
                              check_each=check_each, dump_onnx=dump_onnx,
                              backends=tuple(b if isinstance(b, str) else b.name for b in backends),
                              precision=config)
-    pipeline, executable = optimize(program.graph, options, backends)
+    example = program.flatten_inputs(example_inputs, example_kwargs)
+    pipeline, executable = optimize(program.graph, options, backends, check_inputs=example if check_each else None)
     accuracy = None
     if config.active:
-        batches = config.calibration or (program.flatten_inputs(example_inputs, example_kwargs),)
+        batches = config.calibration or (example,)
         accuracy = measure_accuracy(program.graph, executable, batches)
         if options.dump_dir:
             Path(options.dump_dir, "precision.json").write_text(json.dumps(
                 {"precision": config.precision, "tolerance": config.tolerance, "batches": len(batches),
                  "inputs": "calibration" if config.calibration else "example",
-                 "error_vs_fp32": accuracy.as_dict()}, indent=2) + "\n")
-    return CompiledModule(program, pipeline, executable, options, import_ms, accuracy)
+                 "error_vs_fp32": {k: json_number(v) for k, v in accuracy.as_dict().items()}},
+                indent=2) + "\n")
+    return CompiledModule(program, pipeline, executable, options, import_ms, accuracy, modes)
+
+
+def _mode_snapshot(model: torch.nn.Module) -> list[tuple[weakref.ref[torch.nn.Module], bool]]:
+    """The submodules whose forward reads `self.training` (BatchNorm, Dropout, ...), with their mode; a
+    warning when one is compiled in training mode, which is rarely meant for inference."""
+    modes = []
+    for module in model.modules():
+        code = getattr(type(module).forward, "__code__", None)
+        if code is not None and "training" in code.co_names:
+            modes.append((weakref.ref(module), module.training))
+    training = sorted({type(ref()).__name__ for ref, flag in modes if flag})
+    if training:
+        warnings.warn(f"compiling {type(model).__name__} in training mode: {', '.join(training)} will behave as "
+                      "in training (batch statistics, dropout) in the compiled module; call model.eval() before "
+                      "compiling for inference", stacklevel=3)
+    return modes
 
 
 _PRECISION_OPTIONS = ("allow", "deny", "keep_nodes", "block_size", "activation_bits", "granularity",
@@ -221,13 +287,33 @@ def _check_precision_request(precision: str, options: dict[str, Any] | None) -> 
         raise ValueError(f"allow/deny name unknown ops {unknown_ops} (IR op names, e.g. 'linear', 'softmax')")
 
 
+def _calibration_call(batch: Any, index: int, example_kwargs: dict[str, Any] | None
+                      ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A calibration batch as the model call's `(args, kwargs)`. A batch is the positional arguments (a
+    tuple or list, or one tensor), a dict of keyword arguments, or an `(args, kwargs)` pair. Keywords a
+    batch leaves out come from `example_kwargs`, except tensors: every batch brings its own."""
+    if isinstance(batch, dict):
+        args, kwargs = (), batch
+    elif (isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], tuple | list)
+          and isinstance(batch[1], dict)):
+        args, kwargs = tuple(batch[0]), batch[1]
+    else:
+        args, kwargs = (tuple(batch) if isinstance(batch, tuple | list) else (batch,)), {}
+    example = example_kwargs or {}
+    missing = sorted(k for k, v in example.items() if k not in kwargs and isinstance(v, torch.Tensor))
+    if missing:
+        raise ValueError(f"calibration batch {index} lacks the keyword tensor(s) {missing} of example_kwargs: give "
+                         "each batch as a dict of keyword arguments or an (args, kwargs) pair")
+    return args, {**{k: v for k, v in example.items() if k not in kwargs}, **kwargs}
+
+
 def _precision_config(program: TorchProgram, precision: str, calibration: Sequence[Any] | None,
                       tolerance: float | None, options: dict[str, Any] | None, example_inputs: tuple[Any, ...],
                       example_kwargs: dict[str, Any] | None) -> PrecisionConfig:
     """The precision request with calibration inputs flattened to graph-input order. A tolerance without
     calibration inputs is measured on the example inputs."""
-    batches = [program.flatten_inputs(tuple(b) if isinstance(b, tuple | list) else (b,), example_kwargs)
-               for b in calibration or ()]
+    batches = [program.flatten_inputs(*_calibration_call(b, index, example_kwargs))
+               for index, b in enumerate(calibration or ())]
     for index, batch in enumerate(batches):
         for i, (tensor, value) in enumerate(zip(batch, program.graph.inputs, strict=True)):
             if TensorType.of(tensor) != value.type:

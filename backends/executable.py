@@ -28,7 +28,8 @@ class InputError(ValueError):
 
 
 class Executable:
-    """A compiled graph: call it with the graph's inputs as tensors to get its outputs as a list.
+    """A compiled graph: call it with the graph's inputs as tensors to get its outputs as a list. It runs
+    without autograd: its outputs do not require grad, whatever its inputs do.
 
     `module_source` is the emitted module (`forward`), `kernel_sources` maps kernel names to their
     generated source (for backends that have one), `code` is both together: the whole program.
@@ -65,6 +66,14 @@ class Executable:
                 if (not isinstance(tensor, torch.Tensor) or tensor.dtype is not dtype or tensor.shape != shape
                         or not tensor.is_cpu):
                     self.check_inputs(tensors)
+        if torch.is_grad_enabled():
+            # The kernels compute values, not gradients (some write into out= buffers, which autograd
+            # rejects for inputs that require grad): outputs never require grad, as in ONNX Runtime.
+            with torch.no_grad():
+                return self._run(tensors)
+        return self._run(tensors)
+
+    def _run(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         try:
             if self._instantiate is None:
                 return self._forward(*tensors)

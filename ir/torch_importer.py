@@ -168,9 +168,10 @@ def _sanitize(name: str) -> str:
 
 # -- lowering the FX graph ---------------------------------------------------------------------
 
-def _meta_types(node: fx.Node) -> list[TensorType | None] | None:
-    """The output types PyTorch recorded for a node, checking that every size is static."""
-    val = node.meta.get("val")
+def _meta_types(node: fx.Node, val: Any = None) -> list[TensorType | None] | None:
+    """The output types PyTorch recorded for a node (or `val`, part of its record), checking that every
+    size is static."""
+    val = node.meta.get("val") if val is None else val
     if val is None:
         return None
     vals = list(val) if isinstance(val, list | tuple) else [val]
@@ -224,55 +225,79 @@ class _GraphLowering:
         self.env: dict[fx.Node, Any] = {}
         self.unmapped: list[_Unmapped] = []
 
-    def run(self, fx_graph: fx.Graph) -> None:
+    def run(self, fx_graph: fx.Graph, module: torch.nn.Module | None = None) -> None:
+        """Lower every node; `module` holds the tensors that get_attr nodes read (they become constants)."""
         for node in fx_graph.nodes:
             if node.op == "call_function":
                 self._call(node)
             elif node.op == "get_attr":
-                raise TorchImportError(f"get_attr node {node.name}: pass module attributes as inputs or constants")
+                self.env[node] = self._attribute(node, module)
             elif node.op not in ("placeholder", "output"):
                 raise TorchImportError(f"node {node.name}: unexpected FX opcode {node.op} in an ATen graph")
+
+    def _attribute(self, node: fx.Node, module: torch.nn.Module | None) -> Value:
+        """A tensor the graph module holds (a constant built in forward, `_tensor_constant0`) as a constant."""
+        try:
+            tensor = operator.attrgetter(str(node.target))(module)
+        except AttributeError:
+            tensor = None
+        if not isinstance(tensor, torch.Tensor):
+            raise TorchImportError(f"get_attr node {node.name} reads {node.target!r}, which is not a tensor of "
+                                   "the graph module")
+        return self.graph.add_constant(_sanitize(str(node.target)), _snapshot(tensor))
 
     def _call(self, node: fx.Node) -> None:
         if node.target is operator.getitem:
             source, index = node.args
             self.env[node] = self.env[source][index]
             return
-        if not isinstance(node.target, torch._ops.OpOverload):
-            raise TorchImportError(f"node {node.name} calls {node.target}, which is not an ATen op; "
+        if node.target is torch.ops.higher_order.with_effects:
+            # with_effects(token, op, *args) orders an effectful op (aten._linalg_check_errors) by a token:
+            # the op is lowered as if called directly, and the token passes through unchanged.
+            token, op, *op_args = node.args
+            val = node.meta.get("val")
+            result = self._lower(node, op, tuple(op_args), dict(node.kwargs),
+                                 val[1:] if isinstance(val, list | tuple) else None)
+            rest = () if result is None else result if isinstance(result, tuple) else (result,)
+            self.env[node] = (self.env[token] if isinstance(token, fx.Node) else None, *rest)
+            return
+        self.env[node] = self._lower(node, node.target, node.args, node.kwargs, node.meta.get("val"))
+
+    def _lower(self, node: fx.Node, target: Any, fx_args: tuple, fx_kwargs: dict[str, Any], val: Any) -> Any:
+        """The IR value(s) of `target(*fx_args, **fx_kwargs)`, whose result PyTorch recorded as `val`."""
+        if not isinstance(target, torch._ops.OpOverload):
+            raise TorchImportError(f"node {node.name} calls {target}, which is not an ATen op; "
                                    "only static-shape ATen graphs can be imported")
-        if not node.target._schema.returns:
-            return  # runtime assertions such as aten._assert_tensor_metadata
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), self.env.__getitem__)
-        types = _meta_types(node)
+        if not target._schema.returns:
+            return None  # runtime assertions such as aten._assert_tensor_metadata
+        args, kwargs = fx.node.map_arg((fx_args, fx_kwargs), self.env.__getitem__)
+        types = _meta_types(node, val)
         self.lx.source = _location(node)
         self.lx.out_types = [t for t in types if t is not None] if types else None
         self.lx.used_outputs = {u.args[1] for u in node.users if u.target is operator.getitem}
-        rule = find_rule(node.target)
+        rule = find_rule(target)
         reason = "no lowering rule"
         if rule is not None:
             try:
-                result = rule(self.lx, _bind(node.target, args, kwargs))
+                result = rule(self.lx, _bind(target, args, kwargs))
             except Unsupported as exc:
                 reason = str(exc)
             except Exception as exc:
                 raise TorchImportError(f"lowering {node.format_node()} failed: {exc}") from exc
             else:
                 self._check(node, result, types)
-                self.env[node] = result
-                return
-        self.unmapped.append(_Unmapped(str(node.target), self.lx.source, reason))
-        self.env[node] = self._opaque(node, args, kwargs, types)
+                return result
+        self.unmapped.append(_Unmapped(str(target), self.lx.source, reason))
+        return self._opaque(node, target, args, kwargs, types, val)
 
-    def _opaque(self, node: fx.Node, args: tuple, kwargs: dict[str, Any],
-                types: list[TensorType | None] | None) -> Any:
+    def _opaque(self, node: fx.Node, target: Any, args: tuple, kwargs: dict[str, Any],
+                types: list[TensorType | None] | None, val: Any) -> Any:
         operands, spec = encode_call(args, kwargs)
         if not all(isinstance(v, Value) for v in operands):
             raise TorchImportError(f"{node.format_node()}: cannot pass {operands} to an opaque call")
         output_types = [t for t in types if t is not None] if types is not None else None
-        ir_node = self.graph.add_node("opaque", operands, {"target": str(node.target), "spec": spec},
+        ir_node = self.graph.add_node("opaque", operands, {"target": str(target), "spec": spec},
                                       output_types=output_types, source=self.lx.source)
-        val = node.meta.get("val")
         if not isinstance(val, list | tuple):
             return ir_node.outputs[0] if len(ir_node.outputs) == 1 else tuple(ir_node.outputs)
         outputs = iter(ir_node.outputs)
@@ -382,12 +407,28 @@ def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         warnings.warn(f"torch.export failed on {type(model).__name__} ({type(exc).__name__}: {reason}); "
                       "importing through torch.fx.symbolic_trace instead", stacklevel=2)
-        return _import_traced(model, args, kwargs, name, strict)
+        try:
+            return _import_traced(model, args, kwargs, name, strict)
+        except UnsupportedOpError:
+            raise
+        except TorchImportError as fallback:
+            raise TorchImportError(f"torch.export failed on {type(model).__name__} ({type(exc).__name__}: "
+                                   f"{reason}){_export_hint(reason)}; the torch.fx fallback failed too: "
+                                   f"{fallback}") from exc
     with warnings.catch_warnings():
         # torch's own run_decompositions trips its LeafSpec deprecation; nothing the user can act on.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         decomposed = exported.run_decompositions(decomposition_table())
     return _import_exported(decomposed, name, strict, {**dict(model.named_parameters()), **dict(model.named_buffers())})
+
+
+def _export_hint(reason: str) -> str:
+    """What to do about a torch.export failure, where there is a usual cause."""
+    if "which is not a known type" in reason and "pytree" in reason:
+        return (": the model takes or returns an object torch.export cannot flatten (a transformers model's "
+                "DynamicCache when use_cache=True): pass use_cache=False (in example_kwargs or the model's "
+                "config), or register the type with torch.utils._pytree.register_pytree_node")
+    return ""
 
 
 def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
@@ -411,7 +452,9 @@ def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
             state_nodes.append((node, spec.target))
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             tensor = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
-            lowering.env[node] = graph.add_constant(_sanitize(spec.target), tensor)
+            lowering.env[node] = graph.add_constant(_sanitize(spec.target), _snapshot(tensor))
+        elif spec.kind is InputKind.TOKEN:
+            lowering.env[node] = None  # orders effectful ops (see `_GraphLowering._call`); nothing to compute
         else:
             raise TorchImportError(f"input {spec.arg.name} of kind {spec.kind.name} is not supported")
     # A buffer (or parameter) the model updates is state, read from the model at every call, not a constant.
@@ -421,7 +464,7 @@ def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
         lowering.env[node] = graph.add_input(_sanitize(target), _placeholder_type(node))
     slot_of = {node.name: lowering.env[node] for node in placeholders}
 
-    lowering.run(ep.graph)
+    lowering.run(ep.graph, ep.graph_module)
     output_node = next(n for n in ep.graph.nodes if n.op == "output")
     outputs: list[Value | Literal] = []
     updates: list[tuple[Value, int]] = []
@@ -431,7 +474,7 @@ def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
         elif spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION, OutputKind.USER_INPUT_MUTATION):
             target = slot_of[_mutated_placeholder(ep, spec)]
             updates.append((lowering.value(arg), next(i for i, v in enumerate(graph.inputs) if v is target)))
-        else:
+        elif spec.kind is not OutputKind.TOKEN:
             raise TorchImportError(f"output {spec.arg} of kind {spec.kind.name} is not supported")
     leaves = lowering.finish([*outputs, *(value for value, _ in updates)], strict, f"import of {name}")
     write_back = []
@@ -440,6 +483,13 @@ def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
         write_back.append((leaf, graph_input))
     return TorchProgram(lowering.graph, ep.call_spec.in_spec, ep.call_spec.out_spec, input_leaves,
                         leaves[:len(outputs)], state, write_back)
+
+
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of a parameter or buffer: the compiled program is a snapshot of the weights at import, as
+    after inductor's freezing, so a later in-place update of the model (`load_state_dict`) cannot reach
+    the constants some kernels read directly while others fold or repack them."""
+    return tensor.detach().clone()
 
 
 def _mutated_placeholder(ep: torch.export.ExportedProgram, spec: Any) -> str:
@@ -513,11 +563,11 @@ def _import_traced(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any], 
     input_names = _argument_names(model, args, kwargs)
     input_leaves: list[int | Literal] = [Literal(leaf) for leaf in leaves]
     for node, (state_name, tensor) in zip(placeholders, state.items(), strict=False):
-        lowering.env[node] = graph.add_constant(_sanitize(state_name.removeprefix("traced.")), tensor)
+        lowering.env[node] = graph.add_constant(_sanitize(state_name.removeprefix("traced.")), _snapshot(tensor))
     for node, slot in zip(placeholders[len(state):], tensor_slots, strict=True):
         input_leaves[slot] = len(graph.inputs)
         lowering.env[node] = graph.add_input(input_names[slot], TensorType.of(leaves[slot]))
-    lowering.run(gm.graph)
+    lowering.run(gm.graph, gm)
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     outputs = [lowering.value(arg) for arg in output_node.args[0]]
     output_leaves = lowering.finish(outputs, strict, f"import of {name}")
@@ -564,27 +614,35 @@ def _argument_names(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any])
 
 # -- ATen graphs from torch.compile ------------------------------------------------------------
 
-def import_aten_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], *, strict: bool = False) -> TorchProgram:
+def import_aten_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], *, strict: bool = False,
+                      constants: dict[int, torch.Tensor] | None = None) -> TorchProgram:
     """Import an ATen-level FX graph whose placeholders are flat inputs (tensors or Python scalars).
 
     This is what torch.compile (AOTAutograd) hands a backend: parameters arrive as inputs too.
-    Python scalar inputs become 0-d tensor inputs; symbolic shapes are rejected.
+    Python scalar inputs become 0-d tensor inputs; symbolic shapes are rejected. `constants` maps
+    placeholder positions to tensors that become graph constants (copied) instead of inputs; the
+    program then takes the other inputs only, in order.
     """
     inputs = list(example_inputs)
+    constants = constants or {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
         raise TorchImportError(f"the graph has {len(placeholders)} placeholders but {len(inputs)} example inputs")
     graph = Graph(_sanitize(getattr(gm, "_get_name", lambda: "aten_graph")().lower()))
     lowering = _GraphLowering(graph)
-    for node, example in zip(placeholders, inputs, strict=True):
-        lowering.env[node] = graph.add_input(_sanitize(node.name), _example_type(node, example))
-    lowering.run(gm.graph)
+    for i, (node, example) in enumerate(zip(placeholders, inputs, strict=True)):
+        if i in constants:
+            lowering.env[node] = graph.add_constant(_sanitize(node.name), _snapshot(constants[i]))
+        else:
+            lowering.env[node] = graph.add_input(_sanitize(node.name), _example_type(node, example))
+    lowering.run(gm.graph, gm)
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     out_leaves, out_spec = pytree.tree_flatten(output_node.args[0])
     outputs = [lowering.value(arg) for arg in out_leaves]
     output_leaves = lowering.finish(outputs, strict, f"import of {graph.name}")
-    in_spec = pytree.tree_flatten((tuple(inputs), {}))[1]
-    return TorchProgram(lowering.graph, in_spec, out_spec, list(range(len(inputs))), output_leaves)
+    kept = [x for i, x in enumerate(inputs) if i not in constants]
+    in_spec = pytree.tree_flatten((tuple(kept), {}))[1]
+    return TorchProgram(lowering.graph, in_spec, out_spec, list(range(len(kept))), output_leaves)
 
 
 def _example_type(node: fx.Node, example: Any) -> TensorType:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -280,3 +281,97 @@ def test_dump_onnx_explains_graphs_onnx_cannot_express(tmp_path: Any) -> None:
         hp.compile(UsesCummax(), (x,), dump_dir=str(tmp_path), dump_onnx=True)
     reason = (tmp_path / "000_input.onnx.txt").read_text()
     assert reason.startswith("not exported:") and "opaque" in reason
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_weights_are_a_snapshot_taken_at_compile_time(backend: str) -> None:
+    model, other, (x,) = models.mlp(seed=0), models.mlp(seed=1), models.mlp_inputs()
+    with torch.no_grad():
+        before = model(x)
+    cm = hp.compile(model, (x,), backends=[backend])
+    model.load_state_dict(other.state_dict())  # copies into the live parameters
+    assert_close_to_eager(cm(x), before)
+
+
+def test_outputs_do_not_require_grad_and_a_grad_input_warns_once() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).eval()
+    cm = hp.compile(model, (torch.randn(3, 8),))
+    x = torch.randn(3, 8, requires_grad=True)
+    with pytest.warns(UserWarning, match="inference module.*torch.compile"):
+        out = cm(x)
+    assert not out.requires_grad
+    with torch.no_grad():
+        assert_close_to_eager(out, model(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not cm(x).requires_grad
+
+
+class UpdatesFirstReadsSecond(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x.add_(1.0)
+        return y * 2
+
+
+def test_an_input_updated_in_place_must_not_alias_another_input() -> None:
+    cm = hp.compile(UpdatesFirstReadsSecond(), (torch.randn(4), torch.randn(4)))
+    t = torch.randn(4)
+    with pytest.raises(ValueError, match="input 0 'x', which the model updates in place, shares memory with "
+                                         "input 1 'y'"):
+        cm(t, t)
+    a, b = torch.randn(4), torch.randn(4)
+    a_eager, b_eager = a.clone(), b.clone()
+    assert_close_to_eager(cm(a, b), UpdatesFirstReadsSecond()(a_eager, b_eager))
+    torch.testing.assert_close(a, a_eager)
+
+
+def test_training_mode_is_compiled_in_warned_and_checked_at_call_time() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU()).train()
+    with pytest.warns(UserWarning, match="in training mode: BatchNorm1d.*model.eval"):
+        cm = hp.compile(model, (torch.randn(4, 8),))
+    x = torch.randn(4, 8) * 3 + 1
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU())
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert_close_to_eager(cm(x), reference.train()(x))
+    model.eval()
+    with pytest.raises(RuntimeError, match="BatchNorm1d was in training mode when compiled and is in eval mode"):
+        cm(x)
+    eval_cm = hp.compile(model, (x,))
+    with torch.no_grad():
+        assert_close_to_eager(eval_cm(x), model(x))
+
+
+class FakeQuantizedLinear(torch.nn.Module):
+    """What quantization-aware training leaves in a model: an op without a Meta kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.fake_quantize_per_tensor_affine(x, 0.05, 128, 0, 255))
+
+
+def test_an_op_without_a_meta_kernel_falls_back_to_pytorch() -> None:
+    model, x = FakeQuantizedLinear().eval(), torch.randn(2, 8)
+    with pytest.warns(UserWarning, match="fake_quantize_per_tensor_affine"):
+        compiled = hp.compile(model, (x,))
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+class TwoRowEmbedding(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(2, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.table(ids) * 2)
+
+
+def test_check_each_runs_on_the_example_inputs() -> None:
+    """Random ids lie in [0, 4), out of range for BERT's 2-row token type table; the example's are not."""
+    model, ids = TwoRowEmbedding().eval(), torch.tensor([[0, 1, 1]])
+    compiled = hp.compile(model, (ids,), check_each=True)
+    assert all(r.stats["drift"] == 0.0 for r in compiled.pipeline.records)
+    torch.testing.assert_close(compiled(ids), model(ids))

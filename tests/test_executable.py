@@ -258,3 +258,30 @@ graph view(%x: f32[16,16]) -> (f32[16,16]) {
     assert executable.memory is not None and executable.memory.sharing() == [["0"], ["3"]]
     inputs = random_inputs(graph)
     torch.testing.assert_close(executable(*inputs)[0], run_graph(graph, *inputs)[0], rtol=0, atol=0)
+
+
+class OutArgumentBackend(Backend):
+    """Claims tanh and runs it as `torch.tanh(x, out=...)`, which autograd rejects for inputs that require
+    grad (as the Numba backend's MKL GEMMs do with `addmm(..., out=)`)."""
+
+    name = "out-argument"
+
+    def supports(self, node: Node) -> bool:
+        return node.op == "tanh"
+
+    def compile(self, partition: Graph) -> Kernel:
+        def kernel(x: torch.Tensor) -> list[torch.Tensor]:
+            return [torch.tanh(x, out=torch.empty_like(x))]
+
+        return kernel
+
+
+def test_runs_without_autograd_for_inputs_that_require_grad() -> None:
+    graph = parse_graph(TEXT)
+    executable = build_executable(graph, [OutArgumentBackend(), ReferenceBackend()])
+    x, mask = random_inputs(graph, seed=3)
+    x.requires_grad_()
+    outputs = executable(x, mask)
+    assert not any(out.requires_grad for out in outputs)
+    for got, want in zip(outputs, run_graph(graph, x.detach(), mask), strict=True):
+        torch.testing.assert_close(got, want)

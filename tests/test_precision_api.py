@@ -111,11 +111,76 @@ def test_bad_precision_requests_are_clear_errors() -> None:
                    calibration=[models.mlp_inputs(), models.mlp_inputs(batch=4)])
 
 
-def test_torch_compile_backend_takes_a_precision() -> None:
+@pytest.mark.parametrize("precision", ["int8-weight", "int8-dynamic"])
+def test_torch_compile_backend_takes_a_precision(precision: str, tmp_path: Path) -> None:
+    torch._dynamo.reset()
     model, x = models.mlp(), models.mlp_inputs()
-    compiled = torch.compile(model, backend="heteropass", options={"precision": "int8-weight"})
+    compiled = torch.compile(model, backend="heteropass", dynamic=False,
+                             options={"precision": precision, "dump_dir": str(tmp_path)})
     with torch.no_grad():
-        assert measure_error([model(x[0])], [compiled(x[0])]).max_rel <= BOUNDS["int8-weight"]
+        expected, actual = model(x[0]), compiled(x[0])
+    error = measure_error([expected], [actual]).max_rel
+    assert 0 < error <= BOUNDS[precision]  # quantized: not float32's result
+    placed = (tmp_path / "graph_000" / "placed.ir").read_text()
+    assert LOWERED_OPS[precision] in placed and "is not a constant" not in placed
+    with torch.no_grad():
+        next(model.parameters()).mul_(2)  # the weights were frozen into the graph: an in-place update needs a recompile
+        with pytest.raises(RuntimeError, match="frozen into the compiled graph, changed in place"):
+            compiled(x[0])
+
+
+def test_torch_compile_precision_warns_on_a_training_graph() -> None:
+    torch._dynamo.reset()
+    model, x = models.mlp(), models.mlp_inputs()
+    compiled = torch.compile(model, backend="heteropass", dynamic=False, options={"precision": "int8-weight"})
+    with pytest.warns(UserWarning, match="applies to inference graphs only"):
+        actual = compiled(x[0])
+    torch.testing.assert_close(actual, model(x[0]))
+
+
+class KeywordMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x).relu() + shift)
+
+
+def test_calibration_batches_take_keyword_arguments() -> None:
+    torch.manual_seed(0)
+    model = KeywordMLP().eval()
+    batches = [(torch.randn(4, 16), torch.randn(4, 32) * 3) for _ in range(3)]
+    example = {"x": torch.randn(4, 16), "shift": torch.randn(4, 32)}
+    as_dicts = hp.compile(model, (), example_kwargs=example, precision="int8-static",
+                          calibration=[{"x": x, "shift": shift} for x, shift in batches])
+    as_pairs = hp.compile(model, (example["x"],), example_kwargs={"shift": example["shift"]},
+                          precision="int8-static", calibration=[((x,), {"shift": shift}) for x, shift in batches])
+    # Calibrated on the example's (smaller) shift instead, the activation scales differ.
+    on_example = hp.compile(model, (example["x"],), example_kwargs={"shift": example["shift"]},
+                            precision="int8-static", calibration=[((x,), {"shift": example["shift"]})
+                                                                  for x, _ in batches])
+    x, shift = batches[1]
+    with torch.no_grad():
+        expected = model(x, shift=shift)
+    by_dicts, by_pairs = as_dicts(x=x, shift=shift), as_pairs(x, shift=shift)
+    assert measure_error([expected], [by_dicts]).max_rel <= BOUNDS["int8-static"]
+    torch.testing.assert_close(by_dicts, by_pairs)
+    assert not torch.equal(on_example(x, shift=shift), by_pairs)
+    with pytest.raises(ValueError, match=r"calibration batch 0 lacks the keyword tensor\(s\) \['shift'\]"):
+        hp.compile(model, (example["x"],), example_kwargs={"shift": example["shift"]}, precision="int8-static",
+                   calibration=[(x,)])
+
+
+def test_precision_json_is_valid_json_when_the_result_is_exact(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.ReLU())
+    hp.compile(model, (torch.randn(4, 8),), precision="int8-weight", dump_dir=str(tmp_path))  # nothing to lower
+
+    def reject(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    report = json.loads((tmp_path / "precision.json").read_text(), parse_constant=reject)
+    assert report["error_vs_fp32"]["sqnr_db"] == "inf" and report["error_vs_fp32"]["max_rel"] == 0.0
 
 
 def test_command_line_lowers_and_prints_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -363,3 +363,64 @@ def test_pow_by_a_python_number_keeps_pytorchs_results_at_signed_zeros_and_infin
     assert torch.equal(got.isnan(), expected.isnan())
     same = ~expected.isnan()
     assert torch.equal(got[same], expected[same]) and torch.equal(got[same].signbit(), expected[same].signbit())
+
+
+def test_constants_are_copies_of_the_weights_not_the_live_parameters() -> None:
+    model, x = models.mlp(), models.mlp_inputs()[0]
+    program = import_module(model, (x,))
+    before = model(x).detach()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-2.0)  # in place, as load_state_dict does
+    _assert_close(_run(program, (x,)), before)
+    pointers = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not any(v.const.untyped_storage().data_ptr() in pointers for v in program.graph.constants.values())
+
+
+class Inverse(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.inv(x + 4 * torch.eye(4)) * 2
+
+
+def test_effectful_linalg_op_runs_as_opaque_call_or_is_named_when_strict() -> None:
+    model, x = Inverse(), torch.randn(4, 4)
+    with pytest.warns(UserWarning, match=r"aten\.linalg_inv_ex\.default at .*test_torch_importer\.py:\d+"):
+        program = import_module(model, (x,))
+    verify(program.graph)
+    x2 = torch.randn(4, 4)
+    _assert_close(_run(program, (x2,)), model(x2))
+    with pytest.raises(UnsupportedOpError, match=r"aten\.linalg_inv_ex\.default at .*test_torch_importer"):
+        import_module(model, (x,), strict=True)
+
+
+def test_aten_graph_tensor_constant_becomes_a_graph_constant() -> None:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor(0.5)
+
+    x = torch.randn(2, 3)
+    gm = make_fx(f)(x)
+    assert any(n.op == "get_attr" for n in gm.graph.nodes)
+    program = import_aten_graph(gm, [x])
+    verify(program.graph)
+    x2 = torch.randn(2, 3)
+    _assert_close(_run(program, (x2,)), f(x2))
+
+
+class Pair:
+    """Not a registered pytree node: torch.export cannot return it."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a, self.b = a, b
+
+
+class ReturnsPair(nn.Module):
+    def forward(self, x: torch.Tensor) -> Pair:
+        return Pair(x + 1, x * 2)
+
+
+def test_export_failure_cause_is_in_the_error_when_the_fallback_fails_too() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(TorchImportError, match=r"torch.export failed on ReturnsPair .*Pair.* not a known "
+                                                   r"type.*use_cache=False.*fallback failed too"):
+            import_module(ReturnsPair(), (torch.randn(3),))

@@ -1,0 +1,65 @@
+"""`torch.compile(..., backend="heteropass")`: graphs heteropass cannot import run eagerly, constants built in
+forward and effectful ops import, and AOTAutograd gets a boxed function."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+
+def _compile(fn: object, **options: object) -> object:
+    torch._dynamo.reset()
+    return torch.compile(fn, backend="heteropass", dynamic=False, options=options or None)
+
+
+def with_tensor_constants(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor(0.5)
+
+
+def test_tensor_constants_built_in_forward_become_graph_constants() -> None:
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(_compile(with_tensor_constants)(x), with_tensor_constants(x))
+
+
+class Inverse(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.inv(x + 4 * torch.eye(4)) * 2
+
+
+def test_effectful_linalg_op_runs_as_a_pytorch_call() -> None:
+    x = torch.randn(4, 4)
+    with pytest.warns(UserWarning, match=r"aten\.linalg_inv_ex"):
+        actual = _compile(Inverse())(x)
+    torch.testing.assert_close(actual, Inverse()(x))
+
+
+def complex_abs(z: torch.Tensor) -> torch.Tensor:
+    return (z * 2).abs()
+
+
+def test_a_graph_that_cannot_be_imported_runs_eagerly_or_fails_when_strict() -> None:
+    z = torch.randn(5, dtype=torch.complex64)
+    with pytest.warns(UserWarning, match="heteropass cannot import this graph.*complex64.*running it eagerly"):
+        actual = _compile(complex_abs)(z)
+    torch.testing.assert_close(actual, complex_abs(z))
+    with pytest.raises(Exception, match="complex64"):
+        _compile(complex_abs, strict=True)(z)
+
+
+def test_training_graph_gets_no_boxed_call_warning_and_matches_eager_gradients() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    x = torch.randn(3, 4)
+    compiled = _compile(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled(x).sum().backward()
+    assert not [w for w in caught if "boxed" in str(w.message)]
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    for got, want in zip(grads, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, want)
