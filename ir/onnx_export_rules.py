@@ -15,6 +15,7 @@ import torch
 
 from .graph import Node
 from .onnx_exporter import ONNX_DTYPES, Emitter, fail, tensor_proto
+from .ops import get_op
 from .ops.quant import weight_scale_axis
 from .types import DType, TensorType
 
@@ -75,6 +76,9 @@ def _unary(em: Emitter, node: Node, x: list[str]) -> str:
         return x[0]  # torch rounds integers to themselves
     if node.op == "bitwise_not" and dtype is DType.bool:
         return em.op("Not", x[0])
+    if node.op == "sign" and dtype.is_floating:  # ONNX's Sign(NaN) is NaN, PyTorch's 0
+        (v,) = _casted(em, node, x, dtype)
+        return em.op("Where", em.op("IsNaN", v), em.scalar(0, dtype), em.op("Sign", v))
     return em.op(_UNARY[node.op], *_casted(em, node, x, dtype))
 
 
@@ -141,10 +145,33 @@ def _div(em: Emitter, node: Node, x: list[str]) -> str:
     mode = node.attrs["rounding_mode"]
     if dtype.is_floating:
         q = em.op("Div", a, b)
-        return q if mode is None else em.op("Floor", q) if mode == "floor" else _trunc(em, q, dtype)
+        if mode == "floor":
+            return _floor_divide(em, a, b, q, dtype)
+        return q if mode is None else _trunc(em, q, dtype)
     if mode == "floor":  # a - mod(a, b) is an exact multiple of b, so truncating division is exact
         a = em.op("Sub", a, em.op("Mod", a, b, fmod=0))
     return em.op("Div", a, b)  # ONNX integer division truncates
+
+
+def _signs_differ(em: Emitter, mod: str, b: str, dtype: DType) -> str:
+    """mod != 0 and its sign differs from b's: where PyTorch moves fmod's result to the divisor's sign."""
+    zero = em.scalar(0, dtype)
+    differ = em.op("Xor", em.op("Less", b, zero), em.op("Less", mod, zero))
+    return em.op("And", em.op("Not", em.op("Equal", mod, zero)), differ)
+
+
+def _floor_divide(em: Emitter, a: str, b: str, q: str, dtype: DType) -> str:
+    """Float a // b as PyTorch computes it, from the exact fmod: (a - fmod(a, b)) / b, one less where the
+    signs differ, rounded to the nearest integer (flooring the rounded a / b is one off: 0.7 // 0.1 is 6)."""
+    mod = em.op("Mod", a, b, fmod=1)
+    div = em.op("Div", em.op("Sub", a, mod), b)
+    div = em.op("Where", _signs_differ(em, mod, b, dtype), em.op("Sub", div, em.scalar(1, dtype)), div)
+    floor = em.op("Floor", div)
+    nearest = em.op("Where", em.op("Greater", em.op("Sub", div, floor), em.scalar(0.5, dtype)),
+                    em.op("Add", floor, em.scalar(1, dtype)), floor)
+    signed_zero = em.op("Mul", em.op("Abs", nearest), em.op("Sign", q))  # 0 takes the quotient's sign
+    nearest = em.op("Where", em.op("Equal", nearest, em.scalar(0, dtype)), signed_zero, nearest)
+    return em.op("Where", em.op("Equal", b, em.scalar(0, dtype)), q, nearest)
 
 
 @rule("fmod", "remainder")
@@ -155,7 +182,9 @@ def _mod(em: Emitter, node: Node, x: list[str]) -> str:
         return em.op("Mod", a, b, fmod=1)
     if not dtype.is_floating:
         return em.op("Mod", a, b, fmod=0)  # the sign of the divisor, like Python's %
-    return em.op("Sub", a, em.op("Mul", em.op("Floor", em.op("Div", a, b)), b))
+    # PyTorch: fmod, moved to the divisor's sign (a - floor(a / b) * b loses 1e10 % 3 and 3 % inf).
+    mod = em.op("Mod", a, b, fmod=1)
+    return em.op("Where", _signs_differ(em, mod, b, dtype), em.op("Add", mod, b), mod)
 
 
 @rule("where")
@@ -440,7 +469,13 @@ def _reduce(em: Emitter, node: Node, x: list[str]) -> str:
         work = dst
         v = em.cast(x[0], src, dst)
     if _in(node).rank:
-        v = em.op(_REDUCE[node.op], v, em.ints(_reduce_axes(node)), keepdims=int(node.attrs["keepdim"]))
+        axes, keep = em.ints(_reduce_axes(node)), int(node.attrs["keepdim"])
+        reduced = em.op(_REDUCE[node.op], v, axes, keepdims=keep)
+        if node.op in ("amax", "amin") and work.is_floating:
+            # ONNX Runtime's ReduceMax/Min skip a NaN unless it comes first; PyTorch's propagate it.
+            nan = em.op("ReduceMax", em.cast(em.op("IsNaN", v), DType.bool, DType.i32), axes, keepdims=keep)
+            reduced = em.op("Where", em.cast(nan, DType.i32, DType.bool), em.scalar(math.nan, work), reduced)
+        v = reduced
     return em.cast(v, work, dst)
 
 
@@ -459,12 +494,21 @@ def _var(em: Emitter, node: Node, x: list[str]) -> str:
 
 @rule("argmax", "argmin")
 def _arg(em: Emitter, node: Node, x: list[str]) -> str:
-    op = "ArgMax" if node.op == "argmax" else "ArgMin"
     dim = node.attrs["dim"]
     if dim is None:  # the index into the flattened tensor, shaped as torch shapes it
-        flat = em.op(op, em.op("Reshape", x[0], em.ints([-1])), axis=0, keepdims=0)
+        flat = _arg_nan_first(em, node, em.op("Reshape", x[0], em.ints([-1])), 0, 0)
         return em.op("Reshape", flat, em.ints(_out(node).shape))  # type: ignore[arg-type]
-    return em.op(op, x[0], axis=_axis(dim, _in(node).rank), keepdims=int(node.attrs["keepdim"]))
+    return _arg_nan_first(em, node, x[0], _axis(dim, _in(node).rank), int(node.attrs["keepdim"]))
+
+
+def _arg_nan_first(em: Emitter, node: Node, v: str, axis: int, keepdims: int) -> str:
+    """ArgMax/ArgMin, where a NaN wins (its first index), as in PyTorch; ONNX Runtime skips NaN."""
+    found = em.op("ArgMax" if node.op == "argmax" else "ArgMin", v, axis=axis, keepdims=keepdims)
+    if not _in(node).dtype.is_floating:
+        return found
+    nan = em.cast(em.op("IsNaN", v), DType.bool, DType.i32)
+    any_nan = em.cast(em.op("ReduceMax", nan, em.ints([axis]), keepdims=keepdims), DType.i32, DType.bool)
+    return em.op("Where", any_nan, em.op("ArgMax", nan, axis=axis, keepdims=keepdims), found)
 
 
 @rule("cumsum")
@@ -606,14 +650,9 @@ def _full(em: Emitter, node: Node, x: list[str]) -> str:
 
 @rule("arange")
 def _arange(em: Emitter, node: Node, x: list[str]) -> str:
-    """Range in i64 for integer types, f32/f64 for floats, cast to the result type."""
-    dtype = _out(node).dtype
-    work = dtype if dtype in (DType.f32, DType.f64, DType.i64) else DType.f32 if dtype.is_floating else DType.i64
-    bounds = [node.attrs[k] for k in ("start", "end", "step")]
-    if not dtype.is_floating:
-        bounds = [int(b) for b in bounds]
-    y = em.op("Range", *(em.scalar(b, work) for b in bounds))
-    return em.cast(y, work, dtype)
+    """The values themselves: it has no inputs, and ONNX Runtime's float Range counts its length in float32
+    and accumulates the step (arange(0, 0.3, 0.1) gets 4 elements, arange(0, 1e4, 0.1) ends 5.6 off)."""
+    return em.const(get_op("arange").reference(**node.attrs), hint="arange")
 
 
 @rule("opaque")
@@ -625,16 +664,13 @@ def _opaque(em: Emitter, node: Node, x: list[str]) -> str:
 # -- ops the ONNX importer added -------------------------------------------------------------------
 @rule("bitwise_left_shift", "bitwise_right_shift")
 def _shift(em: Emitter, node: Node, x: list[str]) -> str:
-    """BitShift for u8; signed integers shift arithmetically, as multiplying or floor-dividing by 2^b."""
+    """BitShift, which ONNX defines for unsigned integers only; a signed shift has no ONNX equivalent that
+    keeps its overflow and sign (x >> 31 of an int32, shifts by the width or more)."""
     dtype = _out(node).dtype
+    if dtype is not DType.u8:
+        raise fail(node, f"ONNX's BitShift takes unsigned integers, not {dtype}")
     a, b = _casted(em, node, x, dtype)
-    left = node.op == "bitwise_left_shift"
-    if dtype is DType.u8:
-        return em.op("BitShift", a, b, direction="LEFT" if left else "RIGHT")
-    power = em.op("Pow", em.scalar(2, dtype), b)
-    if left:
-        return em.op("Mul", a, power)
-    return em.op("Div", em.op("Sub", a, em.op("Mod", a, power, fmod=0)), power)
+    return em.op("BitShift", a, b, direction="LEFT" if node.op == "bitwise_left_shift" else "RIGHT")
 
 
 @rule("flip")
@@ -793,12 +829,17 @@ def _linear_of(em: Emitter, node: Node, x: str, w: str, bias: str | None) -> str
 
 
 def _quantized_rows(em: Emitter, xf: str, top: float, per_row: bool) -> tuple[str, str]:
-    """x rounded symmetrically to integers in [-top, top] (as float) and its scale, per row or tensor."""
+    """x rounded symmetrically to integers in [-top, top] (as float) and its scale, per row or tensor. A row
+    holding a NaN or an inf gets scale NaN and integers 0, so its results are NaN, as in the kernels."""
     axes = em.ints([-1]) if per_row else None
     amax = em.op("ReduceMax", em.op("Abs", xf), axes, keepdims=int(per_row))
     x_scale = em.op("Div", em.op("Max", amax, em.scalar(1e-12, DType.f32)), em.scalar(top, DType.f32))
+    bad = em.op("Or", em.op("IsNaN", xf), em.op("IsInf", xf))
+    bad_row = em.cast(em.op("ReduceMax", em.cast(bad, DType.bool, DType.i32), axes, keepdims=int(per_row)),
+                      DType.i32, DType.bool)
+    x_scale = em.op("Where", bad_row, em.scalar(math.nan, DType.f32), x_scale)
     xq = em.op("Clip", em.op("Round", em.op("Div", xf, x_scale)), em.scalar(-top, DType.f32), em.scalar(top, DType.f32))
-    return xq, x_scale
+    return em.op("Where", bad_row, em.scalar(0.0, DType.f32), xq), x_scale
 
 
 @rule("linear_weight_int8")

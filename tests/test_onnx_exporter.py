@@ -111,8 +111,6 @@ VARIANTS: dict[str, tuple[str, list[TensorType], dict]] = {
         "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh")},
     "bitwise_xor_int": ("bitwise_xor", [t(2, 3, dtype=I64), t(3, dtype=I64)], {}),
     "bitwise_xor_bool": ("bitwise_xor", [t(2, 3, dtype=BOOL), t(3, dtype=BOOL)], {}),
-    "left_shift_int": ("bitwise_left_shift", [t(2, 3, dtype=I64), t(3, dtype=I64)], {}),
-    "right_shift_int": ("bitwise_right_shift", [t(2, 3, dtype=I32), t(3, dtype=I32)], {}),
     "right_shift_u8": ("bitwise_right_shift", [t(2, 3, dtype=DType.u8), t(3, dtype=DType.u8)], {}),
     "flip_two_dims": ("flip", [t(2, 3, 4)], {"dims": [0, -1]}),
     "tile_more_dims": ("tile", [t(2, 3)], {"repeats": [2, 1, 3]}),
@@ -157,6 +155,10 @@ NOT_EXPORTABLE: dict[str, tuple[str, list[TensorType], dict, str]] = {
                                     "windows are irregular"),
     "local_response_norm_even": ("local_response_norm", [t(1, 5, 3, 3)], {"size": 4}, "even window"),
     "bitcast": ("bitcast", [t(2, 3)], {"dtype": I32}, "reinterpret the bits"),
+    "bitwise_left_shift": ("bitwise_left_shift", [t(2, 3, dtype=I64), t(3, dtype=I64)], {},
+                           "BitShift takes unsigned integers, not i64"),
+    "bitwise_right_shift": ("bitwise_right_shift", [t(2, 3, dtype=I32), t(3, dtype=I32)], {},
+                            "BitShift takes unsigned integers, not i32"),
     "avg_pool_divisor_ceil": ("avg_pool", [t(1, 2, 7, 7)], {"kernel": [2, 2], "ceil_mode": True,
                                                             "divisor_override": 2}, "divisor_override with ceil_mode"),
 }
@@ -393,3 +395,40 @@ def test_node_with_two_graph_attributes_is_an_error() -> None:
         graph.set_outputs(node.outputs[:1])
         with pytest.raises(OnnxExportError, match=r"\(op 'test_two_regions'\).*several nested graphs"):
             export_onnx(graph)
+
+
+def test_float_floor_division_remainder_nan_and_arange_follow_pytorch() -> None:
+    """PyTorch floors the exact quotient (0.7 // 0.1 is 6) and takes % from fmod (1e10 % 3 is 1); its
+    amax/argmax propagate NaN and sign(NaN) is 0, where ONNX Runtime's ReduceMax/ArgMax skip NaN and
+    Sign gives NaN; a float arange counts its length in double."""
+    graph = parse_graph("""
+    graph g(%a: f32[2,6], %b: f32[2,6]) -> (f32[2,6], f32[2,6], f32[2,6], f32[2], f32[2], i64[2], i64[2], f32[3]) {
+      %0: f32[2,6] = div(%a, %b) {rounding_mode="floor"}
+      %1: f32[2,6] = remainder(%a, %b)
+      %2: f32[2,6] = sign(%a)
+      %3: f32[2] = amax(%a) {dims=[1]}
+      %4: f32[2] = amin(%a) {dims=[1]}
+      %5: i64[2] = argmax(%a) {dim=1}
+      %6: i64[2] = argmin(%a) {dim=1}
+      %7: f32[3] = arange() {start=0.0, end=0.3, step=0.1, dtype=f32}
+      return %0, %1, %2, %3, %4, %5, %6, %7
+    }""")
+    a = torch.tensor([[0.7, 1.0, 1e10, 3.0, -3.0, 5.0], [2.0, float("nan"), -1.5, 7.0, 0.0, -7.0]])
+    b = torch.tensor([[0.1, 0.1, 3.0, float("inf"), float("inf"), -2.0], [0.3, 1.0, 0.5, -0.0, 2.0, 3.0]])
+    assert_exports_faithfully(graph, [a, b])
+    expected = run_graph(graph, a, b)
+    assert expected[0][0, 0] == 6 and expected[1][0, 2] == 1 and expected[5][1] == 1 and expected[7].numel() == 3
+
+
+def test_an_int8_dynamic_row_holding_nan_gives_nan_in_onnx_runtime_too() -> None:
+    graph = parse_graph("""
+    graph g(%x: f32[3,8]) -> (f32[3,4]) {
+      const %w: i8[4,8]
+      const %s: f32[4]
+      %0: f32[3,4] = linear_dynamic_int8(%x, %w, %s)
+      return %0
+    }""", constants={"w": torch.randint(-127, 128, (4, 8), dtype=torch.int8), "s": torch.rand(4) / 100})
+    x = torch.randn(3, 8)
+    x[1, 3] = float("nan")
+    assert_exports_faithfully(graph, [x], atol=1e-4)
+    assert run_graph(graph, x)[0][1].isnan().all()
