@@ -44,10 +44,11 @@ def _options(options: dict[str, Any] | None) -> CompileOptions:
     return dataclasses.replace(opts, dump_dir=dump_dir_from_env(opts.dump_dir))
 
 
-def _compiler(opts: CompileOptions, real_inputs: Sequence[Any], *, inference: bool
+def _compiler(opts: CompileOptions, real_inputs: Sequence[Any], *, inference: bool, backward: bool = False
               ) -> Callable[[torch.fx.GraphModule, Sequence[Any]], Callable[..., Any]]:
-    """AOTAutograd's compiler for forward (or inference) graphs; `real_inputs` are Dynamo's inputs, whose
-    parameters an inference graph freezes when the precision needs constant weights."""
+    """AOTAutograd's compiler for forward, inference or (`backward`) backward graphs; `real_inputs` are
+    Dynamo's inputs, whose parameters an inference graph freezes when the precision needs constant weights.
+    Effect tokens lead a forward or inference graph's inputs only."""
     needs_constants = opts.precision.precision in _FREEZING_PRECISIONS
 
     def compile_aten(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
@@ -59,11 +60,10 @@ def _compiler(opts: CompileOptions, real_inputs: Sequence[Any], *, inference: bo
         context = torch._guards.TracingContext.try_get()
         metadata = context.fw_metadata if context is not None else None
         # AOTAutograd passes None for the effect tokens it puts first (see with_effects in the importer).
-        tokens = len(metadata.tokens) if metadata is not None else 0
+        tokens = len(metadata.tokens) if metadata is not None and not backward else 0
         frozen: dict[int, torch.Tensor] = {}
         if needs_constants and inference and metadata is not None:
-            frozen = _frozen_parameters(metadata, example_inputs[tokens:], real_inputs)
-            frozen = {tokens + i: tensor for i, tensor in frozen.items()}
+            frozen = _frozen_parameters(metadata, tokens, example_inputs, real_inputs)
         elif needs_constants:
             warnings.warn(f"heteropass: precision {opts.precision.precision!r} applies to inference graphs only "
                           "(call the compiled model under torch.no_grad() or torch.inference_mode()); this "
@@ -103,22 +103,27 @@ def _compiler(opts: CompileOptions, real_inputs: Sequence[Any], *, inference: bo
     return compile_aten
 
 
-def _frozen_parameters(metadata: Any, example_inputs: Sequence[Any], real_inputs: Sequence[Any]
+def _frozen_parameters(metadata: Any, tokens: int, example_inputs: Sequence[Any], real_inputs: Sequence[Any]
                        ) -> dict[int, torch.Tensor]:
-    """Dynamo's inputs that are the model's parameters and buffers (its static inputs), by position, with
-    their real tensors; not those the graph mutates or an output aliases."""
-    if len(example_inputs) != len(real_inputs):
+    """The graph's inputs that are the model's parameters and buffers (Dynamo's static inputs), by position
+    in `example_inputs` (which the `tokens` effect tokens lead; the static indices count them, Dynamo's
+    inputs and the input metadata do not), with their real tensors; not those the graph mutates or an
+    output aliases."""
+    if len(example_inputs) - tokens != len(real_inputs):
         return {}
     aliased = {out.base_idx for out in metadata.output_info if out.base_idx is not None}
     frozen = {}
-    for i in metadata.static_input_indices:
-        real, fake = real_inputs[i], example_inputs[i]
+    for position in metadata.static_input_indices:
+        i = position - tokens
+        if i < 0:
+            continue
+        real, fake = real_inputs[i], example_inputs[position]
         info = metadata.input_info[i] if i < len(metadata.input_info) else None
         if (info is None or info.mutation_type is not MutationType.NOT_MUTATED or i in aliased
                 or type(real) not in (torch.Tensor, torch.nn.Parameter) or not isinstance(fake, torch.Tensor)
                 or real.shape != fake.shape or real.dtype != fake.dtype):
             continue
-        frozen[i] = real
+        frozen[position] = real
     return frozen
 
 
@@ -141,6 +146,7 @@ def heteropass_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     opts = _options(options)
     real = list(example_inputs)  # held only while AOTAutograd compiles, which it does before returning
     backend = aot_autograd(fw_compiler=_compiler(opts, real, inference=False),
+                           bw_compiler=_compiler(opts, real, inference=False, backward=True),
                            inference_compiler=_compiler(opts, real, inference=True),
                            decompositions=decomposition_table())
     try:

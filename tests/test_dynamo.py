@@ -63,3 +63,41 @@ def test_training_graph_gets_no_boxed_call_warning_and_matches_eager_gradients()
     model(x).sum().backward()
     for got, want in zip(grads, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(got, want)
+
+
+class InverseThenLinear(torch.nn.Module):
+    """An effect token (linalg's error check) leads the graph's inputs, before the parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.inv(x @ x.T + 8 * torch.eye(8)) @ self.linear(x) + z
+
+
+def test_freezing_behind_an_effect_token_freezes_parameters_not_inputs() -> None:
+    model, x = InverseThenLinear().eval(), torch.randn(8, 8)
+    compiled = _compile(model, precision="int8-dynamic")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled(x, torch.zeros(8, 8))
+        z = torch.full((8, 8), 100.0)
+        torch.testing.assert_close(compiled(x, z), model(x, z), rtol=0.05, atol=0.5)
+
+
+def test_a_backward_graph_takes_no_effect_tokens() -> None:
+    model = torch.nn.Linear(3, 3)
+    twin = torch.nn.Linear(3, 3)
+    twin.load_state_dict(model.state_dict())
+
+    def loss(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return (torch.linalg.inv(m(x) + 3 * torch.eye(3)).sum(-1) * x.sum()).sum()
+
+    x = torch.randn(3, 3)
+    loss(model, x).backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _compile(lambda x: loss(twin, x))(x).backward()
+    assert not [w for w in caught if "cannot import this graph" in str(w.message)]
+    torch.testing.assert_close(twin.weight.grad, model.weight.grad)
