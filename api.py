@@ -151,13 +151,12 @@ class CompiledModule:
         flat = self.program.flatten_inputs(args, kwargs)
         if self._mutated:
             self._check_aliasing(flat)
-        if not self._warned_grad and torch.is_grad_enabled() and any(
-                isinstance(t, torch.Tensor) and t.requires_grad for t in flat):
+        outputs = self.executable(*flat)
+        if self.executable.dropped_grad and not self._warned_grad:
             self._warned_grad = True
             warnings.warn("heteropass.compile makes an inference module: its outputs do not require grad and "
                           "no gradient reaches its inputs or the model's parameters; use "
                           "torch.compile(model, backend='heteropass') to train", stacklevel=2)
-        outputs = self.executable(*flat)
         self.program.write_state(flat, outputs)
         return self.program.unflatten_outputs(outputs)
 
@@ -171,15 +170,26 @@ class CompiledModule:
                                    f"mode now; heteropass.compile is a snapshot of the mode: compile again")
 
     def _check_aliasing(self, flat: Sequence[torch.Tensor]) -> None:
-        """A graph input the model updates in place must not share memory with another input: the graph
-        reads every input as a separate tensor, eager would see the update through the other."""
+        """A graph input the model updates in place must not overlap another input in memory: the graph
+        reads every input as a separate tensor, eager would see the update through the other. (The two
+        halves of one packed KV cache do not overlap.)"""
         names = [v.name for v in self.graph.inputs]
         for j in self._mutated:
-            storage = flat[j].untyped_storage().data_ptr()
+            first, end = _byte_range(flat[j])
             for i, tensor in enumerate(flat):
-                if i != j and tensor.untyped_storage().data_ptr() == storage:
+                start, stop = _byte_range(tensor)
+                if i != j and first < end and start < stop and start < end and first < stop:
                     raise ValueError(f"input {j} '{names[j]}', which the model updates in place, shares memory "
                                      f"with input {i} '{names[i]}'; pass separate tensors (e.g. .clone())")
+
+
+def _byte_range(tensor: torch.Tensor) -> tuple[int, int]:
+    """The addresses [start, stop) a tensor's elements span (empty for no elements; strides are >= 0)."""
+    start = tensor.data_ptr()
+    if tensor.numel() == 0:
+        return start, start
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    return start, start + extent * tensor.element_size()
 
 
 def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
@@ -290,9 +300,10 @@ def _check_precision_request(precision: str, options: dict[str, Any] | None) -> 
 def _calibration_call(batch: Any, index: int, example_kwargs: dict[str, Any] | None
                       ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """A calibration batch as the model call's `(args, kwargs)`. A batch is the positional arguments (a
-    tuple or list, or one tensor), a dict of keyword arguments, or an `(args, kwargs)` pair. Keywords a
-    batch leaves out come from `example_kwargs`, except tensors: every batch brings its own."""
-    if isinstance(batch, dict):
+    tuple or list, or one tensor or dict: the model's one argument), a dict of keyword arguments when the
+    model was compiled with `example_kwargs`, or an `(args, kwargs)` pair. Keywords a batch leaves out
+    come from `example_kwargs`, except tensors: every batch brings its own."""
+    if isinstance(batch, dict) and example_kwargs:
         args, kwargs = (), batch
     elif (isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], tuple | list)
           and isinstance(batch[1], dict)):

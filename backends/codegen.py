@@ -38,6 +38,7 @@ import torch
 
 from ..ir import DType, Graph, TensorType, Value
 from ..passes.plan_memory import MemoryPlan, Step, plan_memory
+from .arena import VIEW_OPS
 
 if TYPE_CHECKING:
     from .partition import Partition
@@ -226,8 +227,9 @@ def _returned(graph: Graph, namer: Namer) -> list[str]:
     """The returned expressions: a copy of each output that the caller could otherwise change for someone
     else (a constant, a graph input, an output already returned), as eager PyTorch returns fresh tensors
     for `clone()`, `x * 1` and a folded weight expression, which the passes reduce to those. A `split`
-    result is made contiguous: merge-parallel-linears returns column slices of one product where eager
-    returned separate contiguous tensors (`.view` works on them), and a slice would keep the whole alive."""
+    result (or a view of one) is made contiguous: merge-parallel-linears returns column slices of one
+    product where eager returned separate contiguous tensors (`.view` works on them), and a slice would
+    keep the whole alive."""
     inputs = {id(v) for v in graph.inputs}
     seen: set[int] = set()
     returned = []
@@ -236,11 +238,22 @@ def _returned(graph: Graph, namer: Namer) -> list[str]:
         seen.add(id(value))
         if shared:
             returned.append(f"{namer(value)}.clone()")
-        elif value.producer is not None and value.producer.op == "split":
+        elif _view_of_split(value):
             returned.append(f"{namer(value)}.contiguous()")
         else:
             returned.append(namer(value))
     return returned
+
+
+def _view_of_split(value: Value) -> bool:
+    """Whether `value` is a `split` result or a view of one (a reshape or unsqueeze of it, say)."""
+    while value.producer is not None:
+        if value.producer.op == "split":
+            return True
+        if value.producer.op not in VIEW_OPS:
+            return False
+        value = value.producer.inputs[0]
+    return False
 
 
 def load_function(source: str, namespace: dict[str, Any], function: str) -> Callable[..., Any]:

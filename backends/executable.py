@@ -56,6 +56,8 @@ class Executable:
         self.kernel_sources = kernel_sources
         self.code = "\n\n".join([code.rstrip("\n"), *(src.rstrip("\n") for src in kernel_sources.values())]) + "\n"
         self.partitions = partitions
+        # Set once a call had an input requiring grad, which the outputs do not carry on.
+        self.dropped_grad = False
 
     def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         static = self._static
@@ -66,9 +68,11 @@ class Executable:
                 if (not isinstance(tensor, torch.Tensor) or tensor.dtype is not dtype or tensor.shape != shape
                         or not tensor.is_cpu):
                     self.check_inputs(tensors)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             # The kernels compute values, not gradients (some write into out= buffers, which autograd
             # rejects for inputs that require grad): outputs never require grad, as in ONNX Runtime.
+            # (The weights are detached copies, so without such an input nothing requires grad anyway.)
+            self.dropped_grad = True
             with torch.no_grad():
                 return self._run(tensors)
         return self._run(tensors)

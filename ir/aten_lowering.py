@@ -129,8 +129,9 @@ def _pow(lx: Lowerer, a: dict[str, Any]) -> Value:
     """pow. A float tensor to the power 0.5, -0.5, -1, 2, 3 or -2 becomes the op PyTorch's CPU kernel runs for
     it (sqrt, rsqrt, ...): they differ from std::pow at -0.0 and -inf (pow(-inf, 0.5) is inf, sqrt(-inf) NaN)."""
     x, y = _args(a)[:2]
+    # PyTorch's CPU kernel has these shortcuts for float, double and bfloat16; float16 runs std::pow.
     if not (isinstance(x, Value) and isinstance(y, int | float) and not isinstance(y, bool)
-            and x.type.dtype.is_floating and lx.out_dtype(x.type.dtype) == x.type.dtype):
+            and x.type.dtype in (DType.f32, DType.f64, DType.bf16) and lx.out_dtype(x.type.dtype) == x.type.dtype):
         return lx.emit("pow", lx.operand(x, y), lx.operand(y, x))
     if y in (0.5, -0.5):
         return lx.emit("sqrt" if y > 0 else "rsqrt", x)
@@ -233,7 +234,7 @@ def _full(value_key: str | float, shape_from: str = "size") -> Rule:
         shape = _shape(source) if isinstance(source, Value) else _ints(source)
         fallback = source.type.dtype if isinstance(source, Value) else _fill_dtype(value)
         dtype = _dtype(a.get("dtype")) or lx.out_dtype(fallback)
-        number = float(value) if dtype.is_floating else int(value)
+        number = float(value) if dtype.is_floating or dtype is DType.bool else int(value)
         return lx.emit("full", shape=shape, value=number, dtype=dtype)
 
     return rule

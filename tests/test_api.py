@@ -323,6 +323,10 @@ def test_an_input_updated_in_place_must_not_alias_another_input() -> None:
     a_eager, b_eager = a.clone(), b.clone()
     assert_close_to_eager(cm(a, b), UpdatesFirstReadsSecond()(a_eager, b_eager))
     torch.testing.assert_close(a, a_eager)
+    packed = torch.randn(2, 4)  # the two halves of one packed cache do not overlap
+    packed_eager = packed.clone()
+    assert_close_to_eager(cm(packed[0], packed[1]), UpdatesFirstReadsSecond()(packed_eager[0], packed_eager[1]))
+    torch.testing.assert_close(packed, packed_eager)
 
 
 def test_training_mode_is_compiled_in_warned_and_checked_at_call_time() -> None:

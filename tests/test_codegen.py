@@ -179,3 +179,17 @@ def forward(x, fc1_weight):
     return [v5, x.clone()]
 '''
     assert emit_module(graph, parts, names, None, accepts_out) == emit()
+
+
+def test_a_returned_view_of_a_split_result_is_contiguous_too() -> None:
+    graph = parse_graph("""\
+graph g(%x: f32[3,4]) -> (f32[1,3,2], f32[3,2]) {
+  const %w: f32[4,4]
+  %0: f32[3,4] = linear(%x, %w)
+  %1: f32[3,2], %2: f32[3,2] = split(%0) {sizes=[2, 2], dim=-1}
+  %3: f32[1,3,2] = unsqueeze(%1) {dim=0}
+  return %3, %2
+}
+""")
+    outputs = build_executable(graph, [ReferenceBackend()])(torch.randn(3, 4))
+    assert all(out.is_contiguous() for out in outputs)

@@ -172,6 +172,23 @@ def test_calibration_batches_take_keyword_arguments() -> None:
                    calibration=[(x,)])
 
 
+class DictInput(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 8)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.linear(batch["x"])
+
+
+def test_a_dict_batch_is_the_one_argument_of_a_model_compiled_without_keywords() -> None:
+    torch.manual_seed(0)
+    model, batches = DictInput().eval(), [{"x": torch.randn(4, 16)} for _ in range(3)]
+    compiled = hp.compile(model, (batches[0],), precision="int8-static", calibration=batches)
+    with torch.no_grad():
+        assert measure_error([model(batches[1])], [compiled(batches[1])]).max_rel <= BOUNDS["int8-static"]
+
+
 def test_precision_json_is_valid_json_when_the_result_is_exact(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.ReLU())
     hp.compile(model, (torch.randn(4, 8),), precision="int8-weight", dump_dir=str(tmp_path))  # nothing to lower

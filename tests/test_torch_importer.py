@@ -424,3 +424,27 @@ def test_export_failure_cause_is_in_the_error_when_the_fallback_fails_too() -> N
         with pytest.raises(TorchImportError, match=r"torch.export failed on ReturnsPair .*Pair.* not a known "
                                                    r"type.*use_cache=False.*fallback failed too"):
             import_module(ReturnsPair(), (torch.randn(3),))
+
+
+class HalfPowers(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x ** 0.5, x ** -0.5, x ** 3, x ** -2
+
+
+def test_float16_pow_keeps_std_pow_as_pytorchs_kernel_does() -> None:
+    """PyTorch's sqrt/rsqrt/product shortcuts cover float, double and bfloat16, not float16."""
+    x = torch.tensor([-0.0, -float("inf"), 300.0, 1.637, 4.35, -1.9]).half()
+    for got, expected in zip(_run(import_module(HalfPowers(), (x,)), (x,)), HalfPowers()(x), strict=True):
+        assert torch.equal(got.isnan(), expected.isnan())
+        assert torch.equal(got[~expected.isnan()], expected[~expected.isnan()])
+
+
+class FillsBools(nn.Module):
+    def forward(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.full_like(b, 0.5), b.new_full((2,), 0.25)
+
+
+def test_a_fractional_fill_of_a_bool_tensor_is_true() -> None:
+    b = torch.tensor([True, False, True])
+    for got, expected in zip(_run(import_module(FillsBools(), (b,)), (b,)), FillsBools()(b), strict=True):
+        assert torch.equal(got, expected) and bool(expected.all())
