@@ -128,7 +128,8 @@ class CompiledModule:
     def save_onnx(self, path: str) -> None:
         """Write the optimized graph as an ONNX model. Inputs keep the model's argument names; an
         output is named by its place in the model's result (`last_hidden_state`, `0`, ...), or
-        `output` when the model returns one tensor."""
+        `output` when the model returns one tensor, with a suffix `_1`, ... where an input or another output
+        has that name already."""
         from torch.utils import _pytree as pytree
 
         from .ir.onnx_exporter import save_onnx
@@ -137,11 +138,19 @@ class CompiledModule:
         result = pytree.tree_unflatten(list(range(len(program.output_leaves))), program.output_spec)
         names = [v.name for v in self.graph.outputs]
         named: set[int] = set()
+        taken = {v.name: v for v in self.graph.inputs}
         for key_path, leaf in pytree.tree_flatten_with_path(result)[0]:
             slot = program.output_leaves[leaf]
             if isinstance(slot, int) and slot not in named:
                 keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path]
-                names[slot] = "_".join(keys) or "output"
+                name = base = "_".join(keys) or "output"
+                value = self.graph.outputs[slot]
+                suffix = 0
+                while name in taken and taken[name] is not value:  # an input's name, or another output's
+                    suffix += 1
+                    name = f"{base}_{suffix}"
+                names[slot] = name
+                taken[name] = value
                 named.add(slot)
         save_onnx(self.graph, path, output_names=names)
 

@@ -327,5 +327,12 @@ def export_onnx(graph: Graph, *, opset: int = DEFAULT_OPSET, as_functions: bool 
 
 
 def save_onnx(graph: Graph, path: str, **kwargs: object) -> None:
-    """Export `graph` (keywords as for `export_onnx`) and write the model to `path`."""
-    onnx.save_model(export_onnx(graph, **kwargs), path)  # type: ignore[arg-type]
+    """Export `graph` (keywords as for `export_onnx`) and write the model to `path`, once ONNX's checker
+    with type inference accepts it: ONNX defines no bf16 Conv or MaxPool, say, and a runtime would refuse
+    the file."""
+    model = export_onnx(graph, **kwargs)  # type: ignore[arg-type]
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise OnnxExportError(f"ONNX rejects the exported {graph.name}: {str(exc).strip().splitlines()[0]}") from exc
+    onnx.save_model(model, path)

@@ -256,6 +256,22 @@ def test_compiled_module_saves_onnx(tmp_path: Any) -> None:
     assert_outputs_close(run_onnx(loaded, fresh), [cm(*fresh)])
 
 
+class NamesLikeItsInputs(torch.nn.Module):
+    def forward(self, output: torch.Tensor, hidden_states: torch.Tensor) -> dict[str, Any]:
+        return {"hidden_states": hidden_states.relu(), "output": output * 2, "a_b": output + 1,
+                "a": {"b": output - 1}}
+
+
+def test_output_names_that_an_input_or_another_output_has_get_a_suffix(tmp_path: Any) -> None:
+    example = (torch.randn(2, 3), torch.randn(2, 3))
+    cm = hp.compile(NamesLikeItsInputs(), example)
+    path = str(tmp_path / "names.onnx")
+    cm.save_onnx(path)
+    loaded = onnx.load(path)
+    assert [o.name for o in loaded.graph.output] == ["hidden_states_1", "output_1", "a_b", "a_b_1"]
+    assert_outputs_close(run_onnx(loaded, example), cm.executable(*example))
+
+
 @pytest.mark.slow
 def test_compiled_transformer_saves_onnx_with_output_field_names(tmp_path: Any) -> None:
     cm = hp.compile(models.hf_bert(n_layer=1), models.hf_bert_inputs())
@@ -432,3 +448,13 @@ def test_an_int8_dynamic_row_holding_nan_gives_nan_in_onnx_runtime_too() -> None
     x[1, 3] = float("nan")
     assert_exports_faithfully(graph, [x], atol=1e-4)
     assert run_graph(graph, x)[0][1].isnan().all()
+
+
+def test_saving_a_model_onnx_cannot_express_is_an_error_not_an_invalid_file(tmp_path: Any) -> None:
+    """ONNX defines MaxPool for no bfloat16; a runtime would refuse the file."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2)).eval()
+    cm = hp.compile(model, (torch.randn(1, 3, 8, 8),), precision="bf16", precision_options={"allow": ["max_pool"]})
+    path = tmp_path / "bf16.onnx"
+    with pytest.raises(OnnxExportError, match=r"ONNX rejects the exported .*bfloat16"):
+        cm.save_onnx(str(path))
+    assert not path.exists()
