@@ -323,7 +323,12 @@ def _attention_of(em: Emitter, node: Node, q: str, k: str, v: str, mask: str | N
             scores = em.op("Where", keep, scores, em.scalar(-math.inf, dtype))
         else:
             scores = em.op("Add", scores, em.cast(keep, keep_dtype, dtype))
-    return em.op("MatMul", em.op("Softmax", scores, axis=-1), v)
+    probs = em.op("Softmax", scores, axis=-1)
+    if mask is not None:  # a row the mask hides entirely gives zeros, as PyTorch's kernels do (Softmax: NaN)
+        row_max = em.op("ReduceMax", scores, em.ints([-1]), keepdims=1)
+        hidden = em.op("Equal", row_max, em.scalar(-math.inf, dtype))
+        probs = em.op("Where", hidden, em.scalar(0, dtype), probs)
+    return em.op("MatMul", probs, v)
 
 
 def _repeat_heads(em: Emitter, name: str, type: TensorType, heads: Any) -> str:

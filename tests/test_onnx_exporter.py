@@ -3,6 +3,7 @@ and compute in onnxruntime what the reference interpreter computes; regions expo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -458,3 +459,18 @@ def test_saving_a_model_onnx_cannot_express_is_an_error_not_an_invalid_file(tmp_
     with pytest.raises(OnnxExportError, match=r"ONNX rejects the exported .*bfloat16"):
         cm.save_onnx(str(path))
     assert not path.exists()
+
+
+@pytest.mark.parametrize("mask_type", ["bool", "f32"])
+def test_attention_rows_the_mask_hides_entirely_export_as_zeros(mask_type: str) -> None:
+    graph = parse_graph(f"""
+    graph g(%q: f32[1,2,4,3], %k: f32[1,2,5,3], %v: f32[1,2,5,3], %m: {mask_type}[4,5]) -> (f32[1,2,4,3]) {{
+      %0: f32[1,2,4,3] = scaled_dot_product_attention(%q, %k, %v, %m)
+      return %0
+    }}""")
+    keep = torch.rand(4, 5) > 0.3
+    keep[2] = False
+    mask = keep if mask_type == "bool" else torch.zeros(4, 5).masked_fill(~keep, -math.inf)
+    q, k, v = torch.randn(1, 2, 4, 3), torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 3)
+    assert_exports_faithfully(graph, [q, k, v, mask])
+    assert torch.equal(run_graph(graph, q, k, v, mask)[0][:, :, 2], torch.zeros(1, 2, 3))
