@@ -51,24 +51,29 @@ def test_erf_form() -> None:
     assert result.stats == {"gelu-erf": 1}
 
 
-def test_tanh_form_as_gpt2_writes_it() -> None:
-    check_pass(RecognizeGeluPass(), """
-    graph g(%x: f32[4,8]) -> (f32[4,8]) {
+def _tanh_gelu(three: str = "3.0", c: str = "0.044715", cube_times_c: str = "mul(%c, %1)") -> str:
+    """GPT-2's tanh GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + c x^three))), written out."""
+    return f"""
+    graph g(%x: f32[4,8]) -> (f32[4,8]) {{
       const %half: f32[] = 0.5
       const %one: f32[] = 1.0
-      const %three: f32[] = 3.0
-      const %c: f32[] = 0.044715
+      const %three: f32[] = {three}
+      const %c: f32[] = {c}
       const %k: f32[] = 0.7978845608028654
       %0: f32[4,8] = mul(%half, %x)
       %1: f32[4,8] = pow(%x, %three)
-      %2: f32[4,8] = mul(%c, %1)
+      %2: f32[4,8] = {cube_times_c}
       %3: f32[4,8] = add(%x, %2)
       %4: f32[4,8] = mul(%k, %3)
       %5: f32[4,8] = tanh(%4)
       %6: f32[4,8] = add(%one, %5)
       %7: f32[4,8] = mul(%0, %6)
       return %7
-    }""", """
+    }}"""
+
+
+def test_tanh_form_as_gpt2_writes_it() -> None:
+    check_pass(RecognizeGeluPass(), _tanh_gelu(), """
     graph g(%x: f32[4,8]) -> (f32[4,8]) {
       %0: f32[4,8] = gelu(%x) {approximate="tanh"}
       return %0
@@ -141,44 +146,12 @@ def test_random_graphs_keep_their_results(case: tuple) -> None:  # type: ignore[
 
 def test_an_exponent_near_three_is_not_a_cube() -> None:
     """pow(x, 3.0002) is NaN for negative x; the 0.044715 and sqrt(2/pi) may be rounded, the exponent not."""
-    unchanged(RecognizeGeluPass(), """
-    graph g(%x: f32[4,8]) -> (f32[4,8]) {
-      const %half: f32[] = 0.5
-      const %one: f32[] = 1.0
-      const %three: f32[] = 3.0002
-      const %c: f32[] = 0.044715
-      const %k: f32[] = 0.7978845608028654
-      %0: f32[4,8] = mul(%half, %x)
-      %1: f32[4,8] = pow(%x, %three)
-      %2: f32[4,8] = mul(%c, %1)
-      %3: f32[4,8] = add(%x, %2)
-      %4: f32[4,8] = mul(%k, %3)
-      %5: f32[4,8] = tanh(%4)
-      %6: f32[4,8] = add(%one, %5)
-      %7: f32[4,8] = mul(%0, %6)
-      return %7
-    }""")
+    unchanged(RecognizeGeluPass(), _tanh_gelu(three="3.0002"))
 
 
 def test_why_not_names_the_constant_that_is_off() -> None:
     """mul is commutative: the swapped order fails on the cube; the note must blame %c, the near miss."""
-    pass_ = unchanged(RecognizeGeluPass(), """
-    graph g(%x: f32[4,8]) -> (f32[4,8]) {
-      const %half: f32[] = 0.5
-      const %one: f32[] = 1.0
-      const %three: f32[] = 3.0
-      const %c: f32[] = 0.0447
-      const %k: f32[] = 0.7978845608028654
-      %0: f32[4,8] = mul(%half, %x)
-      %1: f32[4,8] = pow(%x, %three)
-      %2: f32[4,8] = mul(%1, %c)
-      %3: f32[4,8] = add(%x, %2)
-      %4: f32[4,8] = mul(%k, %3)
-      %5: f32[4,8] = tanh(%4)
-      %6: f32[4,8] = add(%one, %5)
-      %7: f32[4,8] = mul(%0, %6)
-      return %7
-    }""")
+    pass_ = unchanged(RecognizeGeluPass(), _tanh_gelu(c="0.0447", cube_times_c="mul(%1, %c)"))
     assert pass_.report.why_not("gelu-tanh", "7") == (
         "gelu-tanh at %7: operand 1 of mul %2 is %c (constant f32[] = 0.04470000043511391), expected a constant "
         "equal to 0.044715")
