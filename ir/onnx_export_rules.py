@@ -464,8 +464,23 @@ def _reduce_axes(node: Node) -> list[int]:
     return list(range(rank)) if not dims else sorted({_axis(d, rank) for d in dims})
 
 
+def _empty_reduction(em: Emitter, node: Node) -> str | None:
+    """The result of a mean, var, std, any or all over no elements (NaN, False, True), as a constant of
+    the output's shape: ONNX Runtime's reductions give 0 (mean) or their identity's opposite there."""
+    type = _in(node)
+    if math.prod(type.shape[a] for a in _reduce_axes(node)) != 0:  # type: ignore[misc]
+        return None
+    fill = {"mean": math.nan, "var": math.nan, "std": math.nan, "any": False, "all": True}.get(node.op)
+    if fill is None:
+        return None
+    out = _out(node)
+    return em.const(torch.full(out.static_shape(), fill, dtype=out.dtype.torch), hint=node.op)
+
+
 @rule(*_REDUCE)
 def _reduce(em: Emitter, node: Node, x: list[str]) -> str:
+    if (empty := _empty_reduction(em, node)) is not None:
+        return empty
     src, dst = _in(node).dtype, _out(node).dtype
     if node.op in ("any", "all"):  # reduce 0/1 integers: ONNX reductions take no bools
         v = em.cast(em.cast(x[0], src, DType.bool), DType.bool, DType.i32)
@@ -487,6 +502,8 @@ def _reduce(em: Emitter, node: Node, x: list[str]) -> str:
 @rule("var", "std")
 def _var(em: Emitter, node: Node, x: list[str]) -> str:
     """sum((x - mean)^2) / (n - correction), and its square root for std."""
+    if (empty := _empty_reduction(em, node)) is not None:
+        return empty
     type = _in(node)
     axes_list = _reduce_axes(node)
     axes = em.ints(axes_list)
@@ -526,7 +543,10 @@ def _cumsum(em: Emitter, node: Node, x: list[str]) -> str:
 # -- layout ----------------------------------------------------------------------------------------
 @rule("reshape", "flatten")
 def _reshape(em: Emitter, node: Node, x: list[str]) -> str:
-    return em.op("Reshape", x[0], em.ints(_out(node).shape))  # type: ignore[arg-type]
+    shape = list(_out(node).shape)
+    if 0 in shape:  # without allowzero, a 0 in the shape copies the input's dim
+        return em.op("Reshape", x[0], em.ints(shape), allowzero=1)  # type: ignore[arg-type]
+    return em.op("Reshape", x[0], em.ints(shape))  # type: ignore[arg-type]
 
 
 @rule("permute", "transpose")

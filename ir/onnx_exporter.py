@@ -302,6 +302,8 @@ def export_onnx(graph: Graph, *, opset: int = DEFAULT_OPSET, as_functions: bool 
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old; the exporter emits opset {MIN_OPSET} or newer")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ValueError(f"opset {opset} is newer than the {onnx.defs.onnx_opset_version()} this onnx knows")
     for value in graph.values():
         if not value.type.is_static:
             raise OnnxExportError(f"cannot export %{value.name}: {value.type} has symbolic dimensions")

@@ -474,3 +474,21 @@ def test_attention_rows_the_mask_hides_entirely_export_as_zeros(mask_type: str) 
     q, k, v = torch.randn(1, 2, 4, 3), torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 3)
     assert_exports_faithfully(graph, [q, k, v, mask])
     assert torch.equal(run_graph(graph, q, k, v, mask)[0][:, :, 2], torch.zeros(1, 2, 3))
+
+
+def test_reductions_over_no_elements_and_a_reshape_to_a_zero_dim_export_as_pytorch_computes_them() -> None:
+    graph = parse_graph("""
+    graph g(%x: f32[2,0,3], %b: bool[2,0,3]) -> (bool[2,3], bool[2,3], f32[2,3], f32[2,3], f32[0,6]) {
+      %0: bool[2,3] = any(%b) {dims=[1]}
+      %1: bool[2,3] = all(%b) {dims=[1]}
+      %2: f32[2,3] = mean(%x) {dims=[1]}
+      %3: f32[2,3] = var(%x) {dims=[1]}
+      %4: f32[0,6] = reshape(%x) {shape=[0, 6]}
+      return %0, %1, %2, %3, %4
+    }""")
+    assert_exports_faithfully(graph, [torch.randn(2, 0, 3), torch.zeros(2, 0, 3, dtype=torch.bool)])
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused() -> None:
+    with pytest.raises(ValueError, match=f"opset {onnx.defs.onnx_opset_version() + 1} is newer"):
+        export_onnx(one_node_graph("relu", [TensorType((3,), DType.f32)], {}), opset=onnx.defs.onnx_opset_version() + 1)
