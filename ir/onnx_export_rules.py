@@ -468,7 +468,7 @@ def _empty_reduction(em: Emitter, node: Node) -> str | None:
     """The result of a mean, var, std, any or all over no elements (NaN, False, True), as a constant of
     the output's shape: ONNX Runtime's reductions give 0 (mean) or their identity's opposite there."""
     type = _in(node)
-    if math.prod(type.shape[a] for a in _reduce_axes(node)) != 0:  # type: ignore[misc]
+    if not type.rank or math.prod(type.shape[a] for a in _reduce_axes(node)) != 0:  # type: ignore[misc]
         return None
     fill = {"mean": math.nan, "var": math.nan, "std": math.nan, "any": False, "all": True}.get(node.op)
     if fill is None:
