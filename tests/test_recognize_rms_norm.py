@@ -15,19 +15,24 @@ from heteropass.testing.strategies import graph_and_inputs, random_input
 from .test_rewrite import check_pass, unchanged
 
 
-def test_rms_norm_with_weight() -> None:
-    result = check_pass(RecognizeRmsNormPass(), """
-    graph g(%x: f32[2,3,8], %w: f32[8]) -> (f32[2,3,8]) {
+def _weighted_rms_norm(exponent: str = "2.0") -> str:
+    """x * rsqrt(mean(x ** exponent) + eps) * w, written out."""
+    return f"""
+    graph g(%x: f32[2,3,8], %w: f32[8]) -> (f32[2,3,8]) {{
       const %eps: f32[] = 1e-6
-      const %two: f32[] = 2.0
+      const %two: f32[] = {exponent}
       %0: f32[2,3,8] = pow(%x, %two)
-      %1: f32[2,3,1] = mean(%0) {dims=[-1], keepdim=true}
+      %1: f32[2,3,1] = mean(%0) {{dims=[-1], keepdim=true}}
       %2: f32[2,3,1] = add(%1, %eps)
       %3: f32[2,3,1] = rsqrt(%2)
       %4: f32[2,3,8] = mul(%x, %3)
       %5: f32[2,3,8] = mul(%w, %4)
       return %5
-    }""", """
+    }}"""
+
+
+def test_rms_norm_with_weight() -> None:
+    result = check_pass(RecognizeRmsNormPass(), _weighted_rms_norm(), """
     graph g(%x: f32[2,3,8], %w: f32[8]) -> (f32[2,3,8]) {
       %0: f32[2,3,8] = rms_norm(%x, %w) {normalized_shape=[8], eps=1e-06}
       return %0
@@ -123,14 +128,4 @@ def test_random_graphs_keep_their_results(case: tuple) -> None:  # type: ignore[
 
 def test_an_exponent_near_two_is_not_a_square() -> None:
     """pow(x, 2.0001) is NaN for negative x; an exponent must be exactly 2, however loose other constants are."""
-    unchanged(RecognizeRmsNormPass(), """
-    graph g(%x: f32[2,3,8], %w: f32[8]) -> (f32[2,3,8]) {
-      const %eps: f32[] = 1e-6
-      const %two: f32[] = 2.0001
-      %0: f32[2,3,8] = pow(%x, %two)
-      %1: f32[2,3,1] = mean(%0) {dims=[-1], keepdim=true}
-      %2: f32[2,3,1] = add(%1, %eps)
-      %3: f32[2,3,1] = rsqrt(%2)
-      %4: f32[2,3,8] = mul(%x, %3)
-      return %4
-    }""")
+    unchanged(RecognizeRmsNormPass(), _weighted_rms_norm("2.0001"))
