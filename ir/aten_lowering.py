@@ -483,6 +483,8 @@ def _adaptive_pool(op: str, outputs: int) -> Rule:
 
 def _reduce(op: str, with_dtype: bool = False) -> Rule:
     def rule(lx: Lowerer, a: dict[str, Any]) -> Value:
+        if op in ("any", "all") and a.get("dim") is not None and not _ints(a["dim"]):
+            return lx.emit("cast", a["self"], dtype=DType.bool)  # aten.any.dims(x, []) reduces nothing
         attrs: dict[str, Any] = {"dims": _dims(a.get("dim")), "keepdim": a.get("keepdim", False)}
         if with_dtype:
             attrs["dtype"] = _dtype(a.get("dtype"))

@@ -390,9 +390,18 @@ def _group_norm(em: Emitter, node: Node, x: list[str]) -> str:
     return y
 
 
+def _through_1d(em: Emitter, x: str, body: Callable[[str], str]) -> str:
+    """Apply an ONNX op along axis 0 of a 0-d tensor's one-element 1-D view (ONNX Runtime refuses rank 0)."""
+    zero = em.ints([0])
+    return em.op("Squeeze", body(em.op("Unsqueeze", x, zero)), zero)
+
+
 @rule("softmax", "log_softmax")
 def _softmax(em: Emitter, node: Node, x: list[str]) -> str:
-    return em.op("Softmax" if node.op == "softmax" else "LogSoftmax", x[0], axis=node.attrs["dim"])
+    op = "Softmax" if node.op == "softmax" else "LogSoftmax"
+    if not _in(node).rank:
+        return _through_1d(em, x[0], lambda v: em.op(op, v, axis=0))
+    return em.op(op, x[0], axis=node.attrs["dim"])
 
 
 def _pool_attrs(node: Node) -> dict[str, Any]:
@@ -458,10 +467,10 @@ _REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax", "amin"
 
 
 def _reduce_axes(node: Node) -> list[int]:
-    """The reduced dims, normalized; torch reduces every dim for none or an empty list."""
+    """The reduced dims, normalized; none means every dim (the IR refuses an empty list)."""
     rank = _in(node).rank
     dims = node.attrs["dims"]
-    return list(range(rank)) if not dims else sorted({_axis(d, rank) for d in dims})
+    return list(range(rank)) if dims is None else sorted({_axis(d, rank) for d in dims})
 
 
 def _empty_reduction(em: Emitter, node: Node) -> str | None:
@@ -536,17 +545,23 @@ def _arg_nan_first(em: Emitter, node: Node, v: str, axis: int, keepdims: int) ->
 @rule("cumsum")
 def _cumsum(em: Emitter, node: Node, x: list[str]) -> str:
     dtype = _out(node).dtype
+    v = em.cast(x[0], _in(node).dtype, dtype)
+    if not _in(node).rank:  # the running sum of one element
+        return v
     axis = em.const(torch.tensor(_axis(node.attrs["dim"], _in(node).rank)), "axis")
-    return em.op("CumSum", em.cast(x[0], _in(node).dtype, dtype), axis)
+    return em.op("CumSum", v, axis)
 
 
 # -- layout ----------------------------------------------------------------------------------------
+def _reshape_to(em: Emitter, x: str, shape: list[int]) -> str:
+    if 0 in shape:  # without allowzero, a 0 in the shape copies the input's dim
+        return em.op("Reshape", x, em.ints(shape), allowzero=1)
+    return em.op("Reshape", x, em.ints(shape))
+
+
 @rule("reshape", "flatten")
 def _reshape(em: Emitter, node: Node, x: list[str]) -> str:
-    shape = list(_out(node).shape)
-    if 0 in shape:  # without allowzero, a 0 in the shape copies the input's dim
-        return em.op("Reshape", x[0], em.ints(shape), allowzero=1)  # type: ignore[arg-type]
-    return em.op("Reshape", x[0], em.ints(shape))  # type: ignore[arg-type]
+    return _reshape_to(em, x[0], list(_out(node).shape))  # type: ignore[arg-type]
 
 
 @rule("permute", "transpose")
@@ -758,6 +773,8 @@ def _einsum(em: Emitter, node: Node, x: list[str]) -> str:
 def _cumprod(em: Emitter, node: Node, x: list[str]) -> str:
     """ONNX has no CumProd: out[..., i] = prod over j of (x[..., j] if j <= i else 1), along the last dim."""
     type = _in(node)
+    if not type.rank:  # the running product of one element
+        return x[0]
     dim = _axis(node.attrs["dim"], type.rank)
     n = type.shape[dim]
     perm = [d for d in range(type.rank) if d != dim] + [dim]
@@ -779,7 +796,15 @@ def _lrn(em: Emitter, node: Node, x: list[str]) -> str:
     a = node.attrs
     if a["size"] % 2 == 0:
         raise fail(node, "ONNX LRN centres an even window one channel later than torch")
-    return em.op("LRN", x[0], size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["bias"])
+    type = _in(node)
+    if type.rank == 4:
+        return em.op("LRN", x[0], size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["bias"])
+    # ONNX Runtime's LRN takes [N, C, H, W] only; the window runs over channels, so the spatial
+    # dims fold into one.
+    shape = list(type.shape)
+    folded = _reshape_to(em, x[0], [*shape[:2], math.prod(shape[2:]), 1])  # type: ignore[arg-type]
+    y = em.op("LRN", folded, size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["bias"])
+    return _reshape_to(em, y, shape)  # type: ignore[arg-type]
 
 
 @rule("onnx_pool")

@@ -492,3 +492,18 @@ def test_reductions_over_no_elements_and_a_reshape_to_a_zero_dim_export_as_pytor
 def test_an_opset_newer_than_onnx_knows_is_refused() -> None:
     with pytest.raises(ValueError, match=f"opset {onnx.defs.onnx_opset_version() + 1} is newer"):
         export_onnx(one_node_graph("relu", [TensorType((3,), DType.f32)], {}), opset=onnx.defs.onnx_opset_version() + 1)
+
+
+def test_scans_and_softmax_of_a_0d_tensor_and_lrn_of_3d_and_5d_inputs_export() -> None:
+    """ONNX Runtime's Softmax, CumSum and LRN refuse these ranks; the exporter goes through a 1-D or 4-D view."""
+    graph = parse_graph("""
+    graph g(%s: f32[], %c: f32[2,5,7], %v: f32[1,4,2,3,2]) -> (f32[], f32[], f32[], f32[], f32[2,5,7], f32[1,4,2,3,2]) {
+      %0: f32[] = softmax(%s) {dim=0}
+      %1: f32[] = log_softmax(%s) {dim=-1}
+      %2: f32[] = cumsum(%s) {dim=0}
+      %3: f32[] = cumprod(%s) {dim=0}
+      %4: f32[2,5,7] = local_response_norm(%c) {size=3}
+      %5: f32[1,4,2,3,2] = local_response_norm(%v) {size=3, alpha=0.01, beta=0.5, bias=2.0}
+      return %0, %1, %2, %3, %4, %5
+    }""")
+    assert_exports_faithfully(graph, random_inputs(graph))

@@ -109,5 +109,7 @@ def test_schema_errors_name_op_and_attribute() -> None:
         get_op("add").infer([t(2)], {})
     with pytest.raises(OpError, match="rejects operands"):
         get_op("matmul").infer([t(2, 3), t(4, 5)], {})
+    with pytest.raises(OpError, match=r"dims=\[\] is ambiguous"):
+        get_op("any").infer([t(2, 3)], {"dims": (), "keepdim": False})
     with pytest.raises(OpError, match="unknown op 'frobnicate'"):
         get_op("frobnicate")

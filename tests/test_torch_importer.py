@@ -28,6 +28,9 @@ RTOL = 1e-5
 
 def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
     assert got.shape == want.shape and got.dtype == want.dtype
+    if not want.is_floating_point():
+        assert torch.equal(got, want)
+        return
     scale = want.abs().max().clamp_min(1e-30)
     assert ((got - want).abs().max() / scale).item() <= RTOL
 
@@ -448,3 +451,15 @@ def test_a_fractional_fill_of_a_bool_tensor_is_true() -> None:
     b = torch.tensor([True, False, True])
     for got, expected in zip(_run(import_module(FillsBools(), (b,)), (b,)), FillsBools()(b), strict=True):
         assert torch.equal(got, expected) and bool(expected.all())
+
+
+def test_any_and_all_over_an_empty_dim_list_reduce_nothing_while_sum_reduces_everything() -> None:
+    """PyTorch reads `dim=()` as no dimension for any/all and as every dimension for sum."""
+
+    class EmptyDims(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return torch.any(x, dim=()), torch.all(x, dim=()), torch.sum(x, dim=())
+
+    x = torch.randn(2, 3)
+    x[0, 0] = 0.0
+    _import_and_compare(EmptyDims(), (x,), (x.flip(0),))

@@ -1,4 +1,5 @@
-"""Reductions. `dims` none reduces over every dimension."""
+"""Reductions. `dims` none reduces over every dimension; an empty list is refused (PyTorch reads `dim=[]`
+as every dimension for sum and as none for any/all, so importers spell out which they mean)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ _DIMS = {"dims": Attr("ints", None, optional=True), "keepdim": Attr("bool", Fals
 
 
 def _dims(x: torch.Tensor, dims: tuple[int, ...] | None) -> tuple[int, ...]:
+    if dims == ():
+        raise ValueError("dims=[] is ambiguous: give none to reduce every dimension")
     return tuple(range(x.dim())) if dims is None else dims
 
 
