@@ -298,6 +298,7 @@ def reduce(ctx: NodeContext) -> list[Value]:
             fill = info.min if fill < 0 else info.max
         return [ctx.constant(torch.full(out, fill, dtype=x.type.dtype.torch))]
     dtype = x.type.dtype
+    dims = dims or None  # a 0-d input: the IR spells "every dim" as none
     if op_type in ("ReduceMax", "ReduceMin"):
         return [ctx.call("amax" if op_type == "ReduceMax" else "amin", x, dims=dims, keepdim=keep)]
     work = x if dtype.is_floating else ctx.cast(x, DType.f64)

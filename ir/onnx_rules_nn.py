@@ -160,6 +160,8 @@ def lp_pool(ctx: NodeContext) -> list[Value | None]:
 @rule("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 def global_pool(ctx: NodeContext) -> list[Value]:
     x = ctx.input(0)
+    if x.type.rank < 3:
+        raise ctx.fail(f"takes an input of rank 3 or more, [N, C, spatial...], got {x.type}")
     dims = tuple(range(2, x.type.rank))
     if ctx.node.op_type == "GlobalAveragePool":
         return [ctx.call("mean", x, dims=dims, keepdim=True)]

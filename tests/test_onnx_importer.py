@@ -146,6 +146,11 @@ _CASES = {
                             helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"])],
                            [("x", F32, [4, 5])], [("y", F32, [4, 5])],
                            {"scale": np.array(0.02, np.float32), "zp": np.array(128, np.uint8)}),
+    "reductions_of_a_scalar": ([helper.make_node(op, ["x"], [op], keepdims=0) for op in
+                                ("ReduceSum", "ReduceL2", "ReduceLogSumExp", "ReduceMax", "ReduceProd")],
+                               [("x", F32, [])],
+                               [(op, F32, []) for op in
+                                ("ReduceSum", "ReduceL2", "ReduceLogSumExp", "ReduceMax", "ReduceProd")], None),
 }
 
 
@@ -245,6 +250,8 @@ def test_wrong_attribute_type() -> None:
     ([helper.make_node("Relu", ["x"], ["y"])], ["x", "x"], "graph input 'x' is listed twice"),
     ([helper.make_node("Concat", ["x", "x"], ["y"], name="c")], ["x"], r"node 'c' \(Concat\): Required attribute"),
     ([helper.make_node("Relu", ["x", "x"], ["y"], name="r")], ["x"], r"node 'r' \(Relu\): .*input size 2"),
+    ([helper.make_node("GlobalAveragePool", ["x"], ["y"], name="p")], ["x"],
+     r"node 'p' \(GlobalAveragePool.*rank 3 or more"),
 ])
 def test_models_onnx_runtime_rejects_are_rejected_naming_the_node(nodes: list, inputs: list[str], message: str) -> None:
     model = make_model(nodes, [(name, F32, [2, 3]) for name in inputs], [("y" if nodes[0].output[0] != "x" else "x",
