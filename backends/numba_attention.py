@@ -32,11 +32,18 @@ _NEG_INF = np.float32(-np.inf)
 
 def supports_cached_attention(node: Node) -> bool:
     """Whether the plans here compute `node`: attention_with_cache over static float32 [B, H, L, D] tensors
-    (a float32 or bool mask)."""
+    (a float32 or bool mask) whose keys and values share the batch, their heads (which divide the query
+    heads) and their split point; the kernel broadcasts none of them."""
     if node.op != "attention_with_cache":
         return False
     values = [*node.inputs, *node.outputs]
     if any(not v.type.is_static for v in values) or any(v.type.rank != 4 for v in values[:5]):
+        return False
+    (b, h, _, d), (kb, hk, sp, kd), (nb, nh, sn, nd), (vb, vh, vp, dv), (wb, wh, vn, wd) = (
+        v.type.static_shape() for v in node.inputs[:5])
+    if {kb, nb, vb, wb} != {b} or {nh, vh, wh} != {hk} or hk == 0 or h % hk:
+        return False
+    if (kd, nd, vp, vn, wd) != (d, d, sp, sn, dv):
         return False
     floats = [*node.inputs[:5], *node.outputs]
     if any(v.type.dtype is not DType.f32 for v in floats):

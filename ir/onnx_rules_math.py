@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -284,7 +285,9 @@ def reduce(ctx: NodeContext) -> list[Value]:
     x = ctx.input(0)
     op_type = ctx.node.op_type
     dims = reduce_axes(ctx, x.type.rank)
-    if dims is None:
+    if dims is None:  # noop_with_empty_axes: the elementwise steps still run (ReduceL1 gives |x|)
+        if op_type in _SUM_OF_STEPS:
+            x = ctx.cast(_reduction_steps(ctx, ctx.cast(x, _work_type(x.type.dtype)), op_type, None), x.type.dtype)
         return [x]
     keep = bool(ctx.attr("keepdims", 1))
     shape = x.type.static_shape()
@@ -301,23 +304,36 @@ def reduce(ctx: NodeContext) -> list[Value]:
     dims = dims or None  # a 0-d input: the IR spells "every dim" as none
     if op_type in ("ReduceMax", "ReduceMin"):
         return [ctx.call("amax" if op_type == "ReduceMax" else "amin", x, dims=dims, keepdim=keep)]
-    work = x if dtype.is_floating else ctx.cast(x, DType.f64)
+    work = ctx.cast(x, _work_type(dtype))
     if op_type == "ReduceProd":
         return [ctx.cast(ctx.call("prod", x, dims=dims, keepdim=keep), dtype)]
     if op_type == "ReduceMean":
         return [ctx.cast(ctx.call("mean", work, dims=dims, keepdim=keep), dtype)]
     if op_type == "ReduceSum" and not dtype.is_floating:
         return [ctx.call("sum", x, dims=dims, keepdim=keep, dtype=dtype)]
+    return [ctx.cast(_reduction_steps(ctx, work, op_type, lambda v: ctx.call("sum", v, dims=dims, keepdim=keep)),
+                     dtype)]
+
+
+_SUM_OF_STEPS = ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+
+
+def _work_type(dtype: DType) -> DType:
+    return dtype if dtype.is_floating else DType.f64
+
+
+def _reduction_steps(ctx: NodeContext, x: Value, op_type: str, total: Callable[[Value], Value] | None) -> Value:
+    """A sum-based ONNX reduction: its elementwise step before the sum, the sum (`total`; none when
+    noop_with_empty_axes leaves it out) and its step after."""
     pre = {"ReduceL1": "abs", "ReduceLogSumExp": "exp"}.get(op_type)
     if pre:
-        work = ctx.call(pre, work)
+        x = ctx.call(pre, x)
     if op_type in ("ReduceL2", "ReduceSumSquare"):
-        work = ctx.call("mul", work, work)
-    y = ctx.call("sum", work, dims=dims, keepdim=keep)
+        x = ctx.call("mul", x, x)
+    if total is not None:
+        x = total(x)
     post = {"ReduceL2": "sqrt", "ReduceLogSum": "log", "ReduceLogSumExp": "log"}.get(op_type)
-    if post:
-        y = ctx.call(post, y)
-    return [ctx.cast(y, dtype)]
+    return ctx.call(post, x) if post else x
 
 
 @rule("ArgMax", "ArgMin")

@@ -22,8 +22,9 @@ def first_line(exc: Exception) -> str:
 def validate(proto: onnx.ModelProto, opset: int) -> None:
     """What ONNX Runtime rejects before it runs a model: an opset newer than onnx knows, a name defined
     twice (single assignment), and nodes whose attributes or input count break their op's schema
-    (onnx.checker.check_node). Node order and declared shapes are not required (ONNX Runtime sorts
-    the nodes itself and accepts types without a shape)."""
+    (onnx.checker.check_node; deprecated schemas, which ONNX Runtime still runs, are not checked).
+    Node order and declared shapes are not required (ONNX Runtime sorts the nodes itself and accepts
+    types without a shape). Operand types are checked against the ops' constraints by type inference."""
     known = onnx.defs.onnx_opset_version()
     if opset > known:
         raise OnnxImportError(f"the model uses opset {opset}; onnx {onnx.__version__} knows opsets up to {known}")
@@ -44,11 +45,20 @@ def validate(proto: onnx.ModelProto, opset: int) -> None:
                                       f"{defined.get(name, 'an initializer')} and by {what}")
             defined[name] = what
         if node.domain in DEFAULT_DOMAINS and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                       for a in node.attribute):
+                                                       for a in node.attribute) and not _deprecated(node, opset):
             try:
                 onnx.checker.check_node(node, context)
             except onnx.checker.ValidationError as exc:
                 raise OnnxImportError(f"invalid ONNX model: {what}: {first_line(exc)}") from None
+
+
+def _deprecated(node: onnx.NodeProto, opset: int) -> bool:
+    """Whether the node's schema at this opset is deprecated, which check_node refuses outright; ONNX
+    Runtime still runs such nodes (GroupNormalization-18 in an opset-18 model)."""
+    try:
+        return onnx.defs.get_schema(node.op_type, opset, "").deprecated
+    except onnx.defs.SchemaError:
+        return False
 
 
 def _hardmax_over_rows(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,6 +92,24 @@ def test_declines_half_precision_and_symbolic_shapes() -> None:
     values = [graph.add_input(f"a{i}", TensorType((1, 2, 3, 4), DType.bf16)) for i in range(5)]
     graph.set_outputs([graph.call("attention_with_cache", *values)])
     assert not numba_attention.supports_cached_attention(graph.nodes[0])
+
+
+@pytest.mark.parametrize("shapes", [
+    [(2, 4, 1, 8), (1, 4, 6, 8), (1, 4, 1, 8), (1, 4, 6, 8), (1, 4, 1, 8)],  # a cache the batch shares
+    [(1, 4, 1, 8), (2, 4, 6, 8), (2, 4, 1, 8), (2, 4, 6, 8), (2, 4, 1, 8)],  # more key batches than queries
+    [(2, 1, 1, 8), (2, 4, 6, 8), (2, 4, 1, 8), (2, 4, 6, 8), (2, 4, 1, 8)],  # more key heads than query heads
+    [(1, 2, 1, 8), (1, 2, 5, 8), (1, 2, 1, 8), (1, 2, 2, 8), (1, 2, 4, 8)],  # keys and values split elsewhere
+])
+def test_declines_broadcast_operands_and_uneven_splits_which_the_reference_computes(shapes: list) -> None:
+    graph = Graph("g")
+    values = [graph.add_input(f"a{i}", TensorType(shape, DType.f32)) for i, shape in enumerate(shapes)]
+    graph.set_outputs([graph.call("attention_with_cache", *values)])
+    node = graph.nodes[0]
+    assert not numba_attention.supports_cached_attention(node)
+    operands = _operands([v.type for v in values], 0)
+    module = build_executable(graph, [NUMBA, ReferenceBackend()])
+    expected = get_op("attention_with_cache").reference(*operands, **node.attrs)
+    torch.testing.assert_close(module(*operands)[0], expected, rtol=2e-5, atol=2e-6)
 
 
 def test_the_measured_choice_is_remembered() -> None:

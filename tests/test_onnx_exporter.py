@@ -136,6 +136,8 @@ VARIANTS: dict[str, tuple[str, list[TensorType], dict]] = {
         "mode": "lp", "kernel": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1]}),
     **{f"onnx_pad_{mode}": ("onnx_pad", [t(2, 5)], {"pads": [1, 2, 0, 1], "mode": mode})
        for mode in ("edge", "reflect", "wrap")},
+    **{f"onnx_pad_{mode}_cropping": ("onnx_pad", [t(3, 5)], {"pads": [1, -2, -1, 1], "mode": mode})
+       for mode in ("edge", "reflect", "wrap")},
     "grid_sample_bilinear": ("grid_sample", [t(1, 2, 4, 4), t(1, 3, 3, 2)], {}),
     "grid_sample_nearest_border": ("grid_sample", [t(1, 2, 4, 4), t(1, 3, 3, 2)],
                                    {"mode": "nearest", "padding_mode": "border", "align_corners": True}),

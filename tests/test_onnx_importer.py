@@ -146,6 +146,12 @@ _CASES = {
                             helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"])],
                            [("x", F32, [4, 5])], [("y", F32, [4, 5])],
                            {"scale": np.array(0.02, np.float32), "zp": np.array(128, np.uint8)}),
+    "reductions_without_axes_that_reduce_nothing": (
+        [helper.make_node(op, ["x"], [op], noop_with_empty_axes=1) for op in
+         ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax")],
+        [("x", F32, [2, 3])],
+        [(op, F32, [2, 3]) for op in
+         ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax")], None),
     "reductions_of_a_scalar": ([helper.make_node(op, ["x"], [op], keepdims=0) for op in
                                 ("ReduceSum", "ReduceL2", "ReduceLogSumExp", "ReduceMax", "ReduceProd")],
                                [("x", F32, [])],
@@ -216,6 +222,24 @@ def test_fallback_runs_the_node_with_an_onnx_evaluator(fallback: str) -> None:
         assert_matches_onnxruntime(model, fallback=fallback)
 
 
+@pytest.mark.parametrize("fallback", ["reference", "onnxruntime"])
+def test_a_fallback_if_gets_the_outer_values_its_branches_read(fallback: str) -> None:
+    """The branches read `x` and `w` from the enclosing graph, and `c` (also the If's own operand)."""
+    cast = helper.make_node("Cast", ["c"], ["cf"], to=F32)
+    then_branch = helper.make_graph([helper.make_node("Add", ["x", "w"], ["t"])], "then", [],
+                                    [helper.make_tensor_value_info("t", F32, [3])])
+    else_branch = helper.make_graph([cast, helper.make_node("Mul", ["x", "cf"], ["e"])], "else", [],
+                                    [helper.make_tensor_value_info("e", F32, [3])])
+    branch = helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch, name="if")
+    model = make_model([branch], [("c", TensorProto.BOOL, []), ("x", F32, [3])], [("y", F32, [3])],
+                       {"w": np.array([1.0, -2.0, 0.5], np.float32)})
+    with pytest.warns(UserWarning, match="run with the"):
+        rep = HeteropassBackend.prepare(model, fallback=fallback)
+    x = np.array([1.5, 2.0, -3.0], np.float32)
+    np.testing.assert_array_equal(rep.run({"c": np.array(True), "x": x})[0], x + np.array([1.0, -2.0, 0.5], np.float32))
+    np.testing.assert_array_equal(rep.run({"c": np.array(False), "x": x})[0], x * 0.0)
+
+
 # -- malformed input --------------------------------------------------------------------------------
 def _relu_model() -> onnx.ModelProto:
     return make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [2])], [("y", F32, [2])],
@@ -258,6 +282,35 @@ def test_models_onnx_runtime_rejects_are_rejected_naming_the_node(nodes: list, i
                                                                           F32, [2, 3])])
     with pytest.raises(OnnxImportError, match=message):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("node, inputs", [
+    (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[3, 3], pads=[1, 1, 1, 1], ceil_mode=1),
+     [("x", F32, [2, 3, 7, 8])]),  # onnx keeps a last window that would start in the padding
+    (helper.make_node("Einsum", ["x", "z"], ["y"], equation="ij,ij->ij"),
+     [("x", F32, [3, 1]), ("z", F32, [1, 4])]),  # onnx does not broadcast size-1 dims
+])
+def test_where_onnx_shape_inference_misses_onnx_runtimes_rule_the_lowering_wins_with_a_warning(
+        node: onnx.NodeProto, inputs: list) -> None:
+    model = make_model([node], inputs, [("y", F32, None)], opset=13)
+    with pytest.warns(UserWarning, match="ONNX shape inference disagrees with the lowering"):
+        assert_matches_onnxruntime(model)
+
+
+def test_operands_breaking_their_ops_type_constraints_are_rejected_naming_the_node() -> None:
+    model = make_model([helper.make_node("Add", ["x", "b"], ["y"], name="mixed")],
+                       [("x", F32, [3]), ("b", I64, [3])], [("y", F32, [3])])
+    with pytest.raises(OnnxImportError, match=r"invalid ONNX model: .*node name: mixed.*inconsistent type"):
+        import_onnx(model)
+
+
+@pytest.mark.parametrize("opset", [18, 20])
+def test_deprecated_group_normalization_18_with_one_scale_per_group_runs_as_onnx_runtime_runs_it(opset: int) -> None:
+    rng = np.random.default_rng(1)
+    node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=2, epsilon=1e-3)
+    assert_matches_onnxruntime(make_model([node], [("x", F32, [2, 6, 4, 5])], [("y", F32, [2, 6, 4, 5])],
+                                          {"s": rng.standard_normal(2).astype(np.float32),
+                                           "b": rng.standard_normal(2).astype(np.float32)}, opset=opset))
 
 
 def test_an_opset_newer_than_onnx_knows_is_rejected() -> None:

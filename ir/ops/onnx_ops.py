@@ -199,10 +199,13 @@ def onnx_pool(x: torch.Tensor, mode: str, kernel: tuple[int, ...], strides: tupl
 @register("onnx_pad", ["x"], {"pads": Attr("ints"), "mode": Attr("str")}, kind="shape")
 def onnx_pad(x: torch.Tensor, pads: tuple[int, ...], mode: str) -> torch.Tensor:
     """ONNX Pad in "edge", "reflect" or "wrap" mode; `pads` is (begin_0, ..., begin_n, end_0, ..., end_n)
-    and a negative entry crops."""
+    and a negative entry crops. "wrap" crops first and wraps around what is left, as ONNX Runtime does."""
     rank = x.dim()
     for dim in range(rank):
         lo, hi = pads[dim], pads[rank + dim]
+        if mode == "wrap" and min(lo, hi) < 0:
+            x = x.narrow(dim, max(-lo, 0), x.shape[dim] - max(-lo, 0) - max(-hi, 0))
+            lo, hi = max(lo, 0), max(hi, 0)
         if lo == 0 and hi == 0:
             continue
         size = x.shape[dim]
