@@ -25,5 +25,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+bench: $(STAMP)
+	$(PY) bench/run.py
+
 clean:
 	rm -rf $(VENV) dumps .pytest_cache .hypothesis

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 
 from ..ir import DType, Node, Value
-from .ort_gemm import BoundRuns, ort_available
+from .ort_gemm import BoundRuns, ort_available, session_options
 from .timing import fastest_runs
 
 try:
@@ -143,8 +143,7 @@ def _additive_mask(value: Value, batch: int, heads: int, seq: int) -> torch.Tens
     return mask.contiguous()
 
 
-def packed_attention_call(chain: PackedAttention, threads: int | None = None
-                          ) -> Callable[..., list[torch.Tensor]]:
+def packed_attention_call(chain: PackedAttention) -> Callable[..., list[torch.Tensor]]:
     """`call(qkv, out=None)` computing `chain` in one session; the result lands in `out[0]` when given."""
     batch, seq, packed = chain.qkv.type.static_shape()
     width = packed // 3
@@ -160,15 +159,11 @@ def packed_attention_call(chain: PackedAttention, threads: int | None = None
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
                                                     helper.make_opsetid("com.microsoft", 1)])
 
-    def session() -> object:
+    def session(threads: int) -> object:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
 
     runs = BoundRuns(session, [("qkv", (batch, seq, packed))], [("y", (batch, seq, width))])
     shape = (batch, seq, width)

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 
 from ..ir import DType, Graph, Node, Value, format_graph
-from .ort_gemm import BoundRuns, ort_applies, ort_available
+from .ort_gemm import BoundRuns, ort_applies, ort_available, session_options
 from .timing import fastest_runs
 
 try:
@@ -204,7 +204,7 @@ def choose_chains(run: list[Node], member: Callable[[Node], bool], returned: Cal
     return [chain for chain in chains if chain.call is not None]
 
 
-def chain_session(graph: Graph, threads: int | None = None) -> Callable[..., list[torch.Tensor]]:
+def chain_session(graph: Graph) -> Callable[..., list[torch.Tensor]]:
     """`call(*inputs, out=None)` running `graph` (a chain: its nodes pass `chain_member`, its
     constants are the weights) in one ONNX Runtime session; the results land in `out` when given.
     The session binds the tensors' memory directly, so nothing is copied. It runs once here, on random
@@ -217,18 +217,20 @@ def chain_session(graph: Graph, threads: int | None = None) -> Callable[..., lis
         model = export_onnx(graph, as_functions=False)
     except OnnxExportError as exc:
         raise ChainUnsupported(f"chain {graph.name}: {exc}") from exc
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    threads = torch.get_num_threads()
+
+    def make_session(count: int) -> object:
+        return ort.InferenceSession(model.SerializeToString(), session_options(count),
+                                    providers=["CPUExecutionProvider"])
+
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = make_session(threads)
     except Exception as exc:  # ONNX Runtime's errors (Fail, InvalidGraph, ...) derive from Exception only
         raise ChainUnsupported(f"chain {graph.name}: onnxruntime refused it: {exc}") from exc
     in_shapes = [tuple(v.type.static_shape()) for v in graph.inputs]
     out_types = [(tuple(v.type.static_shape()), v.type.dtype.torch) for v in graph.outputs]
-    runs = BoundRuns(lambda: session, list(zip([i.name for i in session.get_inputs()], in_shapes, strict=True)),
+    runs = BoundRuns(lambda count: session if count == threads else make_session(count),
+                     list(zip([i.name for i in session.get_inputs()], in_shapes, strict=True)),
                      [(o.name, shape) for o, (shape, _) in zip(session.get_outputs(), out_types, strict=True)])
 
     def call(*inputs: torch.Tensor, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:

@@ -55,7 +55,7 @@ def ort_product_call(node: Node) -> tuple[Callable[..., torch.Tensor], str] | No
         onnx_node = helper.make_node("Gemm", ["x", "w", "b"] if bias is not None else ["x", "w"], ["y"], transB=1)
         text = "onnxruntime Gemm(x, w, b, transB=1)"
     y_onnx = (x_onnx[0], y_shape[-1]) if node.op != "conv" else y_shape
-    runs = BoundRuns(lambda: _session(onnx_node, x_onnx, y_onnx, weight, bias), [("x", x_onnx)], [("y", y_onnx)])
+    runs = BoundRuns(partial(_session, onnx_node, x_onnx, y_onnx, weight, bias), [("x", x_onnx)], [("y", y_onnx)])
 
     def call(x: torch.Tensor, w: object, b: object, out: torch.Tensor | None = None) -> torch.Tensor:
         x = x.contiguous()
@@ -66,28 +66,42 @@ def ort_product_call(node: Node) -> tuple[Callable[..., torch.Tensor], str] | No
     return call, text
 
 
+def session_options(threads: int) -> Any:
+    """Options of the sessions the backend makes: `threads` intra-op threads that sleep when idle (a
+    spinning pool stalls PyTorch's and Numba's threads on a shared core) and errors only in the log."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
 class BoundRuns:
-    """Runs of one session on float32 tensors bound by address (IOBinding), nothing copied. A binding
+    """Runs of a session on float32 tensors bound by address (IOBinding), nothing copied. A binding
     is kept between runs and rebound only where an address changed: making and binding one costs more
     than a small product's run (~40 µs against ~120 µs for [128, 128] x [128, 128]). Each concurrent
-    caller takes a binding of its own. The session is made at the first run: planning lists options
-    it never runs."""
+    caller takes a binding of its own. `make_session(threads)` makes the session at the first run on
+    `torch.get_num_threads()` threads (planning lists options it never runs), and again when that
+    number changes, so `torch.set_num_threads` governs ONNX Runtime's threads as it governs PyTorch's."""
 
-    def __init__(self, make_session: Callable[[], Any], inputs: Sequence[tuple[str, tuple[int, ...]]],
+    def __init__(self, make_session: Callable[[int], Any], inputs: Sequence[tuple[str, tuple[int, ...]]],
                  outputs: Sequence[tuple[str, tuple[int, ...]]]) -> None:
         self._make_session = make_session
-        self._session: Any = None
+        self._sessions: dict[int, Any] = {}
         self._names = [name for name, _ in [*inputs, *outputs]]
         self._shapes = [list(shape) for _, shape in [*inputs, *outputs]]
         self._inputs = len(inputs)
-        self._idle: list[tuple[list[Callable[..., None]], list[int]]] = []
+        self._idle: dict[int, list[tuple[list[Callable[..., None]], list[int]]]] = {}
 
     def run(self, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> None:
         """Run with `inputs` read and `outputs` written in place (all contiguous, of the bound shapes)."""
+        threads = torch.get_num_threads()
+        idle = self._idle.setdefault(threads, [])
         try:
-            binders, addresses = self._idle.pop()
+            binders, addresses = idle.pop()
         except IndexError:
-            binders, addresses = self._binders(), [0] * len(self._names)
+            binders, addresses = self._binders(threads), [0] * len(self._names)
         try:
             for i, tensor in enumerate((*inputs, *outputs)):
                 address = tensor.data_ptr()
@@ -96,16 +110,17 @@ class BoundRuns:
                     addresses[i] = address
             binders[-1]()
         finally:
-            self._idle.append((binders, addresses))
+            idle.append((binders, addresses))
 
-    def _binders(self) -> list[Callable[..., None]]:
+    def _binders(self, threads: int) -> list[Callable[..., None]]:
         """One binding's `bind(name, dtype, shape, address)` per input and output, then its `run()`. They
         bind through the binding's C object where it has one: the Python wrapper builds a device
         description on every call, which costs several times the binding itself."""
-        if self._session is None:
-            self._session = self._make_session()
-        binding = self._session.io_binding()
-        c_binding, c_session = getattr(binding, "_iobinding", None), getattr(self._session, "_sess", None)
+        if threads not in self._sessions:
+            self._sessions[threads] = self._make_session(threads)
+        session = self._sessions[threads]
+        binding = session.io_binding()
+        c_binding, c_session = getattr(binding, "_iobinding", None), getattr(session, "_sess", None)
         if c_binding is not None and c_session is not None and hasattr(ort, "OrtDevice"):
             device = ort.OrtDevice.make("cpu", 0)._get_c_device()
             bind_input, bind_output = partial(c_binding.bind_input), partial(c_binding.bind_output)
@@ -115,7 +130,7 @@ class BoundRuns:
         binders = [(lambda n, t, s, a, b=bind: b(n, "cpu", 0, t, s, a))
                    for bind in ([binding.bind_input] * self._inputs
                                 + [binding.bind_output] * (len(self._names) - self._inputs))]
-        return [*binders, partial(self._session.run_with_iobinding, binding)]
+        return [*binders, partial(session.run_with_iobinding, binding)]
 
 
 def ort_applies(node: Node, constant: Callable[[Value], bool] = lambda v: v.const is not None) -> bool:
@@ -150,7 +165,7 @@ def _conv(node: Node, has_bias: bool) -> object:
 
 
 def _session(onnx_node: object, x_shape: tuple[int, ...], y_shape: tuple[int, ...], weight: torch.Tensor,
-             bias: torch.Tensor | None) -> object:
+             bias: torch.Tensor | None, threads: int) -> object:
     initializers = [numpy_helper.from_array(weight.detach().contiguous().numpy(), "w")]
     if bias is not None:
         initializers.append(numpy_helper.from_array(bias.detach().contiguous().numpy(), "b"))
@@ -158,9 +173,4 @@ def _session(onnx_node: object, x_shape: tuple[int, ...], y_shape: tuple[int, ..
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])

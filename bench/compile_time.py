@@ -5,7 +5,8 @@
 Each measurement is a fresh process timing `heteropass.compile` plus the first call (torch.export,
 passes, code generation, kernel compilation, timing of library options). The cold process gets
 `NUMBA_CACHE_DIR` and `XDG_CACHE_HOME` pointed at a new empty folder; the warm processes that follow
-reuse it, as a second run of the same program on a deployed machine would.
+reuse it, as a second run of the same program on a deployed machine would. A child that fails has its
+stderr shown and its row marked failed; the other workloads are still measured.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from script_setup import choose
 from workloads import workloads
+
+
+class ChildFailed(Exception):
+    """A measuring child process exited with an error; the message is its stderr's tail."""
 
 
 def child(name: str) -> None:
@@ -43,9 +49,22 @@ def measure(name: str, cache: Path) -> float:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache / "numba"), XDG_CACHE_HOME=str(cache))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OMP_WAIT_POLICY", "passive")
-    done = subprocess.run([sys.executable, __file__, "--child", name], env=env, check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--child", name], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ChildFailed(f"exit status {done.returncode}:\n{done.stderr.strip()[-3000:]}")
     return float(done.stdout.strip().splitlines()[-1])
+
+
+def row(name: str, repeats: int) -> str:
+    """The table row of workload `name`: one cold process, then `repeats` warm ones on its caches."""
+    with tempfile.TemporaryDirectory(prefix="heteropass-cache-") as folder:
+        try:
+            cold = measure(name, Path(folder))
+            warm = statistics.median(measure(name, Path(folder)) for _ in range(repeats))
+        except ChildFailed as exc:
+            print(f"{name}: FAILED, child {exc}", file=sys.stderr, flush=True)
+            return f"| {name} | failed | failed |"
+    return f"| {name} | {cold:.1f} | {warm:.1f} |"
 
 
 def main() -> None:
@@ -57,12 +76,10 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
+    names = choose(parser, "--only", args.only, [w.name for w in workloads()])
     print("| workload | cold s | warm s (median) |\n|---|---|---|")
-    for name in args.only.split(","):
-        with tempfile.TemporaryDirectory(prefix="heteropass-cache-") as folder:
-            cold = measure(name, Path(folder))
-            warm = statistics.median(measure(name, Path(folder)) for _ in range(args.repeats))
-        print(f"| {name} | {cold:.1f} | {warm:.1f} |", flush=True)
+    for name in names:
+        print(row(name, args.repeats), flush=True)
 
 
 if __name__ == "__main__":

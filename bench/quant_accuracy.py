@@ -20,7 +20,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import platform
 import sys
 import tempfile
@@ -30,11 +29,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_setup import choose, restart_with_environment
+
+if __name__ == "__main__":  # before `import torch` loads OpenMP, which reads OMP_* once
+    restart_with_environment({"OMP_WAIT_POLICY": "passive"}, override=False)
+
 import numpy as np
 import torch
+from checks import output_tensors
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8-weight", "int8-dynamic", "int8-static")
 BACKENDS = ("numba", "reference")
@@ -174,13 +179,6 @@ def heteropass_compiled(model: nn.Module, inputs: tuple[torch.Tensor, ...], prec
                       precision_options=options)
 
 
-def output_tensors(result: Any) -> list[torch.Tensor]:
-    """The outputs of a model, an ONNX Runtime run or a compiled module, as tensors in order."""
-    from torch.utils._pytree import tree_leaves
-
-    return [torch.as_tensor(np.asarray(leaf)) for leaf in tree_leaves(result)]
-
-
 def first_tensor(result: Any) -> torch.Tensor:
     """The first output (the logits) as a float32 tensor."""
     return output_tensors(result)[0].float()
@@ -241,15 +239,16 @@ def main() -> None:
     parser.add_argument("--only", default="mlp,cnn", help="comma-separated models: mlp, cnn")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    torch.set_num_threads(1)
     from heteropass.testing import digits
+
+    trainers = {"mlp": digits.train_mlp, "cnn": digits.train_cnn}
+    names = choose(parser, "--only", args.only, list(trainers))
+    torch.set_num_threads(1)
 
     print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()} torch {torch.__version__}")
     rows = ["| model | system | top-1 % | vs eager fp32 (points) | logits vs eager fp32 |", "|---|---|---|---|---|"]
-    trainers = {"mlp": digits.train_mlp, "cnn": digits.train_cnn}
     with tempfile.TemporaryDirectory() as onnx_dir:
-        for name in args.only.split(","):
+        for name in names:
             task = trainers[name]()
             with torch.inference_mode():
                 reference = first_tensor(task.model(task.x_test))

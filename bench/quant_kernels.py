@@ -8,16 +8,19 @@ load from other processes hits them alike) of float32 F.linear, torch.ao's dynam
 (fbgemm), the Numba backend's linear_weight_int8 (per-channel scales) and linear_dynamic_int8
 (per-row x scales) compiled from one-node graphs, and bf16 / fp16 F.linear. GB/s counts the weight
 bytes each call streams (4 per float32 weight, 1 per int8 weight); "x" columns are float32 time
-over the variant's time.
+over the variant's time. Before timing, each variant's output is checked against float32 F.linear's
+(max_rel 5e-2; int8 reaches 2e-2, bf16 4e-3): a wrong variant gets a "wrong (...)" cell and no time.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +29,14 @@ from heteropass.backends.numba_backend import NumbaBackend
 from heteropass.backends.quant_gemm import choose_quant_plan
 from heteropass.ir import Graph, TensorType
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from checks import WrongOutputs, check_outputs
+from script_setup import choose
+
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (1024, 2816), (4096, 4096), (32000, 1024)]
+NAMES = ["fp32", "ao-dyn-int8", "int8-weight", "dyn-int8", "bf16", "fp16"]
+TOLERANCE = 5e-2  # max_rel against float32 F.linear; int8 variants reach 2e-2 here, bf16 4e-3
 
 
 def quant_linear(op: str, x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
@@ -76,6 +86,32 @@ def medians(runs: dict[str, Callable[[], object]], repeats: int, budget_s: float
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def wrong_variants(runs: dict[str, Callable[[], object]]) -> dict[str, str]:
+    """Why each variant whose output differs from float32 F.linear's beyond TOLERANCE is wrong, by name."""
+    reference = runs["fp32"]()
+    wrong = {}
+    for name, fn in runs.items():
+        try:
+            check_outputs(fn(), reference, TOLERANCE)
+        except WrongOutputs as exc:
+            wrong[name] = str(exc)
+    return wrong
+
+
+def row(threads: int, rows: int, out: int, inner: int, repeats: int, budget_s: float) -> str:
+    """The table row of one shape: the variants are checked, then the right ones timed."""
+    runs, plans = variants(out, inner, rows)
+    wrong = wrong_variants(runs)
+    ms = {k: v * 1e3 for k, v in medians({n: f for n, f in runs.items() if n not in wrong}, repeats, budget_s).items()}
+    times = [f"{ms[n]:.3f}" if n in ms else f"wrong ({wrong[n]})" for n in NAMES]
+    bandwidth = [f"{size * out * inner / ms[n] / 1e6:.1f}" if n in ms else "-"
+                 for size, n in ((4, "fp32"), (1, "int8-weight"))]
+    ratios = [f"{ms['fp32'] / ms[n]:.2f}" if n in ms and "fp32" in ms else "-"
+              for n in ("ao-dyn-int8", "int8-weight", "dyn-int8", "bf16")]
+    return (f"| {threads} | {rows} | {out}x{inner} | " + " | ".join([*times, *bandwidth, *ratios])
+            + f" | {plans['int8-weight']}, {plans['dyn-int8']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
@@ -84,23 +120,17 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per variant and shape, at least 5 runs")
     parser.add_argument("--only", default="", help="comma-separated OUTxIN shapes")
     args = parser.parse_args()
-    shapes = [s for s in SHAPES if not args.only or f"{s[0]}x{s[1]}" in args.only.split(",")]
+    by_name = {f"{out}x{inner}": (out, inner) for out, inner in SHAPES}
+    shapes = [by_name[n] for n in choose(parser, "--only", args.only, list(by_name))]
     torch.backends.quantized.engine = "fbgemm"
-    names = ["fp32", "ao-dyn-int8", "int8-weight", "dyn-int8", "bf16", "fp16"]
-    print("| threads | rows | out x in | " + " | ".join(f"{n} ms" for n in names)
+    print("| threads | rows | out x in | " + " | ".join(f"{n} ms" for n in NAMES)
           + " | fp32 GB/s | int8-weight GB/s | x ao | x int8-weight | x dyn-int8 | x bf16 | plans |")
-    print("|" + "---|" * (len(names) + 10))
+    print("|" + "---|" * (len(NAMES) + 10))
     for threads in args.threads:
         torch.set_num_threads(threads)
         for rows in args.rows:
             for out, inner in shapes:
-                runs, plans = variants(out, inner, rows)
-                ms = {k: v * 1e3 for k, v in medians(runs, args.repeats, args.budget).items()}
-                bandwidth = (4 * out * inner / ms["fp32"] / 1e6, out * inner / ms["int8-weight"] / 1e6)
-                ratios = [ms["fp32"] / ms[n] for n in ("ao-dyn-int8", "int8-weight", "dyn-int8", "bf16")]
-                print(f"| {threads} | {rows} | {out}x{inner} | " + " | ".join(f"{ms[n]:.3f}" for n in names)
-                      + f" | {bandwidth[0]:.1f} | {bandwidth[1]:.1f} | " + " | ".join(f"{r:.2f}" for r in ratios)
-                      + f" | {plans['int8-weight']}, {plans['dyn-int8']} |", flush=True)
+                print(row(threads, rows, out, inner, args.repeats, args.budget), flush=True)
 
 
 if __name__ == "__main__":

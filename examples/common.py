@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -26,11 +27,11 @@ def median_ms(fn: Callable[[], Any], repeats: int = 30, warmup: int = 3) -> floa
 
 
 def max_relative_error(actual: Any, expected: Any) -> float:
-    worst = 0.0
-    for a, e in zip(tree_leaves(actual), tree_leaves(expected), strict=True):
-        if isinstance(e, torch.Tensor) and e.is_floating_point():
-            worst = max(worst, ((a - e).abs().max() / e.abs().max().clamp_min(1e-12)).item())
-    return worst
+    """The worst max |actual - expected| / max |expected| over the float outputs; NaN when any is NaN."""
+    errors = [((a - e).abs().max() / e.abs().max().clamp_min(1e-12)).item()
+              for a, e in zip(tree_leaves(actual), tree_leaves(expected), strict=True)
+              if isinstance(e, torch.Tensor) and e.is_floating_point()]
+    return max(errors, key=lambda error: (math.isnan(error), error), default=0.0)
 
 
 def run_example(name: str, model: torch.nn.Module, inputs: tuple[Any, ...], opt_level: int = 2) -> None:

@@ -153,12 +153,14 @@ _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 
 
 def _location(node: fx.Node) -> str | None:
-    """`file:line in function` of the user's code that made the node (its trace's last frame outside torch)."""
+    """`file:line in function` of the user's code that made the node (its trace's last frame outside torch);
+    a file under the working directory is named relative to it, so dumps do not depend on the checkout."""
     frames = [f for f in _FRAME.findall(node.meta.get("stack_trace") or "") if not f[0].startswith(_TORCH_DIR)]
     if not frames:
         return None
     path, line, function = frames[-1]
-    return f"{path}:{line} in {function}"
+    relative = os.path.relpath(path) if os.path.isabs(path) else path
+    return f"{path if relative.startswith('..') else relative}:{line} in {function}"
 
 
 def _sanitize(name: str) -> str:

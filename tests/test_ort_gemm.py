@@ -3,11 +3,13 @@ and keep their bindings right when the addresses change and when threads call at
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
 
 import heteropass as hp
+from heteropass.backends import ort_gemm
 from heteropass.backends.gemm import library_products
 from heteropass.backends.ort_gemm import ort_available, ort_product_call
 from heteropass.ir import Graph, TensorType
@@ -108,3 +110,25 @@ def test_bindings_follow_new_addresses_and_concurrent_callers() -> None:
             torch.testing.assert_close(call(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-5)
 
     assert_concurrent(work)
+
+
+def test_sessions_follow_torch_set_num_threads_after_compilation() -> None:
+    made: list[int] = []
+
+    def make_session(threads: int) -> object:
+        made.append(threads)
+        return ort_gemm._session(node, (6, 32), (6, 24), w, None, threads)
+
+    x, w = torch.randn(6, 32), torch.randn(24, 32)
+    node = onnx.helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)
+    runs = ort_gemm.BoundRuns(make_session, [("x", (6, 32))], [("y", (6, 24))])
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1, 2):
+            torch.set_num_threads(threads)
+            y = torch.empty(6, 24)
+            runs.run((x,), (y,))
+            torch.testing.assert_close(y, x @ w.t(), rtol=1e-4, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+    assert made == [2, 1]  # one session per thread count, made when that count first runs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,6 +109,14 @@ class CumulativeMax(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         values, indices = torch.cummax(self.fc(x), dim=1)
         return values.relu(), indices
+
+
+def test_source_locations_under_the_working_directory_are_relative(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dumps and module.py name the user's line without the checkout's absolute path."""
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    program = import_module(models.mlp(), models.mlp_inputs())
+    sources = {node.source for node in program.graph.nodes}
+    assert sources and all(re.fullmatch(r"testing/models\.py:\d+ in forward", s) for s in sources), sources
 
 
 def test_unmapped_op_becomes_opaque_with_one_warning() -> None:
