@@ -72,14 +72,24 @@ class Product:
     writes_out: bool = False
 
 
-def product_call(node: Node, post_op: tuple[str, str] | None = None, use_onednn: bool = True) -> Product:
-    """The library call for product `node`, with oneDNN post-op `post_op` = (attr, algorithm) when given."""
-    attr, algorithm = post_op or ("none", "")
-    # oneDNN cannot make a primitive for an empty reduction (a linear of 0 inputs); empty products cost nothing.
+def onednn_computes(node: Node) -> bool:
+    """Whether `product_call` computes `node` with oneDNN, the one library here that applies post-ops: a
+    float32 linear or 1-D/2-D convolution. oneDNN cannot make a primitive for an empty reduction (a
+    linear of 0 inputs); empty products cost nothing."""
     nonempty = all(math.prod(v.type.static_shape()) for v in [*node.inputs, *node.outputs])
-    f32 = node.outputs[0].type.dtype is DType.f32 and onednn_available() and use_onednn and nonempty
+    kind = node.op == "linear" or (node.op == "conv" and node.inputs[1].type.rank - 2 in (1, 2))
+    return kind and node.outputs[0].type.dtype is DType.f32 and onednn_available() and nonempty
+
+
+def product_call(node: Node, post_op: tuple[str, str] | None = None, use_onednn: bool = True) -> Product:
+    """The library call for product `node`, with oneDNN post-op `post_op` = (attr, algorithm) when given
+    (only where `onednn_computes`: other libraries would leave the activation out)."""
+    attr, algorithm = post_op or ("none", "")
+    onednn = use_onednn and onednn_computes(node)
+    if post_op is not None and not onednn:
+        raise ValueError(f"{node.op} {node.outputs[0].type} has no oneDNN primitive to apply post-op {attr}")
     if node.op == "linear":
-        if f32:
+        if onednn:
             onednn = torch.ops.mkldnn._linear_pointwise.default
 
             def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: object = None) -> torch.Tensor:
@@ -91,7 +101,7 @@ def product_call(node: Node, post_op: tuple[str, str] | None = None, use_onednn:
         spatial = node.inputs[1].type.rank - 2
         stride, padding, dilation = (_expand(node.attrs[k], spatial) for k in ("stride", "padding", "dilation"))
         groups = node.attrs["groups"]
-        if f32 and spatial in (1, 2):
+        if onednn:
             def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: object = None) -> torch.Tensor:
                 return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, stride, dilation, groups, attr, [],
                                                                algorithm)
@@ -275,7 +285,7 @@ def _preferred_plan(body: Graph) -> GemmPlan:
         raise ValueError("a gemm region's epilogue must be elementwise")
     fused: list[Node] = []
     post_op = None
-    if node.op in ("linear", "conv") and node.outputs[0].type.dtype is DType.f32 and onednn_available():
+    if onednn_computes(node):
         fused, post_op, bias = _onednn_epilogue(body, node, operands[2])
         operands[2] = bias
     if len(fused) == len(rest):

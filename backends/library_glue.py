@@ -51,7 +51,7 @@ def take_source(node: Node, name: str, table: str, index: str, reference: str) -
             f"        r = torch.index_select({table}, {dim}, {index}.reshape(-1), "
             f"out=None if out is None else out[0].view({picked}))\n"
             f"    except (IndexError, RuntimeError):\n"
-            f"        r = {reference}({table}, {index}, dim={dim})\n"
+            f"        r = {reference}({table}, {index}, dim={dim}, wrap={node.attrs['wrap']})\n"
             f"        if out is None:\n"
             f"            return [r]\n"
             f"        out[0].copy_(r)\n"

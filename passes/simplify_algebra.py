@@ -118,12 +118,11 @@ def _global_average_pool(node: Node) -> Value | None:
 
 
 def _embedding_as_take(node: Node) -> Value | None:
-    """embedding(w, i) -> take(w, i, dim=0), the spelling ONNX Gather arrives as. The two agree on every
-    index embedding accepts (0 <= i < rows); embedding raises on a negative index where take counts from
-    the end, so the rewrite only defines what was an error and never changes a value."""
+    """embedding(w, i) -> take(w, i, dim=0, wrap=false), the spelling ONNX Gather arrives as, keeping
+    embedding's error for a negative index (take would count it from the end)."""
     assert node.graph is not None
-    return node.graph.add_node("take", list(node.inputs), {"dim": 0}, before=node, device=node.device,
-                               source=node.source).output
+    return node.graph.add_node("take", list(node.inputs), {"dim": 0, "wrap": False}, before=node,
+                               device=node.device, source=node.source).output
 
 
 def _attention_without_mask(node: Node) -> Value | None:

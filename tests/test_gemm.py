@@ -45,6 +45,21 @@ def test_linear_bias_activation_becomes_one_onednn_call(act: str, post_op: str) 
     torch.testing.assert_close(plan.product.call(x, w, b), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("act", ["silu", "sigmoid", "hardswish"])
+def test_a_3d_convolution_leaves_its_activation_to_the_epilogue_as_no_post_op_library_computes_it(act: str) -> None:
+    inputs = "%x: f32[2,3,4,6,6], %w: f32[4,3,3,3,3], %b: f32[4]"
+    body = _body(_region(f"      %0: f32[2,4,2,4,4] = conv(%x, %w, %b)\n      %1: f32[2,4,2,4,4] = {act}(%0)\n"
+                         "      return %1", inputs, "f32[2,4,2,4,4]"))
+    plan = plan_gemm(body)
+    assert plan.epilogue is not None and [n.op for n in plan.epilogue.nodes] == [act]
+    x, w, b = torch.randn(2, 3, 4, 6, 6), torch.randn(4, 3, 3, 3, 3) / 8, torch.randn(4)
+    product = plan.product.call(x, w, b)
+    torch.testing.assert_close(run_graph(plan.epilogue, product)[0], getattr(F, act)(F.conv3d(x, w, b)),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no oneDNN primitive to apply post-op swish"):
+        product_call(body.nodes[0], ("swish", ""))
+
+
 def test_tanh_gelu_and_residuals_stay_in_the_epilogue() -> None:
     body = _body(_region("      %0: f32[4,32] = linear(%x, %w, %b)\n"
                          '      %1: f32[4,32] = gelu(%0) {approximate="tanh"}\n      return %1', LINEAR, "f32[4,32]"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from heteropass.ir import parse_graph, run_graph, verify
 from heteropass.ir.compare import assert_graphs_equal
+from heteropass.ir.interpreter import InterpreterError
 from heteropass.ir.sample import random_inputs
 from heteropass.passes.base import PassResult
 from heteropass.passes.simplify_algebra import SimplifyAlgebraPass
@@ -148,10 +150,12 @@ def test_embedding_becomes_take() -> None:
     }""", """
     graph g(%i: i64[2,5]) -> (f32[2,5,4]) {
       const %w: f32[10,4]
-      %0: f32[2,5,4] = take(%w, %i)
+      %0: f32[2,5,4] = take(%w, %i) {wrap=false}
       return %0
     }""")
     assert result.stats == {"embedding-as-take": 1}
+    with pytest.raises(InterpreterError, match=r"take.* index -1 is out of range"):  # as torch.embedding raises
+        run_graph(result.graph, torch.tensor([[0, 1, -1, 2, 3]] * 2))
 
 
 def test_shape_chains() -> None:

@@ -39,13 +39,16 @@ def tile(x: torch.Tensor, repeats: tuple[int, ...]) -> torch.Tensor:
     return x.repeat(repeats) if repeats else x.clone()
 
 
-@register("take", ["x", "indices"], {"dim": Attr("int", 0)}, kind="index")
-def take(x: torch.Tensor, indices: torch.Tensor, dim: int) -> torch.Tensor:
-    """numpy.take along `dim`: negative indices count from the end; the result has shape
-    x.shape[:dim] + indices.shape + x.shape[dim+1:]."""
+@register("take", ["x", "indices"], {"dim": Attr("int", 0), "wrap": Attr("bool", True)}, kind="index")
+def take(x: torch.Tensor, indices: torch.Tensor, dim: int, wrap: bool) -> torch.Tensor:
+    """numpy.take along `dim`: negative indices count from the end, or with `wrap` false are an error
+    (as torch.embedding's are); the result has shape x.shape[:dim] + indices.shape + x.shape[dim+1:]."""
     dim %= max(x.dim(), 1)
     flat = indices.reshape(-1).long()
-    flat = torch.where(flat < 0, flat + x.shape[dim], flat)
+    if wrap:
+        flat = torch.where(flat < 0, flat + x.shape[dim], flat)
+    elif flat.device.type != "meta" and flat.numel() and int(flat.min()) < 0:
+        raise IndexError(f"index {int(flat.min())} is out of range: indices must be in [0, {x.shape[dim]})")
     picked = torch.index_select(x, dim, flat)
     return picked.reshape((*x.shape[:dim], *indices.shape, *x.shape[dim + 1:]))
 
