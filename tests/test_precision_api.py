@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 import heteropass as hp
 from heteropass.cli import main
-from heteropass.passes.precision_config import PRECISIONS, measure_error
+from heteropass.passes.precision_config import PRECISIONS, PrecisionConfig, measure_error
 from heteropass.testing import models
 
 MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[..., tuple]]] = {
@@ -111,12 +111,15 @@ def test_bad_precision_requests_are_clear_errors() -> None:
                    calibration=[models.mlp_inputs(), models.mlp_inputs(batch=4)])
 
 
-@pytest.mark.parametrize("precision", ["int8-weight", "int8-dynamic"])
+@pytest.mark.parametrize("precision", ["int8-weight", "int8-dynamic", "int8-static"])
 def test_torch_compile_backend_takes_a_precision(precision: str, tmp_path: Path) -> None:
     torch._dynamo.reset()
     model, x = models.mlp(), models.mlp_inputs()
+    request: str | PrecisionConfig = precision
+    if precision == "int8-static":  # calibration inputs in the compiled graph's input order
+        request = PrecisionConfig(precision, calibration=tuple(models.mlp_inputs(seed=s) for s in (1, 2, 3)))
     compiled = torch.compile(model, backend="heteropass", dynamic=False,
-                             options={"precision": precision, "dump_dir": str(tmp_path)})
+                             options={"precision": request, "dump_dir": str(tmp_path)})
     with torch.no_grad():
         expected, actual = model(x[0]), compiled(x[0])
     error = measure_error([expected], [actual]).max_rel
