@@ -433,14 +433,16 @@ def _avg_pool(em: Emitter, node: Node, x: list[str]) -> str:
     if divisor is None:
         attrs["count_include_pad"] = int(node.attrs["count_include_pad"])
         return _with_batch(em, node, x[0], k, lambda v: em.op("AveragePool", v, **attrs))
-    if attrs["ceil_mode"]:
-        raise fail(node, "divisor_override with ceil_mode has no ONNX equivalent")
-    # A depthwise convolution with weights 1/divisor sums each window and divides by the override.
+    # A depthwise convolution with weights 1/divisor sums each window and divides by the override; the
+    # extra windows of ceil_mode read zeros from more padding at the end, as they sum only the input.
     type = _in(node)
     channels = type.shape[-k - 1]
     weight = em.const(torch.full([channels, 1, *attrs["kernel_shape"]], 1 / divisor,  # type: ignore[list-item]
                                  dtype=type.dtype.torch), "avg_weight")
-    conv = {"kernel_shape": attrs["kernel_shape"], "strides": attrs["strides"], "pads": attrs["pads"],
+    begin = attrs["pads"][:k]
+    end = [max(p, (o - 1) * st + kk - n - p) for n, o, p, st, kk in zip(  # type: ignore[operator]
+        type.shape[-k:], _out(node).shape[-k:], begin, attrs["strides"], attrs["kernel_shape"], strict=True)]
+    conv = {"kernel_shape": attrs["kernel_shape"], "strides": attrs["strides"], "pads": begin + end,
             "group": channels}
     return _with_batch(em, node, x[0], k, lambda v: em.op("Conv", v, weight, **conv))
 

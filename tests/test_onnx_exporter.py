@@ -78,6 +78,10 @@ VARIANTS: dict[str, tuple[str, list[TensorType], dict]] = {
                                                           "count_include_pad": False}),
     "avg_pool_ceil": ("avg_pool", [t(1, 2, 7, 7)], {"kernel": [2, 2], "ceil_mode": True}),
     "avg_pool_divisor": ("avg_pool", [t(1, 2, 6, 6)], {"kernel": [2, 2], "padding": [1, 1], "divisor_override": 3}),
+    "avg_pool_divisor_ceil": ("avg_pool", [t(1, 2, 7, 8)], {"kernel": [2, 3], "stride": [2, 2], "padding": [1, 0],
+                                                            "ceil_mode": True, "divisor_override": 2}),
+    "avg_pool_divisor_ceil_unbatched": ("avg_pool", [t(2, 8, 8)], {"kernel": [3, 3], "stride": [2, 2],
+                                                                   "ceil_mode": True, "divisor_override": 5}),
     "avg_pool_unbatched": ("avg_pool", [t(2, 6, 6)], {"kernel": [2, 2]}),
     "adaptive_avg_pool_divisible": ("adaptive_avg_pool", [t(1, 2, 6, 4)], {"output_size": [3, 2]}),
     "adaptive_max_pool_global": ("adaptive_max_pool", [t(1, 2, 5, 5)], {"output_size": [1, 1]}),
@@ -162,8 +166,6 @@ NOT_EXPORTABLE: dict[str, tuple[str, list[TensorType], dict, str]] = {
                            "BitShift takes unsigned integers, not i64"),
     "bitwise_right_shift": ("bitwise_right_shift", [t(2, 3, dtype=I32), t(3, dtype=I32)], {},
                             "BitShift takes unsigned integers, not i32"),
-    "avg_pool_divisor_ceil": ("avg_pool", [t(1, 2, 7, 7)], {"kernel": [2, 2], "ceil_mode": True,
-                                                            "divisor_override": 2}, "divisor_override with ceil_mode"),
 }
 
 CASES = {**{name: (name, *SAMPLES[name]) for name in sorted(SAMPLES) if name not in NOT_EXPORTABLE}, **VARIANTS}
