@@ -404,45 +404,52 @@ def _softmax(em: Emitter, node: Node, x: list[str]) -> str:
     return em.op(op, x[0], axis=node.attrs["dim"])
 
 
-def _pool_attrs(node: Node) -> dict[str, Any]:
-    """Pool attributes. ceil_mode stays 1 only where it adds a window: PyTorch drops a last window that would
-    start in the right padding, ONNX Runtime does not, and then PyTorch's sizes are the floor ones."""
+def _pool_attrs(node: Node, pads_ignored: bool) -> dict[str, Any]:
+    """Pool attributes. ceil_mode's extra windows: PyTorch drops a last window that would start in the right
+    padding, ONNX Runtime does not, and ONNX has one ceil_mode for all dims. Where the pool ignores its pads
+    (`pads_ignored`: max, or an average that does not count them), ceil_mode is 0 and each dim gets the end
+    padding that makes PyTorch's windows; otherwise ceil_mode stays 1 only where it adds a window."""
     a = node.attrs
     k = len(a["kernel"])
     padding, strides = _spatial(a["padding"], k), _spatial(a["stride"] or a["kernel"], k)
     dilation = _spatial(a.get("dilation", (1,)), k)
     sizes, out = _in(node).shape[-k:], list(_out(node).shape[-k:])
-    ceil = bool(a["ceil_mode"])
-    if ceil and all(isinstance(n, int) for n in (*sizes, *out)):
-        ceil = out != [(n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, p, d, kk, s in zip(
-            sizes, padding, dilation, a["kernel"], strides, strict=True)]
-    return {"kernel_shape": list(a["kernel"]), "strides": strides, "pads": padding + padding, "ceil_mode": int(ceil)}
+    attrs = {"kernel_shape": list(a["kernel"]), "strides": strides, "pads": padding + padding, "ceil_mode": 0}
+    if not a["ceil_mode"] or not all(isinstance(n, int) for n in (*sizes, *out)):
+        return {**attrs, "ceil_mode": int(a["ceil_mode"])}
+    floor = [(n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, p, d, kk, s in zip(
+        sizes, padding, dilation, a["kernel"], strides, strict=True)]
+    if pads_ignored:  # the end padding that fits the last window
+        end = [max(p, (o - 1) * st + d * (kk - 1) + 1 - n - p) for n, o, p, st, kk, d in zip(
+            sizes, out, padding, strides, a["kernel"], dilation, strict=True)]
+        return {**attrs, "pads": padding + end}
+    if len(set(o != f for o, f in zip(out, floor, strict=True))) > 1:
+        raise fail(node, "an average counting its padding whose dims need different ceil modes")
+    return {**attrs, "ceil_mode": int(out != floor)}
 
 
 @rule("max_pool")
 def _max_pool(em: Emitter, node: Node, x: list[str]) -> str:
-    attrs = {**_pool_attrs(node), "dilations": _spatial(node.attrs["dilation"], len(node.attrs["kernel"]))}
+    attrs = {**_pool_attrs(node, pads_ignored=True), "dilations": _spatial(node.attrs["dilation"],
+                                                                          len(node.attrs["kernel"]))}
     return _with_batch(em, node, x[0], len(node.attrs["kernel"]), lambda v: em.op("MaxPool", v, **attrs))
 
 
 @rule("avg_pool")
 def _avg_pool(em: Emitter, node: Node, x: list[str]) -> str:
-    attrs = _pool_attrs(node)
-    k = len(attrs["kernel_shape"])
     divisor = node.attrs["divisor_override"]
+    attrs = _pool_attrs(node, pads_ignored=divisor is not None or not node.attrs["count_include_pad"])
+    k = len(attrs["kernel_shape"])
     if divisor is None:
         attrs["count_include_pad"] = int(node.attrs["count_include_pad"])
         return _with_batch(em, node, x[0], k, lambda v: em.op("AveragePool", v, **attrs))
     # A depthwise convolution with weights 1/divisor sums each window and divides by the override; the
-    # extra windows of ceil_mode read zeros from more padding at the end, as they sum only the input.
+    # extra windows of ceil_mode read zeros from the end padding, as they sum only the input.
     type = _in(node)
     channels = type.shape[-k - 1]
     weight = em.const(torch.full([channels, 1, *attrs["kernel_shape"]], 1 / divisor,  # type: ignore[list-item]
                                  dtype=type.dtype.torch), "avg_weight")
-    begin = attrs["pads"][:k]
-    end = [max(p, (o - 1) * st + kk - n - p) for n, o, p, st, kk in zip(  # type: ignore[operator]
-        type.shape[-k:], _out(node).shape[-k:], begin, attrs["strides"], attrs["kernel_shape"], strict=True)]
-    conv = {"kernel_shape": attrs["kernel_shape"], "strides": attrs["strides"], "pads": begin + end,
+    conv = {"kernel_shape": attrs["kernel_shape"], "strides": attrs["strides"], "pads": attrs["pads"],
             "group": channels}
     return _with_batch(em, node, x[0], k, lambda v: em.op("Conv", v, weight, **conv))
 

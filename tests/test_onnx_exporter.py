@@ -212,6 +212,26 @@ def test_a_ceil_mode_pool_keeps_pytorchs_windows(pool: torch.nn.Module) -> None:
     assert_exports_faithfully(import_module(pool, (x,)).graph, [x])
 
 
+@pytest.mark.parametrize("pool", [
+    torch.nn.MaxPool2d((2, 3), 2, padding=1, ceil_mode=True),
+    torch.nn.AvgPool2d((2, 3), 2, padding=1, ceil_mode=True, count_include_pad=False),
+    torch.nn.AvgPool2d((2, 3), 2, padding=1, ceil_mode=True, divisor_override=3)])
+def test_a_ceil_mode_pool_whose_dims_need_different_ceil_modes_exports_with_end_padding(
+        pool: torch.nn.Module) -> None:
+    """Over 11x12: the rows' extra window would start in the padding (PyTorch drops it), the columns' is kept."""
+    x = torch.randn(1, 2, 11, 12)
+    assert pool(x).shape == (1, 2, 6, 7)  # floor sizes 6 and 6
+    model = assert_exports_faithfully(import_module(pool, (x,)).graph, [x])
+    assert all(a.i == 0 for n in model.graph.node for a in n.attribute if a.name == "ceil_mode")
+
+
+def test_an_average_counting_padding_whose_dims_need_different_ceil_modes_is_an_error() -> None:
+    x = torch.randn(1, 2, 11, 12)
+    graph = import_module(torch.nn.AvgPool2d((2, 3), 2, padding=1, ceil_mode=True), (x,)).graph
+    with pytest.raises(OnnxExportError, match="dims need different ceil modes"):
+        export_onnx(graph)
+
+
 @pytest.mark.parametrize("case", sorted(NOT_EXPORTABLE))
 def test_op_without_onnx_equivalent_is_an_error(case: str) -> None:
     op, types, attrs, reason = NOT_EXPORTABLE[case]
