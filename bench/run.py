@@ -96,7 +96,7 @@ def bench_row(workload: Workload, threads: int, names: list[str], repeats: int) 
         ratio = f"{eager.ms / result.ms:.2f}x" if isinstance(eager, Result) else "-"
         cells.append(f"{ratio} ({result.ms:.2f} ms, err {result.error:.0e}, build {result.build_s:.1f} s)")
     eager_cell = f"{eager.ms:.2f}" if isinstance(eager, Result) else eager
-    return f"| {workload.name} | {threads} | {eager_cell} | {' | '.join(cells)} |"
+    return "| " + " | ".join([workload.name, str(threads), eager_cell, *cells]) + " |"
 
 
 def main() -> None:
@@ -112,7 +112,7 @@ def main() -> None:
     names = [n for n in choose(parser, "--runners", args.runners, list(RUNNERS)) if n != "eager"]
 
     print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()} torch {torch.__version__}")
-    rows = [f"| workload | threads | eager ms | {' | '.join(names)} |", "|" + "---|" * (3 + len(names))]
+    rows = ["| " + " | ".join(["workload", "threads", "eager ms", *names]) + " |", "|" + "---|" * (3 + len(names))]
     for threads in args.threads:
         torch.set_num_threads(threads)
         rows += [bench_row(workload, threads, names, args.repeats) for workload in chosen]

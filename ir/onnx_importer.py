@@ -372,7 +372,8 @@ class _Importer:
             raise
         except Exception as exc:  # a rule meeting a node it cannot read: name the node, not the rule's line
             known = isinstance(exc, OpError | RuntimeError | ValueError | IndexError)
-            raise OnnxImportError(f"{where}: {exc if known else f'{type(exc).__name__} {exc}'.strip()}") from exc
+            message = str(exc) if known else f"{type(exc).__name__} {exc}".strip()
+            raise OnnxImportError(message if message.startswith(where) else f"{where}: {message}") from exc
         self._bind_outputs(node, results, out_types, where)
 
     def _inline_if(self, node: onnx.NodeProto, inputs: list[Value | None], where: str) -> bool:
@@ -534,6 +535,16 @@ def outer_scope_names(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def _loop_with_cond(node: onnx.NodeProto) -> tuple[onnx.NodeProto, str]:
+    """The Loop reading its omitted `cond` from a name that the caller binds to a constant true."""
+    loop = onnx.NodeProto()
+    loop.CopyFrom(node)
+    while len(loop.input) < 2:
+        loop.input.append("")
+    loop.input[1] = "__heteropass_loop_cond"
+    return loop, loop.input[1]
+
+
 def run_onnx_node(*tensors: torch.Tensor, node: str, opsets: list[list[Any]], engine: str,
                   outputs: list[list[Any]], captured: Sequence[str] = ()) -> tuple[torch.Tensor, ...]:
     """Run one serialized ONNX node on `tensors` (its non-empty inputs in order, then the outer-scope
@@ -559,7 +570,11 @@ def _node_runner(node_b64: str, opsets: tuple[tuple[str, int], ...], engine: str
         elem_type = DTYPE_TO_ONNX[DType.from_torch(getattr(torch, dtype.split(".")[1]))]
         inputs.append(onnx.helper.make_tensor_value_info(name, elem_type, list(shape)))
     outputs = [onnx.helper.make_empty_tensor_value_info(name) for name in node.output if name]
-    model = onnx.helper.make_model(onnx.helper.make_graph([node], "fallback", inputs, outputs),
+    constants = []
+    if engine == "reference" and node.op_type == "Loop" and (len(node.input) < 2 or not node.input[1]):
+        node, cond = _loop_with_cond(node)  # onnx's evaluator runs a Loop without `cond` zero times
+        constants.append(onnx.numpy_helper.from_array(np.array(True), cond))
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "fallback", inputs, outputs, constants),
                                    opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets])
     if engine == "onnxruntime":
         import onnxruntime

@@ -272,6 +272,8 @@ def reduce_axes(ctx: NodeContext, rank: int) -> tuple[int, ...] | None:
     axes = ctx.const_ints(1) if len(ctx.inputs) > 1 else ctx.attr("axes")
     if not axes:
         return None if ctx.attr("noop_with_empty_axes", 0) else tuple(range(rank))
+    if not rank:
+        raise ctx.fail(f"axes {list(axes)} are out of range for rank 0")
     return tuple(sorted({normalize_axis(a, rank, ctx) for a in axes}))
 
 

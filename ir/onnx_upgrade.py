@@ -45,20 +45,40 @@ def validate(proto: onnx.ModelProto, opset: int) -> None:
                                       f"{defined.get(name, 'an initializer')} and by {what}")
             defined[name] = what
         if node.domain in DEFAULT_DOMAINS and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                       for a in node.attribute) and not _deprecated(node, opset):
+                                                       for a in node.attribute):
+            deprecated = _deprecated_schema(node, opset)
             try:
-                onnx.checker.check_node(node, context)
+                if deprecated is None:
+                    onnx.checker.check_node(node, context)
+                else:
+                    _check_against(node, deprecated)
             except onnx.checker.ValidationError as exc:
                 raise OnnxImportError(f"invalid ONNX model: {what}: {first_line(exc)}") from None
 
 
-def _deprecated(node: onnx.NodeProto, opset: int) -> bool:
-    """Whether the node's schema at this opset is deprecated, which check_node refuses outright; ONNX
+def _deprecated_schema(node: onnx.NodeProto, opset: int) -> onnx.defs.OpSchema | None:
+    """The node's schema at this opset if it is deprecated, which check_node refuses outright; ONNX
     Runtime still runs such nodes (GroupNormalization-18 in an opset-18 model)."""
     try:
-        return onnx.defs.get_schema(node.op_type, opset, "").deprecated
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
     except onnx.defs.SchemaError:
-        return False
+        return None
+    return schema if schema.deprecated else None
+
+
+def _check_against(node: onnx.NodeProto, schema: onnx.defs.OpSchema) -> None:
+    """check_node's attribute and arity checks, for a deprecated schema."""
+    given = {a.name for a in node.attribute}
+    if unknown := sorted(given - set(schema.attributes)):
+        raise onnx.checker.ValidationError(f"Unrecognized attribute: {unknown[0]} for operator {node.op_type}")
+    if missing := sorted(n for n, a in schema.attributes.items() if a.required and n not in given):
+        raise onnx.checker.ValidationError(f"Required attribute '{missing[0]}' is missing")
+    if not schema.min_input <= len(node.input) <= schema.max_input:
+        raise onnx.checker.ValidationError(f"Node has input size {len(node.input)} not in range "
+                                           f"[min={schema.min_input}, max={schema.max_input}]")
+    if not schema.min_output <= len(node.output) <= schema.max_output:
+        raise onnx.checker.ValidationError(f"Node has output size {len(node.output)} not in range "
+                                           f"[min={schema.min_output}, max={schema.max_output}]")
 
 
 def _hardmax_over_rows(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:

@@ -240,6 +240,21 @@ def test_a_fallback_if_gets_the_outer_values_its_branches_read(fallback: str) ->
     np.testing.assert_array_equal(rep.run({"c": np.array(False), "x": x})[0], x * 0.0)
 
 
+@pytest.mark.parametrize("fallback", ["reference", "onnxruntime"])
+def test_a_fallback_loop_without_cond_runs_its_trip_count(fallback: str) -> None:
+    """onnx's reference evaluator runs a Loop whose `cond` is omitted zero times; ONNX Runtime runs M."""
+    state = [helper.make_tensor_value_info(n, F32, [3]) for n in ("s_in", "s_out")]
+    body = helper.make_graph([helper.make_node("Add", ["s_in", "x"], ["s_out"]),
+                              helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+                             [helper.make_tensor_value_info("i", I64, []),
+                              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), state[0]],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), state[1]])
+    loop = helper.make_node("Loop", ["n", "", "s0"], ["y"], body=body, name="loop")
+    model = make_model([loop], [("s0", F32, [3]), ("x", F32, [3])], [("y", F32, [3])], {"n": np.array(3, np.int64)})
+    with pytest.warns(UserWarning, match="run with the"):
+        assert_matches_onnxruntime(model, fallback=fallback)
+
+
 # -- malformed input --------------------------------------------------------------------------------
 def _relu_model() -> onnx.ModelProto:
     return make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [2])], [("y", F32, [2])],
@@ -276,11 +291,22 @@ def test_wrong_attribute_type() -> None:
     ([helper.make_node("Relu", ["x", "x"], ["y"], name="r")], ["x"], r"node 'r' \(Relu\): .*input size 2"),
     ([helper.make_node("GlobalAveragePool", ["x"], ["y"], name="p")], ["x"],
      r"node 'p' \(GlobalAveragePool.*rank 3 or more"),
+    ([helper.make_node("ReduceMax", ["s"], ["y"], name="r", axes=[0])], ["s"], r"node 'r' \(ReduceMax.*rank 0"),
 ])
 def test_models_onnx_runtime_rejects_are_rejected_naming_the_node(nodes: list, inputs: list[str], message: str) -> None:
-    model = make_model(nodes, [(name, F32, [2, 3]) for name in inputs], [("y" if nodes[0].output[0] != "x" else "x",
-                                                                          F32, [2, 3])])
+    model = make_model(nodes, [(name, F32, [] if name == "s" else [2, 3]) for name in inputs],
+                       [("y" if nodes[0].output[0] != "x" else "x", F32, None)], opset=13)
     with pytest.raises(OnnxImportError, match=message):
+        import_onnx(model)
+
+
+@pytest.mark.parametrize("attrs, message", [({"num_groups": 1, "bogus": 1}, "Unrecognized attribute: bogus"),
+                                            ({}, "Required attribute 'num_groups' is missing")])
+def test_a_deprecated_schema_still_has_its_attributes_checked(attrs: dict, message: str) -> None:
+    """GroupNormalization-18 is deprecated, which onnx's check_node refuses outright: its checks run by hand."""
+    node = helper.make_node("GroupNormalization", ["x", "s", "s"], ["y"], name="g", **attrs)
+    model = make_model([node], [("x", F32, [2, 4, 3]), ("s", F32, [1])], [("y", F32, None)], opset=18)
+    with pytest.raises(OnnxImportError, match=rf"invalid ONNX model: node 'g' \(GroupNormalization\): {message}"):
         import_onnx(model)
 
 
