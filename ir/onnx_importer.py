@@ -205,6 +205,22 @@ def _tensor_type(type_proto: onnx.TypeProto) -> TensorType | None:
     return TensorType(tuple(dims), dtype)
 
 
+def _bound_value(value_info: onnx.ValueInfoProto, tensor: torch.Tensor) -> torch.Tensor:
+    """A value bound to a graph input, which must have the input's declared type; a value with the declared
+    static shape's element count takes that shape (a one-element array bound to a scalar input)."""
+    declared = _tensor_type(value_info.type)
+    if declared is None:
+        return tensor
+    fits = len(declared.shape) == tensor.dim() and all(
+        not isinstance(d, int) or d == n for d, n in zip(declared.shape, tensor.shape, strict=True))
+    if not fits and declared.is_static and declared.numel == tensor.numel():
+        tensor, fits = tensor.reshape(declared.static_shape()), True
+    if declared.dtype is not DType.from_torch(tensor.dtype) or not fits:
+        raise OnnxImportError(f"the value bound to graph input {value_info.name!r} is "
+                              f"{TensorType.of(tensor)}; the model declares {declared}")
+    return tensor
+
+
 def attribute_values(node: onnx.NodeProto, opset: int, where: str) -> dict[str, Any]:
     """The node's attributes as Python values, each checked against the op schema's attribute type."""
     try:
@@ -293,8 +309,8 @@ class _Importer:
                 sanitize(tensor.name), _tensor_value(tensor, f"initializer {tensor.name!r}"))
         for value_info in onnx_graph.input:
             if value_info.name in self.bind:
-                self.env[value_info.name] = self.graph.add_constant(
-                    sanitize(value_info.name), to_torch(np.asarray(self.bind[value_info.name])))
+                tensor = _bound_value(value_info, to_torch(np.asarray(self.bind[value_info.name])))
+                self.env[value_info.name] = self.graph.add_constant(sanitize(value_info.name), tensor)
             elif value_info.name not in initializers:
                 type_ = _tensor_type(value_info.type)
                 if type_ is None:

@@ -195,6 +195,9 @@ def test_inputs_needed_at_import_time_can_be_bound() -> None:
     x = np.arange(12, dtype=np.float32).reshape(2, 6)
     assert rep.run([x, np.array([4, 3])])[0].shape == (4, 3)
     assert rep.run([x, np.array([6, 2])])[0].shape == (6, 2)
+    for wrong in (np.array([3, -1], np.int32), np.array([3, 2, 2])):  # ONNX Runtime refuses these feeds too
+        with pytest.raises(OnnxImportError, match=r"bound to graph input 'shape' is .*; the model declares i64\[2\]"):
+            import_onnx(model, bind={"shape": wrong})
 
 
 # -- unsupported ops and fallbacks ------------------------------------------------------------------
