@@ -514,7 +514,8 @@ def _max_min_dim(values_op: str, index_op: str) -> Rule:
     def rule(lx: Lowerer, a: dict[str, Any]) -> tuple[Value | None, ...]:
         x, dim, keepdim = a["self"], a["dim"], a["keepdim"]
         values = lx.emit(values_op, x, dims=(dim,), keepdim=keepdim) if 0 in lx.used_outputs else None
-        indices = lx.emit(index_op, x, dim=dim, keepdim=keepdim) if 1 in lx.used_outputs else None
+        scores = lx.emit("cast", x, dtype=DType.u8) if x.type.dtype is DType.bool else x  # argmax takes no bools
+        indices = lx.emit(index_op, scores, dim=dim, keepdim=keepdim) if 1 in lx.used_outputs else None
         return values, indices
 
     return rule

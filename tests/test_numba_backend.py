@@ -96,6 +96,20 @@ def test_float_floor_division_floors_the_exact_quotient(dtype: str) -> None:
     check(text, [a, b], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("rounding", ["", ' {rounding_mode="trunc"}', ' {rounding_mode="floor"}'])
+def test_division_by_a_square_root_is_exact_at_zeros_infinities_and_integers(rounding: str) -> None:
+    """Under `arcp` LLVM computed a / sqrt(b) with the rsqrt estimate: NaN at b = 0 or inf, and 2 ulp off
+    elsewhere (4 / sqrt(4) could truncate to 1)."""
+    text = f"""graph m(%a: f32[64], %b: f32[64]) -> (f32[64]) {{
+  %0: f32[64] = sqrt(%b)
+  %1: f32[64] = div(%a, %0){rounding}
+  return %1
+}}"""
+    a = torch.tensor([3.0, 3.0, 3.0, 4.0, 9.0, -6.0, 3.0, 1.0] * 8)
+    b = torch.tensor([_INF, 0.0, -0.0, 4.0, 9.0, 4.0, 1e-40, 1e-30] * 8)
+    assert "FASTMATH_ELEMENTWISE_EXACT_DIVISION" in check(text, [a, b], rtol=0, atol=0)
+
+
 def test_rms_norm_of_a_row_whose_squares_overflow_is_zero() -> None:
     text = ("graph m(%x: f32[2,8]) -> (f32[2,8]) {\n"
             "  %0: f32[2,8] = rms_norm(%x) {normalized_shape=[8], eps=1e-6}\n  return %0\n}")

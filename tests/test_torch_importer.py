@@ -472,3 +472,14 @@ def test_any_and_all_over_an_empty_dim_list_reduce_nothing_while_sum_reduces_eve
     x = torch.randn(2, 3)
     x[0, 0] = 0.0
     _import_and_compare(EmptyDims(), (x,), (x.flip(0),))
+
+
+def test_max_and_min_along_a_dim_of_bools_give_pytorchs_indices() -> None:
+    """aten.max.dim takes bools; argmax does not, so the indices come from the tensor as u8."""
+
+    class BoolExtremes(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return x.max(0).values, x.max(0).indices, x.min(-1).indices
+
+    x = torch.tensor([[True, False, True], [False, False, True]])
+    _import_and_compare(BoolExtremes(), (x,), (~x,))

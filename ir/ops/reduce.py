@@ -67,14 +67,22 @@ def std(x: torch.Tensor, dims: tuple[int, ...] | None, keepdim: bool, correction
 @register("argmax", ["x"], {"dim": Attr("int", None, optional=True), "keepdim": Attr("bool", False)},
           kind="reduction")
 def argmax(x: torch.Tensor, dim: int | None, keepdim: bool) -> torch.Tensor:
-    """Index of the first maximum along `dim` (none: of the flattened tensor)."""
+    """Index of the first maximum along `dim` (none: of the flattened tensor); not of bools, as in PyTorch."""
+    _no_bool(x, "argmax")
     return torch.argmax(x, dim, keepdim=keepdim)
 
 
 @register("argmin", ["x"], {"dim": Attr("int", None, optional=True), "keepdim": Attr("bool", False)},
           kind="reduction")
 def argmin(x: torch.Tensor, dim: int | None, keepdim: bool) -> torch.Tensor:
+    _no_bool(x, "argmin")
     return torch.argmin(x, dim, keepdim=keepdim)
+
+
+def _no_bool(x: torch.Tensor, op: str) -> None:
+    """PyTorch's CPU kernel refuses bools; its meta kernel does not, so inference checks here."""
+    if x.dtype == torch.bool:
+        raise TypeError(f"{op} takes no bool tensor: cast it to u8 first")
 
 
 @register("cumsum", ["x"], {"dim": Attr("int"), "dtype": Attr("dtype", None, optional=True)}, kind="scan")
