@@ -567,6 +567,7 @@ RULES.update({
     aten.view_copy.default: _reshape,
     aten.permute.default: _permute, aten.transpose.int: _transpose, aten.t.default: _t,
     aten.expand.default: _expand, aten.squeeze: _squeeze,
+    aten.repeat.default: lambda lx, a: lx.emit("tile", a["self"], repeats=_ints(a["repeats"])),
     aten.unsqueeze.default: lambda lx, a: lx.emit("unsqueeze", a["self"], dim=a["dim"]),
     aten.flatten.using_ints: lambda lx, a: lx.emit("flatten", a["self"], start_dim=a["start_dim"],
                                                    end_dim=a["end_dim"]),

@@ -483,3 +483,12 @@ def test_max_and_min_along_a_dim_of_bools_give_pytorchs_indices() -> None:
 
     x = torch.tensor([[True, False, True], [False, False, True]])
     _import_and_compare(BoolExtremes(), (x,), (~x,))
+
+
+def test_repeat_becomes_tile_with_leading_dims_added() -> None:
+    class Repeats(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return x.repeat(2, 1, 3), x.repeat(2, 1, 1, 2)
+
+    program = _import_and_compare(Repeats(), (torch.randn(4, 5),), (torch.randn(4, 5),))
+    assert program.graph.op_counts() == {"tile": 2}
