@@ -426,6 +426,31 @@ def _batch_norm(lx: Lowerer, a: dict[str, Any], outputs: int) -> Result:
     return out if outputs == 1 else lx.only_first_output(out, outputs)
 
 
+def _batch_norm_own_statistics(lx: Lowerer, a: dict[str, Any]) -> Result:
+    """Batch norm over the input's own statistics, as InstanceNorm decomposes: per channel (dim 1), the
+    mean and biased variance over every other dim."""
+    x = a["input"]
+    if x.type.dtype not in (DType.f32, DType.f64) or x.type.rank < 2:
+        raise Unsupported(f"batch statistics of {x.type}")
+    shape = _shape(x)
+    # InstanceNorm's input is [1, N * C, *spatial]: leaving out size-1 dims keeps the reduction trailing
+    dims = tuple(d for d in range(x.type.rank) if d != 1 and shape[d] != 1) or (0,)
+    mean = lx.emit("mean", x, dims=dims, keepdim=True)
+    centered = lx.emit("sub", x, mean)
+    var = lx.emit("mean", lx.emit("mul", centered, centered), dims=dims, keepdim=True)
+    rstd = lx.emit("rsqrt", lx.emit("add", var, lx.scalar(a["eps"], x.type.dtype)))
+    y = lx.emit("mul", centered, rstd)
+    per_channel = (shape[1],) + (1,) * (x.type.rank - 2)
+    if a["weight"] is not None:
+        y = lx.emit("mul", y, lx.emit("reshape", a["weight"], shape=per_channel))
+    if a["bias"] is not None:
+        y = lx.emit("add", y, lx.emit("reshape", a["bias"], shape=per_channel))
+    # the saved statistics, per channel, for AOTAutograd's graphs
+    saved = [lx.emit("reshape", v, shape=(shape[1],)) if i in lx.used_outputs else None
+             for i, v in ((1, mean), (2, rstd))]
+    return (y, *saved)
+
+
 def _layer_norm(lx: Lowerer, a: dict[str, Any], outputs: int) -> Result:
     out = lx.emit("layer_norm", a["input"], *_affine(a["weight"], a["bias"]),
                   normalized_shape=_ints(a["normalized_shape"]), eps=a["eps"])
@@ -597,6 +622,7 @@ RULES.update({
     aten._scaled_dot_product_flash_attention.default: lambda lx, a: _sdpa(lx, a, 9),
     # normalization, softmax, pooling
     aten._native_batch_norm_legit_no_training.default: lambda lx, a: _batch_norm(lx, a, 3),
+    aten._native_batch_norm_legit.no_stats: _batch_norm_own_statistics,
     aten.native_batch_norm.default: lambda lx, a: _batch_norm(lx, a, 3),
     aten.batch_norm.default: lambda lx, a: _batch_norm(lx, a, 1),
     aten.layer_norm.default: lambda lx, a: _layer_norm(lx, a, 1),

@@ -492,3 +492,29 @@ def test_repeat_becomes_tile_with_leading_dims_added() -> None:
 
     program = _import_and_compare(Repeats(), (torch.randn(4, 5),), (torch.randn(4, 5),))
     assert program.graph.op_counts() == {"tile": 2}
+
+
+@pytest.mark.parametrize("norm", [nn.InstanceNorm2d(3, affine=True), nn.InstanceNorm1d(3), nn.InstanceNorm3d(3)])
+def test_instance_norm_imports_as_reductions_over_its_own_statistics(norm: nn.Module) -> None:
+    """InstanceNorm decomposes to a batch norm over the input's own statistics (no running stats)."""
+    if isinstance(norm, nn.InstanceNorm2d):
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+    shape = {nn.InstanceNorm1d: (2, 3, 7), nn.InstanceNorm2d: (2, 3, 5, 6), nn.InstanceNorm3d: (2, 3, 3, 4, 5)}
+    size = shape[type(norm)]
+    program = _import_and_compare(norm.eval(), (torch.randn(size) * 3 + 1,), (torch.randn(size) * 3 + 1,))
+    assert "mean" in program.graph.op_counts()
+
+
+def test_batch_statistics_import_with_the_saved_mean_and_inverse_deviation() -> None:
+    """AOTAutograd's graphs also read outputs 1 and 2 of the no-stats batch norm: per channel, mean and rstd."""
+
+    def norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.ops.aten._native_batch_norm_legit.no_stats(x, w, b, True, 0.1, 1e-5)
+
+    inputs = (torch.randn(2, 3, 4, 5) * 2 + 1, torch.rand(3) + 0.5, torch.randn(3))
+    program = import_aten_graph(make_fx(norm)(*inputs), inputs)
+    assert "opaque" not in program.graph.op_counts()
+    for got, want in zip(run_graph(program.graph, *inputs), norm(*inputs), strict=True):
+        _assert_close(got, want)
