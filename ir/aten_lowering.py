@@ -550,6 +550,64 @@ def _cumsum(lx: Lowerer, a: dict[str, Any]) -> Value:
     return lx.emit("cumsum", a["self"], dim=a["dim"], dtype=_dtype(a["dtype"]))
 
 
+# -- interpolation -----------------------------------------------------------------------------
+_MAX_TAPS = 4  # bicubic's; antialiased downsampling reads more inputs per output and stays a PyTorch call
+
+
+def _upsample(op: torch._ops.OpOverload) -> Rule:
+    """F.interpolate's upsample ops, one spatial axis at a time (every mode here is separable): each output
+    is a weighted sum of at most `_MAX_TAPS` inputs along the axis, `take`s of the inputs times constant
+    weights (nearest: one `take`). The weights come from the op itself, run on one-hot probes in float64,
+    so sizes, scale factors and align_corners mean exactly what PyTorch makes of them."""
+
+    def rule(lx: Lowerer, a: dict[str, Any]) -> Value:
+        source = "input" if "input" in a else "self"  # the .vec overloads' name, the .default ones'
+        x = a[source]
+        if not x.type.dtype.is_floating:
+            raise Unsupported(f"interpolation of {x.type.dtype} tensors")
+        shape, extra = _shape(x), {k: v for k, v in a.items() if k != source}
+        y = x
+        for axis in range(2, x.type.rank):
+            weights = _axis_weights(op, shape, axis, extra)
+            if weights.shape[0] == weights.shape[1] and torch.equal(weights, torch.eye(weights.shape[0])):
+                continue
+            y = _weighted_takes(lx, y, axis, weights)
+        return y
+
+    return rule
+
+
+def _axis_weights(op: torch._ops.OpOverload, shape: tuple[int, ...], axis: int, extra: dict[str, Any]
+                  ) -> torch.Tensor:
+    """[out, in]: how `op` mixes the inputs along `axis`. Probe channel c is 1 where the axis index is c (and
+    constant along the other axes, where the weights sum to 1), so its output at 0 there is column c."""
+    n = shape[axis]
+    one_hot = torch.eye(n, dtype=torch.float64).reshape(1, n, *[n if d == axis else 1 for d in range(2, len(shape))])
+    out = op(one_hot.expand(1, n, *shape[2:]).contiguous(), **extra)
+    return out[(0, slice(None), *[slice(None) if d == axis else 0 for d in range(2, len(shape))])].t()
+
+
+def _weighted_takes(lx: Lowerer, x: Value, axis: int, weights: torch.Tensor) -> Value:
+    taps = int((weights != 0).sum(1).max())
+    if taps > _MAX_TAPS:
+        raise Unsupported(f"interpolation reading {taps} inputs per output")
+    order = weights.abs().argsort(dim=1, descending=True, stable=True)[:, :taps]  # the nonzero inputs of each row
+    picked = weights.gather(1, order)
+    order = torch.where(picked == 0, order[:, :1], order)  # a row's spare taps read its first input, times 0
+    broadcast = [1] * x.type.rank
+    broadcast[axis] = weights.shape[0]
+    total = None
+    for k in range(taps):
+        index = lx.graph.add_constant(lx.graph.fresh_name("interpolation_index"), order[:, k].contiguous())
+        term = lx.emit("take", x, index, dim=axis)
+        if not torch.all(picked[:, k] == 1):
+            w = picked[:, k].to(x.type.dtype.torch).reshape(broadcast)
+            term = lx.emit("mul", term, lx.graph.add_constant(lx.graph.fresh_name("interpolation_weight"), w))
+        total = term if total is None else lx.emit("add", total, term)
+    assert total is not None
+    return total
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 RULES: dict[Any, Rule] = {}
@@ -656,6 +714,11 @@ RULES.update({
     aten.max.dim: _max_min_dim("amax", "argmax"), aten.min.dim: _max_min_dim("amin", "argmin"),
     aten.cumsum.default: _cumsum,
 })
+for _name in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
+              "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
+              "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa"):
+    for _overload in ("vec", "default"):
+        RULES[getattr(getattr(aten, _name), _overload)] = _upsample(getattr(getattr(aten, _name), _overload))
 
 
 def find_rule(target: Any) -> Rule | None:

@@ -318,11 +318,17 @@ class _SelfAttention(torch.nn.Module):
         return self.attention(x, x, x, need_weights=False)[0]
 
 
+class _Upsample(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear").relu() + 1
+
+
 @pytest.mark.parametrize("model, inputs", [
     (_Lerp(), (torch.randn(4, 6), torch.randn(4, 6))),
     (_SelfAttention(), (torch.randn(2, 5, 8),)),  # views of views in one partition, some of them copying
     (torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), (torch.randn(2, 5, 8),)),
-], ids=["lerp", "multihead_attention", "transformer_encoder_layer"])
+    (_Upsample(), (torch.randn(2, 3, 6, 8),)),  # takes times constant weights, then elementwise
+], ids=["lerp", "multihead_attention", "transformer_encoder_layer", "bilinear_upsample"])
 def test_torch_modules_compile_with_the_numba_backend(model: torch.nn.Module, inputs: tuple) -> None:
     torch.manual_seed(0)
     model = model.eval()

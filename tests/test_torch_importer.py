@@ -518,3 +518,30 @@ def test_batch_statistics_import_with_the_saved_mean_and_inverse_deviation() -> 
     assert "opaque" not in program.graph.op_counts()
     for got, want in zip(run_graph(program.graph, *inputs), norm(*inputs), strict=True):
         _assert_close(got, want)
+
+
+@pytest.mark.parametrize("options", [
+    {"scale_factor": 2, "mode": "nearest"}, {"size": (5, 7), "mode": "nearest-exact"},
+    {"scale_factor": 2, "mode": "bilinear"}, {"size": (7, 9), "mode": "bilinear", "align_corners": True},
+    {"scale_factor": 0.5, "mode": "bilinear", "antialias": True}, {"scale_factor": (1.7, 0.6), "mode": "bicubic"},
+], ids=["nearest", "nearest_exact", "bilinear", "bilinear_align_corners", "bilinear_antialias", "bicubic"])
+def test_interpolation_lowers_to_takes_and_weights(options: dict) -> None:
+    """Each spatial axis becomes a weighted sum of `take`s; the weights are what PyTorch computes
+    (torch.export decomposes nearest-exact and bicubic itself)."""
+
+    class Interpolate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x, **options)
+
+    program = _import_and_compare(Interpolate(), (torch.randn(2, 3, 6, 8),), (torch.randn(2, 3, 6, 8),))
+    assert ("take" in program.graph.op_counts()) == (options["mode"] in ("nearest", "bilinear"))
+
+
+@pytest.mark.parametrize("mode, shape", [("linear", (2, 3, 10)), ("trilinear", (1, 2, 3, 4, 5)),
+                                         ("nearest", (1, 2, 3, 4, 5))])
+def test_interpolation_of_1d_and_3d_inputs(mode: str, shape: tuple[int, ...]) -> None:
+    class Interpolate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x, scale_factor=2, mode=mode)
+
+    _import_and_compare(Interpolate(), (torch.randn(shape),), (torch.randn(shape),))
