@@ -551,7 +551,8 @@ def _cumsum(lx: Lowerer, a: dict[str, Any]) -> Value:
 
 
 # -- interpolation -----------------------------------------------------------------------------
-_MAX_TAPS = 4  # bicubic's; antialiased downsampling reads more inputs per output and stays a PyTorch call
+_MAX_TAPS = 4  # bicubic's; antialiased downsampling by more than 2x reads more and stays a PyTorch call
+_PROBE_EXTENT = 8  # the probes' size along the other axes: their weights do not depend on it
 
 
 def _upsample(op: torch._ops.OpOverload) -> Rule:
@@ -569,8 +570,9 @@ def _upsample(op: torch._ops.OpOverload) -> Rule:
         y = x
         for axis in range(2, x.type.rank):
             weights = _axis_weights(op, shape, axis, extra)
-            if weights.shape[0] == weights.shape[1] and torch.equal(weights, torch.eye(weights.shape[0])):
-                continue
+            square = weights.shape[0] == weights.shape[1]
+            if square and torch.equal(weights, torch.eye(len(weights), dtype=weights.dtype)):
+                continue  # the axis keeps its size and values
             y = _weighted_takes(lx, y, axis, weights)
         return y
 
@@ -580,11 +582,17 @@ def _upsample(op: torch._ops.OpOverload) -> Rule:
 def _axis_weights(op: torch._ops.OpOverload, shape: tuple[int, ...], axis: int, extra: dict[str, Any]
                   ) -> torch.Tensor:
     """[out, in]: how `op` mixes the inputs along `axis`. Probe channel c is 1 where the axis index is c (and
-    constant along the other axes, where the weights sum to 1), so its output at 0 there is column c."""
-    n = shape[axis]
-    one_hot = torch.eye(n, dtype=torch.float64).reshape(1, n, *[n if d == axis else 1 for d in range(2, len(shape))])
-    out = op(one_hot.expand(1, n, *shape[2:]).contiguous(), **extra)
-    return out[(0, slice(None), *[slice(None) if d == axis else 0 for d in range(2, len(shape))])].t()
+    constant along the other axes, where the weights sum to 1), so its output at 0 there is column c. Each
+    axis maps from its own size and scale, so the probe is short along the others (n x n x 8 x 8, not a
+    copy of the image per input row), unless a scale below 1/8 would leave one of them empty."""
+    n, spatial = shape[axis], range(2, len(shape))
+    one_hot = torch.eye(n, dtype=torch.float64).reshape(1, n, *[n if d == axis else 1 for d in spatial])
+    short = [n if d == axis else min(shape[d], _PROBE_EXTENT) for d in spatial]
+    try:
+        out = op(one_hot.expand(1, n, *short).contiguous(), **extra)
+    except RuntimeError:  # an output size of 0 along a short axis
+        out = op(one_hot.expand(1, n, *shape[2:]).contiguous(), **extra)
+    return out[(0, slice(None), *[slice(None) if d == axis else 0 for d in spatial])].t()
 
 
 def _weighted_takes(lx: Lowerer, x: Value, axis: int, weights: torch.Tensor) -> Value:

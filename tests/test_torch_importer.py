@@ -537,6 +537,23 @@ def test_interpolation_lowers_to_takes_and_weights(options: dict) -> None:
     assert ("take" in program.graph.op_counts()) == (options["mode"] in ("nearest", "bilinear"))
 
 
+def test_interpolation_leaves_an_unchanged_axis_alone_and_probes_large_images_cheaply() -> None:
+    class Interpolate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x, scale_factor=(1.0, 2.0), mode="bilinear")
+
+    program = _import_and_compare(Interpolate(), (torch.randn(1, 2, 300, 40),), (torch.randn(1, 2, 300, 40),))
+    assert program.graph.op_counts()["take"] == 2  # the two taps along the width; the height is untouched
+
+
+def test_interpolation_by_less_than_an_eighth_probes_at_full_size() -> None:
+    class Interpolate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x, scale_factor=0.1, mode="nearest")
+
+    _import_and_compare(Interpolate(), (torch.randn(1, 2, 20, 30),), (torch.randn(1, 2, 20, 30),))
+
+
 @pytest.mark.parametrize("mode, shape", [("linear", (2, 3, 10)), ("trilinear", (1, 2, 3, 4, 5)),
                                          ("nearest", (1, 2, 3, 4, 5))])
 def test_interpolation_of_1d_and_3d_inputs(mode: str, shape: tuple[int, ...]) -> None:
