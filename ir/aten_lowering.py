@@ -8,6 +8,7 @@ raises `Unsupported` when it cannot express a particular call; the importer then
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -240,6 +241,12 @@ def _full(value_key: str | float, shape_from: str = "size") -> Rule:
     return rule
 
 
+def _new_full(value_key: str | float) -> Rule:
+    """new_full/new_zeros/new_ones/new_empty: a filled tensor of `size`, of self's dtype unless given."""
+    fill = _full(value_key)
+    return lambda lx, a: fill(lx, {**a, "dtype": a["dtype"] or a["self"].type.dtype.torch})
+
+
 def _scalar_tensor(lx: Lowerer, a: dict[str, Any]) -> Value:
     value = a["s"]
     return lx.scalar(value, _dtype(a.get("dtype")) or lx.out_dtype(_fill_dtype(value)))
@@ -257,9 +264,26 @@ def _arange(lx: Lowerer, a: dict[str, Any]) -> Value:
 def _reshape(lx: Lowerer, a: dict[str, Any]) -> Value:
     x, shape = _args(a)[:2]
     shape = _ints(shape)
-    if shape == _shape(x):
+    size = _shape(x)
+    if shape.count(-1) == 1 and len(shape) == len(size):
+        known = math.prod(d for d in shape if d != -1)
+        resolved = tuple(math.prod(size) // known if d == -1 and known else d for d in shape)
+        if resolved == size:
+            return x
+    if shape == size:
         return x
     return lx.emit("reshape", x, shape=shape)
+
+
+def _flatten(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """flatten as the reshape torch.export's decomposition makes of it (a 0-d tensor becomes 1-d)."""
+    x = a["self"]
+    size = _shape(x)
+    if not size:
+        return lx.emit("reshape", x, shape=(1,))
+    start, end = a["start_dim"] % len(size), a["end_dim"] % len(size)
+    shape = (*size[:start], math.prod(size[start:end + 1]), *size[end + 1:])
+    return _reshape(lx, {"self": x, "shape": shape})
 
 
 def _permute(lx: Lowerer, a: dict[str, Any]) -> Value:
@@ -329,6 +353,13 @@ def _split_sizes(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
     return lx.emit_multi("split", [x], sizes=_ints(sizes), dim=dim)
 
 
+def _chunk(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
+    """chunk: pieces of ceil(size / chunks) along `dim`, the last one shorter (fewer pieces if they run out)."""
+    x, dim = a["self"], a["dim"]
+    step = max(1, -(-_shape(x)[dim] // a["chunks"]))
+    return _split_sizes(lx, {"self": x, "dim": dim, "split_size": step})
+
+
 def _unbind(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
     x, dim = a["self"], a["dim"]
     pieces = lx.emit_multi("split", [x], sizes=(1,) * _shape(x)[dim], dim=dim)
@@ -338,6 +369,20 @@ def _unbind(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
 def _cat(lx: Lowerer, a: dict[str, Any]) -> Value:
     xs = [x for x in a["tensors"] if _shape(x) != (0,)]  # torch.cat skips legacy empty 1-D tensors
     return xs[0] if len(xs) == 1 else lx.emit("concat", *xs, dim=a["dim"])
+
+
+def _diff(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """n-th forward difference along `dim` (bools: exclusive or), after concatenating prepend and append."""
+    dim = a["dim"]
+    pieces = [p for p in (a["prepend"], a["self"], a["append"]) if p is not None]
+    x = lx.emit("concat", *pieces, dim=dim) if len(pieces) > 1 else pieces[0]
+    op = "logical_xor" if x.type.dtype is DType.bool else "sub"
+    for _ in range(a["n"]):
+        size = _shape(x)[dim]
+        later = _slice(lx, {"self": x, "dim": dim, "start": 1, "end": None, "step": 1})
+        earlier = _slice(lx, {"self": x, "dim": dim, "start": 0, "end": max(size - 1, 0), "step": 1})
+        x = lx.emit(op, later, earlier)
+    return x
 
 
 def _index(lx: Lowerer, a: dict[str, Any]) -> Value:
@@ -641,7 +686,10 @@ RULES.update({
     aten.leaky_relu.default: lambda lx, a: lx.emit("leaky_relu", a["self"], negative_slope=a["negative_slope"]),
     aten.elu.default: _elu,
     aten.softplus.default: lambda lx, a: lx.emit("softplus", a["self"], beta=a["beta"], threshold=a["threshold"]),
-    aten._to_copy.default: _to_copy,
+    aten._to_copy.default: _to_copy, aten.to.dtype: _to_copy, aten.to.dtype_layout: _to_copy,
+    aten.to.device: _to_copy,
+    aten.type_as.default: lambda lx, a: _to_copy(lx, {"self": a["self"], "dtype": a["other"].type.dtype.torch}),
+    aten.__and__.Tensor: _binary("bitwise_and"), aten.__or__.Tensor: _binary("bitwise_or"),
     aten.clone.default: _identity, aten.alias.default: _identity, aten.detach.default: _identity,
     aten.lift_fresh_copy.default: _identity, aten.contiguous.default: _identity,
     aten.dropout.default: _dropout, aten.feature_dropout.default: _dropout,
@@ -652,6 +700,8 @@ RULES.update({
     aten.zeros.default: _full(0), aten.ones.default: _full(1), aten.empty.memory_format: _full(0),
     aten.zeros_like.default: _full(0, "self"), aten.ones_like.default: _full(1, "self"),
     aten.empty_like.default: _full(0, "self"),
+    aten.new_full.default: _new_full("fill_value"), aten.new_zeros.default: _new_full(0),
+    aten.new_ones.default: _new_full(1), aten.new_empty.default: _new_full(0),
     aten.scalar_tensor.default: _scalar_tensor, aten.arange: _arange,
     # layout
     aten.view.default: _reshape, aten._unsafe_view.default: _reshape, aten.reshape.default: _reshape,
@@ -660,16 +710,16 @@ RULES.update({
     aten.expand.default: _expand, aten.squeeze: _squeeze,
     aten.repeat.default: lambda lx, a: lx.emit("tile", a["self"], repeats=_ints(a["repeats"])),
     aten.unsqueeze.default: lambda lx, a: lx.emit("unsqueeze", a["self"], dim=a["dim"]),
-    aten.flatten.using_ints: lambda lx, a: lx.emit("flatten", a["self"], start_dim=a["start_dim"],
-                                                   end_dim=a["end_dim"]),
+    aten.flatten.using_ints: _flatten,
     aten.slice.Tensor: _slice, aten.select.int: _select,
     aten.split_with_sizes.default: _split_sizes, aten.split.Tensor: _split_sizes, aten.unbind.int: _unbind,
+    aten.chunk.default: _chunk,
     aten.cat.default: _cat,
     aten.stack.default: lambda lx, a: lx.emit("stack", *a["tensors"], dim=a["dim"]),
     aten.index_select.default: lambda lx, a: lx.emit("index_select", a["self"], a["index"], dim=a["dim"]),
     aten.gather.default: lambda lx, a: lx.emit("gather", a["self"], a["index"], dim=a["dim"]),
     aten.embedding.default: lambda lx, a: lx.emit("embedding", a["weight"], a["indices"]),
-    aten.index.Tensor: _index, aten.pad.default: _pad,
+    aten.index.Tensor: _index, aten.pad.default: _pad, aten.diff.default: _diff,
     aten.constant_pad_nd.default: lambda lx, a: lx.emit("pad", a["self"], pads=_ints(a["pad"]), value=a["value"]),
     # linear algebra
     aten.mm.default: _mm, aten.addmm.default: _addmm, aten.linear.default: _linear,
@@ -715,6 +765,7 @@ RULES.update({
     aten.sum: _reduce("sum", with_dtype=True), aten.mean: _reduce("mean", with_dtype=True),
     aten.amax.default: _reduce("amax"), aten.amin.default: _reduce("amin"),
     aten.max.default: _reduce("amax"), aten.min.default: _reduce("amin"),
+    aten.max.other: _binary("maximum"), aten.min.other: _binary("minimum"),
     aten.prod: _reduce("prod"), aten.any: _reduce("any"), aten.all: _reduce("all"),
     aten.var.correction: _var_std("var"), aten.var.dim: _var_std("var"),
     aten.std.correction: _var_std("std"), aten.std.dim: _var_std("std"),

@@ -73,13 +73,23 @@ def canonical_text(graph: Graph) -> list[str]:
     return lines
 
 
+def tensor_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's elements' bytes as a flat u8 tensor (a copy only where its layout needs one)."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    if flat.stride(0) != 1:
+        # A one-element tensor counts as contiguous whatever its stride (a one-element slice of
+        # every other element has stride 2), and `view` refuses that stride.
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8)
+
+
 def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     # Bits, not values: NaN equals NaN and -0.0 differs from 0.0, as a constant's identity should.
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    if a.dtype.is_floating_point:
-        a, b = a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)
-    return torch.equal(a, b)
+    return torch.equal(tensor_bytes(a), tensor_bytes(b))
 
 
 def _first_difference(actual: Graph, expected: Graph, compare_large_data: bool) -> str | None:

@@ -218,17 +218,33 @@ class _Unmapped:
         return f"{self.target} at {where}" + (f" ({self.reason})" if self.reason else "")
 
 
+# Calls the lowering handles itself, in decomposed and undecomposed graphs alike.
+_STRUCTURAL = (operator.getitem, torch.ops.higher_order.with_effects)
+
+
+class _NeedsDecomposition(Exception):
+    """An op of an undecomposed export that only its decomposition can lower (the message names it)."""
+
+
 class _GraphLowering:
     """Walks an ATen FX graph in order and builds the IR graph."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, *, decomposed: bool = True) -> None:
         self.graph = graph
         self.lx = Lowerer(graph)
         self.env: dict[fx.Node, Any] = {}
         self.unmapped: list[_Unmapped] = []
+        # In an undecomposed graph, an op that would become opaque (or one that writes its operands)
+        # raises `_NeedsDecomposition` instead: its decomposition may well lower.
+        self.decomposed = decomposed
 
     def run(self, fx_graph: fx.Graph, module: torch.nn.Module | None = None) -> None:
         """Lower every node; `module` holds the tensors that get_attr nodes read (they become constants)."""
+        if not self.decomposed:
+            for node in fx_graph.nodes:
+                if node.op == "get_attr" or (node.op == "call_function" and not isinstance(
+                        node.target, torch._ops.OpOverload) and node.target not in _STRUCTURAL):
+                    raise _NeedsDecomposition(f"node {node.name} calls a subgraph ({node.target})")
         for node in fx_graph.nodes:
             if node.op == "call_function":
                 self._call(node)
@@ -272,6 +288,8 @@ class _GraphLowering:
                                    "only static-shape ATen graphs can be imported")
         if not target._schema.returns:
             return None  # runtime assertions such as aten._assert_tensor_metadata
+        if not self.decomposed and target._schema.is_mutable:
+            raise _NeedsDecomposition(f"{target} writes its operands")
         args, kwargs = fx.node.map_arg((fx_args, fx_kwargs), self.env.__getitem__)
         types = _meta_types(node, val)
         self.lx.source = _location(node)
@@ -289,6 +307,8 @@ class _GraphLowering:
             else:
                 self._check(node, result, types)
                 return result
+        if not self.decomposed:
+            raise _NeedsDecomposition(f"{target}: {reason}")
         self.unmapped.append(_Unmapped(str(target), self.lx.source, reason))
         return self._opaque(node, target, args, kwargs, types, val)
 
@@ -417,11 +437,18 @@ def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool
             raise TorchImportError(f"torch.export failed on {type(model).__name__} ({type(exc).__name__}: "
                                    f"{reason}){_export_hint(reason)}; the torch.fx fallback failed too: "
                                    f"{fallback}") from exc
+    state_tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    # Most exports hold only ops with lowering rules: decomposing them first would re-trace the whole
+    # program (about a second for a small transformer) to change nothing the IR needs.
+    try:
+        return _import_exported(exported, name, strict, state_tensors, decomposed=False)
+    except _NeedsDecomposition:
+        pass
     with warnings.catch_warnings():
         # torch's own run_decompositions trips its LeafSpec deprecation; nothing the user can act on.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         decomposed = exported.run_decompositions(decomposition_table())
-    return _import_exported(decomposed, name, strict, {**dict(model.named_parameters()), **dict(model.named_buffers())})
+    return _import_exported(decomposed, name, strict, state_tensors)
 
 
 def _export_hint(reason: str) -> str:
@@ -434,9 +461,10 @@ def _export_hint(reason: str) -> str:
 
 
 def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
-                     state_tensors: dict[str, torch.Tensor]) -> TorchProgram:
+                     state_tensors: dict[str, torch.Tensor], *, decomposed: bool = True) -> TorchProgram:
+    """Lower `ep`; with `decomposed=False`, raise `_NeedsDecomposition` rather than emit an opaque call."""
     graph = Graph(name)
-    lowering = _GraphLowering(graph)
+    lowering = _GraphLowering(graph, decomposed=decomposed)
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     input_leaves: list[int | Literal] = []
     mutated = {spec.target for spec in ep.graph_signature.output_specs

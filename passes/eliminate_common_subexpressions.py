@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..ir import Graph, Node, Value, get_op
+from ..ir.compare import tensor_bytes
 from .base import Pass, PassContext, PassResult
 
 # Constants up to this many bytes are hashed whole; larger ones by a strided sample, so a model's
@@ -16,18 +17,9 @@ _HASH_ALL_BYTES = 1 << 16
 _SAMPLE_ELEMENTS = 256
 
 
-def _bits(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor's bytes as a flat u8 tensor: equality of bits, so NaN == NaN and -0.0 != 0.0."""
-    if tensor.numel() == 0:
-        # An empty tensor counts as contiguous whatever its strides, so a stride of 0 survives
-        # `contiguous()` and `view` would refuse it.
-        return torch.empty(0, dtype=torch.uint8)
-    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-
-
 def _same_bits(a: Value, b: Value) -> bool:
     assert a.const is not None and b.const is not None
-    return torch.equal(_bits(a.const), _bits(b.const))
+    return torch.equal(tensor_bytes(a.const), tensor_bytes(b.const))
 
 
 def _fingerprint(tensor: torch.Tensor) -> tuple[Any, ...]:
@@ -35,7 +27,7 @@ def _fingerprint(tensor: torch.Tensor) -> tuple[Any, ...]:
     if flat.numel() * flat.element_size() > _HASH_ALL_BYTES:
         step = max(1, flat.numel() // _SAMPLE_ELEMENTS)
         flat = flat[::step]
-    digest = hashlib.blake2b(_bits(flat).numpy().tobytes(), digest_size=16).digest()
+    digest = hashlib.blake2b(tensor_bytes(flat).numpy().tobytes(), digest_size=16).digest()
     return (tensor.dtype, tuple(tensor.shape), digest)
 
 

@@ -164,3 +164,23 @@ def test_empty_constants_with_zero_strides_merge_by_type() -> None:
     }""", constants={"e1": torch.empty(0).expand(3, 0), "e2": torch.zeros(()).expand(3, 0),
                      "e3": torch.zeros(()).expand(0)})
     assert result.stats == {"nodes_merged": 0, "constants_merged": 1}
+
+
+def test_one_element_constants_with_an_odd_stride_merge() -> None:
+    # A one-element slice of every other element counts as contiguous but keeps stride 2; MobileViT's
+    # import makes such an i64 constant.
+    result = check("""
+    graph g(%x: i64[1]) -> (i64[1]) {
+      const %a: i64[1]
+      const %b: i64[1]
+      %0: i64[1] = add(%x, %a)
+      %1: i64[1] = add(%0, %b)
+      return %1
+    }""", """
+    graph g(%x: i64[1]) -> (i64[1]) {
+      const %a: i64[1] = [2]
+      %0: i64[1] = add(%x, %a)
+      %1: i64[1] = add(%0, %a)
+      return %1
+    }""", constants={"a": torch.arange(4)[::2][1:], "b": torch.tensor([2])})
+    assert result.stats == {"nodes_merged": 0, "constants_merged": 1}
