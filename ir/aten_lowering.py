@@ -366,6 +366,35 @@ def _unbind(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
     return tuple(lx.emit("squeeze", p, dims=(dim,)) for p in pieces)
 
 
+def _slice_scatter(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """self with src in place of self[start:end] along dim: the pieces before and after, concatenated."""
+    x, src, dim = a["self"], a["src"], a["dim"] % max(a["self"].type.rank, 1)
+    if a["step"] != 1:
+        raise Unsupported(f"slice_scatter with step {a['step']}")
+    size = _shape(x)[dim]
+    start, end, _ = slice(a["start"], a["end"]).indices(size)
+    end = max(start, end)
+    pieces = [lx.emit("slice", x, dim=dim, start=0, end=start)] if start > 0 else []
+    pieces += [src] if end > start else []
+    pieces += [lx.emit("slice", x, dim=dim, start=end)] if end < size else []
+    return pieces[0] if len(pieces) == 1 else lx.emit("concat", *pieces, dim=dim)
+
+
+def _select_scatter(lx: Lowerer, a: dict[str, Any]) -> Value:
+    x, dim = a["self"], a["dim"] % a["self"].type.rank
+    index = a["index"] % _shape(x)[dim]
+    src = lx.emit("unsqueeze", a["src"], dim=dim)
+    return _slice_scatter(lx, {"self": x, "src": src, "dim": dim, "start": index, "end": index + 1, "step": 1})
+
+
+def _copy(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """copy (what `self.copy_(src)` writes): src broadcast to self's shape, in self's dtype."""
+    x, src = a["self"], a["src"]
+    if src.type.dtype != x.type.dtype:
+        src = lx.emit("cast", src, dtype=x.type.dtype)
+    return src if _shape(src) == _shape(x) else lx.emit("expand", src, shape=_shape(x))
+
+
 def _cat(lx: Lowerer, a: dict[str, Any]) -> Value:
     xs = [x for x in a["tensors"] if _shape(x) != (0,)]  # torch.cat skips legacy empty 1-D tensors
     return xs[0] if len(xs) == 1 else lx.emit("concat", *xs, dim=a["dim"])
@@ -714,6 +743,8 @@ RULES.update({
     aten.slice.Tensor: _slice, aten.select.int: _select,
     aten.split_with_sizes.default: _split_sizes, aten.split.Tensor: _split_sizes, aten.unbind.int: _unbind,
     aten.chunk.default: _chunk,
+    aten.slice_scatter.default: _slice_scatter, aten.select_scatter.default: _select_scatter,
+    aten.copy.default: _copy,
     aten.cat.default: _cat,
     aten.stack.default: lambda lx, a: lx.emit("stack", *a["tensors"], dim=a["dim"]),
     aten.index_select.default: lambda lx, a: lx.emit("index_select", a["self"], a["index"], dim=a["dim"]),

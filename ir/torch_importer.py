@@ -26,6 +26,7 @@ from .aten_lowering import Lowerer, Unsupported, aten, find_rule
 from .graph import Graph, Value
 from .ops import encode_call
 from .printer import format_node
+from .torch_inplace import InPlaceError, in_place_writes
 from .types import DType, TensorType
 
 
@@ -234,9 +235,11 @@ class _GraphLowering:
         self.lx = Lowerer(graph)
         self.env: dict[fx.Node, Any] = {}
         self.unmapped: list[_Unmapped] = []
-        # In an undecomposed graph, an op that would become opaque (or one that writes its operands)
-        # raises `_NeedsDecomposition` instead: its decomposition may well lower.
+        # In an undecomposed graph, an op that would become opaque raises `_NeedsDecomposition`
+        # instead (its decomposition may well lower); in-place ops lower out of place where
+        # `in_place_writes` allows, else they raise it too.
         self.decomposed = decomposed
+        self.in_place: dict[fx.Node, tuple[fx.Node, torch._ops.OpOverload]] = {}
 
     def run(self, fx_graph: fx.Graph, module: torch.nn.Module | None = None) -> None:
         """Lower every node; `module` holds the tensors that get_attr nodes read (they become constants)."""
@@ -245,6 +248,10 @@ class _GraphLowering:
                 if node.op == "get_attr" or (node.op == "call_function" and not isinstance(
                         node.target, torch._ops.OpOverload) and node.target not in _STRUCTURAL):
                     raise _NeedsDecomposition(f"node {node.name} calls a subgraph ({node.target})")
+            try:
+                self.in_place = in_place_writes(fx_graph)
+            except InPlaceError as exc:
+                raise _NeedsDecomposition(str(exc)) from exc
         for node in fx_graph.nodes:
             if node.op == "call_function":
                 self._call(node)
@@ -279,17 +286,29 @@ class _GraphLowering:
             rest = () if result is None else result if isinstance(result, tuple) else (result,)
             self.env[node] = (self.env[token] if isinstance(token, fx.Node) else None, *rest)
             return
+        if node in self.in_place:
+            self._write_in_place(node)
+            return
         self.env[node] = self._lower(node, node.target, node.args, node.kwargs, node.meta.get("val"))
 
-    def _lower(self, node: fx.Node, target: Any, fx_args: tuple, fx_kwargs: dict[str, Any], val: Any) -> Any:
-        """The IR value(s) of `target(*fx_args, **fx_kwargs)`, whose result PyTorch recorded as `val`."""
+    def _write_in_place(self, node: fx.Node) -> None:
+        """`node` writes a tensor in place: its out-of-place result is that tensor from here on, for the
+        node that made it and for every earlier write into it."""
+        root, functional = self.in_place[node]
+        result = self._lower(node, functional, node.args, node.kwargs, node.meta.get("val"), in_place=True)
+        earlier = [n for n, (r, _) in self.in_place.items() if r is root and n in self.env]
+        for written in (root, *earlier, node):
+            self.env[written] = result
+
+    def _lower(self, node: fx.Node, target: Any, fx_args: tuple, fx_kwargs: dict[str, Any], val: Any,
+               in_place: bool = False) -> Any:
+        """The IR value(s) of `target(*fx_args, **fx_kwargs)`, whose result PyTorch recorded as `val`;
+        `in_place`: the result is written into the first argument, so it keeps that tensor's dtype."""
         if not isinstance(target, torch._ops.OpOverload):
             raise TorchImportError(f"node {node.name} calls {target}, which is not an ATen op; "
                                    "only static-shape ATen graphs can be imported")
         if not target._schema.returns:
             return None  # runtime assertions such as aten._assert_tensor_metadata
-        if not self.decomposed and target._schema.is_mutable:
-            raise _NeedsDecomposition(f"{target} writes its operands")
         args, kwargs = fx.node.map_arg((fx_args, fx_kwargs), self.env.__getitem__)
         types = _meta_types(node, val)
         self.lx.source = _location(node)
@@ -305,6 +324,8 @@ class _GraphLowering:
             except Exception as exc:
                 raise TorchImportError(f"lowering {node.format_node()} failed: {exc}") from exc
             else:
+                if in_place and types and types[0] is not None and result.type.dtype != types[0].dtype:
+                    result = self.lx.emit("cast", result, dtype=types[0].dtype)
                 self._check(node, result, types)
                 return result
         if not self.decomposed:

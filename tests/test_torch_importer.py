@@ -676,3 +676,27 @@ def test_chunk_into_even_uneven_and_too_many_pieces() -> None:
             return (*x.chunk(2, dim=1), *x.chunk(3, dim=1), *x.chunk(8, dim=-1), *x.chunk(1))
 
     _import_and_compare(Chunks(), (torch.randn(2, 6),), (torch.randn(2, 6),))
+
+
+def test_assignments_into_slices_become_concatenations() -> None:
+    """`out[:, 1:] = ...` (slice_scatter), `out[:, 0] = ...` (select_scatter) and copies that broadcast and
+    convert, as transformers' shift_tokens_right makes them."""
+
+    class Shift(nn.Module):
+        def forward(self, ids: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            shifted = ids.new_zeros(ids.shape)
+            shifted[:, 1:] = ids[:, :-1].clone()
+            shifted[:, 0] = 7
+            out = x * 2
+            out[1:3, -2:] = torch.ones(2, dtype=torch.float64)
+            out[:, 0] = x[:, 1] + 1
+            out[-1] = 3.0
+            empty = x * 3
+            empty[:, 3:1] = 5.0
+            return shifted, out, empty
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randint(0, 100, (2, 5)), torch.randn(4, 5)
+
+    program = _import_and_compare(Shift(), inputs(), inputs())
+    assert "concat" in program.graph.op_counts()
