@@ -594,6 +594,32 @@ def _reduce(op: str, with_dtype: bool = False) -> Rule:
     return rule
 
 
+def _vector_norm(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """linalg_vector_norm: (sum |x|^p)^(1/p) over `dim`; max/min |x| for p = +-inf, the nonzero count for 0."""
+    x, p = a["self"], a["ord"]
+    if a["dtype"] is not None:
+        x = lx.emit("cast", x, dtype=_dtype(a["dtype"]))
+    if not x.type.dtype.is_floating:
+        raise Unsupported(f"vector norm of {x.type.dtype}")
+    if x.type.dtype in (DType.f16, DType.bf16):
+        # PyTorch computes a 16-bit norm in float32 (300^2 does not overflow) and rounds once.
+        norm = _vector_norm(lx, {**a, "self": lx.emit("cast", x, dtype=DType.f32), "dtype": None})
+        return lx.emit("cast", norm, dtype=x.type.dtype)
+    reduce = {"dims": _dims(a["dim"]), "keepdim": a["keepdim"]}
+    magnitude = lx.emit("abs", x)
+    if p in (math.inf, -math.inf):
+        return lx.emit("amax" if p > 0 else "amin", magnitude, **reduce)
+    if p == 0:
+        nonzero = lx.emit("cast", lx.emit("ne", x, lx.scalar(0.0, x.type.dtype)), dtype=x.type.dtype)
+        return lx.emit("sum", nonzero, **reduce)
+    if p == 1:
+        return lx.emit("sum", magnitude, **reduce)
+    if p == 2:
+        return lx.emit("sqrt", lx.emit("sum", lx.emit("mul", x, x), **reduce))
+    powered = lx.emit("pow", magnitude, lx.scalar(float(p), x.type.dtype))
+    return lx.emit("pow", lx.emit("sum", powered, **reduce), lx.scalar(1.0 / p, x.type.dtype))
+
+
 def _var_std(op: str) -> Rule:
     def rule(lx: Lowerer, a: dict[str, Any]) -> Value:
         if "unbiased" in a:
@@ -802,7 +828,7 @@ RULES.update({
     aten.std.correction: _var_std("std"), aten.std.dim: _var_std("std"),
     aten.argmax.default: _arg_reduce("argmax"), aten.argmin.default: _arg_reduce("argmin"),
     aten.max.dim: _max_min_dim("amax", "argmax"), aten.min.dim: _max_min_dim("amin", "argmin"),
-    aten.cumsum.default: _cumsum,
+    aten.cumsum.default: _cumsum, aten.linalg_vector_norm.default: _vector_norm,
 })
 for _name in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
               "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+import heteropass as hp
 from heteropass.ir import run_graph, verify
 from heteropass.ir.torch_importer import (
     TorchImportError,
@@ -700,3 +701,26 @@ def test_assignments_into_slices_become_concatenations() -> None:
 
     program = _import_and_compare(Shift(), inputs(), inputs())
     assert "concat" in program.graph.op_counts()
+
+
+@pytest.mark.parametrize("order", [2, 1, 0, 3.5, -1.0, float("inf"), float("-inf")])
+def test_vector_norms(order: float) -> None:
+    class Norms(nn.Module):
+        def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            x = torch.where(x.abs() < 0.3, 0.0, x)  # zeros count for the 0-norm
+            return (torch.linalg.vector_norm(x, order), torch.linalg.vector_norm(x, order, dim=1, keepdim=True),
+                    torch.linalg.vector_norm(x, order, dim=(0, 2), dtype=torch.float64),
+                    torch.linalg.vector_norm(h, order, dim=-1), torch.linalg.vector_norm(x[0, 0, 0], order))
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(3, 4, 5), (torch.randn(2, 8) * 300).half()
+
+    _import_and_compare(Norms(), inputs(), inputs())
+
+
+def test_weight_norm_folds_to_a_constant_weight() -> None:
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(8, 4)), nn.ReLU())
+    program = _import_and_compare(model, (torch.randn(2, 8),), (torch.randn(2, 8),))
+    assert "sqrt" in program.graph.op_counts()
+    compiled = hp.compile(model, (torch.randn(2, 8),), opt_level=2)
+    assert set(compiled.graph.op_counts()) <= {"linear", "relu", "fused"}, compiled.graph
