@@ -651,69 +651,24 @@ def _cumsum(lx: Lowerer, a: dict[str, Any]) -> Value:
 
 
 # -- interpolation -----------------------------------------------------------------------------
-_MAX_TAPS = 4  # bicubic's; antialiased downsampling by more than 2x reads more and stays a PyTorch call
-_PROBE_EXTENT = 8  # the probes' size along the other axes: their weights do not depend on it
 
-
-def _upsample(op: torch._ops.OpOverload) -> Rule:
-    """F.interpolate's upsample ops, one spatial axis at a time (every mode here is separable): each output
-    is a weighted sum of at most `_MAX_TAPS` inputs along the axis, `take`s of the inputs times constant
-    weights (nearest: one `take`). The weights come from the op itself, run on one-hot probes in float64,
-    so sizes, scale factors and align_corners mean exactly what PyTorch makes of them."""
+def _upsample(mode: str, antialias: bool) -> Rule:
+    """F.interpolate's upsample ops (`.vec`: output size or scale factors; `.default`: output size and
+    ATen's per-dim scales) as one `interpolate` of the recorded output size."""
 
     def rule(lx: Lowerer, a: dict[str, Any]) -> Value:
-        source = "input" if "input" in a else "self"  # the .vec overloads' name, the .default ones'
-        x = a[source]
-        if not x.type.dtype.is_floating:
-            raise Unsupported(f"interpolation of {x.type.dtype} tensors")
-        shape, extra = _shape(x), {k: v for k, v in a.items() if k != source}
-        y = x
-        for axis in range(2, x.type.rank):
-            weights = _axis_weights(op, shape, axis, extra)
-            square = weights.shape[0] == weights.shape[1]
-            if square and torch.equal(weights, torch.eye(len(weights), dtype=weights.dtype)):
-                continue  # the axis keeps its size and values
-            y = _weighted_takes(lx, y, axis, weights)
-        return y
+        x = a["input"] if "input" in a else a["self"]
+        if lx.out_types is None:
+            raise Unsupported("no recorded output size")
+        k = x.type.rank - 2
+        scales = a.get("scale_factors") or [v for name, v in a.items() if name.startswith("scales")]
+        given = [s for s in scales if s is not None]
+        if given and len(given) != k:
+            raise Unsupported("scale factors for some dims only")
+        return lx.emit("interpolate", x, mode=mode, size=lx.out_types[0].shape[-k:],
+                       align_corners=a.get("align_corners") or False, scales=given or None, antialias=antialias)
 
     return rule
-
-
-def _axis_weights(op: torch._ops.OpOverload, shape: tuple[int, ...], axis: int, extra: dict[str, Any]
-                  ) -> torch.Tensor:
-    """[out, in]: how `op` mixes the inputs along `axis`. Probe channel c is 1 where the axis index is c (and
-    constant along the other axes, where the weights sum to 1), so its output at 0 there is column c. Each
-    axis maps from its own size and scale, so the probe is short along the others (n x n x 8 x 8, not a
-    copy of the image per input row), unless a scale below 1/8 would leave one of them empty."""
-    n, spatial = shape[axis], range(2, len(shape))
-    one_hot = torch.eye(n, dtype=torch.float64).reshape(1, n, *[n if d == axis else 1 for d in spatial])
-    short = [n if d == axis else min(shape[d], _PROBE_EXTENT) for d in spatial]
-    try:
-        out = op(one_hot.expand(1, n, *short).contiguous(), **extra)
-    except RuntimeError:  # an output size of 0 along a short axis
-        out = op(one_hot.expand(1, n, *shape[2:]).contiguous(), **extra)
-    return out[(0, slice(None), *[slice(None) if d == axis else 0 for d in spatial])].t()
-
-
-def _weighted_takes(lx: Lowerer, x: Value, axis: int, weights: torch.Tensor) -> Value:
-    taps = int((weights != 0).sum(1).max())
-    if taps > _MAX_TAPS:
-        raise Unsupported(f"interpolation reading {taps} inputs per output")
-    order = weights.abs().argsort(dim=1, descending=True, stable=True)[:, :taps]  # the nonzero inputs of each row
-    picked = weights.gather(1, order)
-    order = torch.where(picked == 0, order[:, :1], order)  # a row's spare taps read its first input, times 0
-    broadcast = [1] * x.type.rank
-    broadcast[axis] = weights.shape[0]
-    total = None
-    for k in range(taps):
-        index = lx.graph.add_constant(lx.graph.fresh_name("interpolation_index"), order[:, k].contiguous())
-        term = lx.emit("take", x, index, dim=axis)
-        if not torch.all(picked[:, k] == 1):
-            w = picked[:, k].to(x.type.dtype.torch).reshape(broadcast)
-            term = lx.emit("mul", term, lx.graph.add_constant(lx.graph.fresh_name("interpolation_weight"), w))
-        total = term if total is None else lx.emit("add", total, term)
-    assert total is not None
-    return total
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -830,11 +785,14 @@ RULES.update({
     aten.max.dim: _max_min_dim("amax", "argmax"), aten.min.dim: _max_min_dim("amin", "argmin"),
     aten.cumsum.default: _cumsum, aten.linalg_vector_norm.default: _vector_norm,
 })
-for _name in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
-              "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
-              "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa"):
+for _name, _mode in (("upsample_nearest1d", "nearest"), ("upsample_nearest2d", "nearest"),
+                     ("upsample_nearest3d", "nearest"), ("_upsample_nearest_exact1d", "nearest_exact"),
+                     ("_upsample_nearest_exact2d", "nearest_exact"), ("_upsample_nearest_exact3d", "nearest_exact"),
+                     ("upsample_linear1d", "linear"), ("upsample_bilinear2d", "linear"),
+                     ("upsample_trilinear3d", "linear"), ("upsample_bicubic2d", "cubic"),
+                     ("_upsample_bilinear2d_aa", "linear"), ("_upsample_bicubic2d_aa", "cubic")):
     for _overload in ("vec", "default"):
-        RULES[getattr(getattr(aten, _name), _overload)] = _upsample(getattr(getattr(aten, _name), _overload))
+        RULES[getattr(getattr(aten, _name), _overload)] = _upsample(_mode, _name.endswith("_aa"))
 
 
 def find_rule(target: Any) -> Rule | None:

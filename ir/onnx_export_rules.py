@@ -470,6 +470,34 @@ def _adaptive_pool(em: Emitter, node: Node, x: list[str]) -> str:
     return _with_batch(em, node, x[0], k, lambda v: em.op(pool, v, kernel_shape=window, strides=window))
 
 
+# PyTorch's source coordinate for each mode, in ONNX Resize's terms: nearest is floor(dst / scale),
+# nearest_exact floor((dst + 0.5) / scale), linear and cubic (dst + 0.5) / scale - 0.5 or, with
+# align_corners, dst * (in - 1) / (out - 1); cubic's coefficient is -0.75 and reads clamp to the edge.
+_RESIZE_MODES = {
+    "nearest": {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+    "nearest_exact": {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
+                      "nearest_mode": "round_prefer_ceil"},
+    "linear": {"mode": "linear"},
+    "cubic": {"mode": "cubic", "cubic_coeff_a": -0.75},
+}
+
+
+@rule("interpolate")
+def _interpolate(em: Emitter, node: Node, x: list[str]) -> str:
+    """Resize over the trailing dims: by the scale factors where the call gave them, else to the size."""
+    attrs, rank = node.attrs, _in(node).rank
+    if attrs["antialias"]:
+        raise fail(node, "ONNX Resize's antialias filter differs from PyTorch's (support and cubic coefficient)")
+    k = len(attrs["size"])
+    resize = dict(_RESIZE_MODES[attrs["mode"]], axes=list(range(rank - k, rank)))
+    if not attrs["mode"].startswith("nearest"):
+        resize["coordinate_transformation_mode"] = "align_corners" if attrs["align_corners"] else "half_pixel"
+    if attrs["scales"] is not None:
+        scales = em.const(torch.tensor(attrs["scales"], dtype=torch.float32), "scales")
+        return em.op("Resize", x[0], None, scales, **resize)
+    return em.op("Resize", x[0], None, None, em.ints(attrs["size"]), **resize)
+
+
 # -- reductions ---------------------------------------------------------------------------------
 _REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax", "amin": "ReduceMin",
            "prod": "ReduceProd", "any": "ReduceMax", "all": "ReduceMin"}

@@ -54,7 +54,7 @@ FOLLOW: frozenset[str] = frozenset({
     "eq", "ne", "lt", "le", "gt", "ge",
     "reshape", "permute", "transpose", "expand", "squeeze", "unsqueeze", "flatten", "slice", "concat", "stack",
     "split", "pad", "flip", "tile", "index", "index_select", "gather", "gather_nd", "take", "embedding",
-    "max_pool", "adaptive_max_pool", "amax", "amin", "argmax", "argmin", "topk",
+    "max_pool", "adaptive_max_pool", "interpolate", "amax", "amin", "argmax", "argmin", "topk",
 })
 
 _UNLISTED = "it is on none of LOWER, FOLLOW and KEEP_FP32 (no checked bf16/f16 form)"

@@ -162,6 +162,8 @@ NOT_EXPORTABLE: dict[str, tuple[str, list[TensorType], dict, str]] = {
                                     "windows are irregular"),
     "local_response_norm_even": ("local_response_norm", [t(1, 5, 3, 3)], {"size": 4}, "even window"),
     "bitcast": ("bitcast", [t(2, 3)], {"dtype": I32}, "reinterpret the bits"),
+    "interpolate_antialias": ("interpolate", [t(1, 2, 6, 8)], {"mode": "linear", "size": [3, 4], "antialias": True},
+                              "antialias filter differs"),
     "bitwise_left_shift": ("bitwise_left_shift", [t(2, 3, dtype=I64), t(3, dtype=I64)], {},
                            "BitShift takes unsigned integers, not i64"),
     "bitwise_right_shift": ("bitwise_right_shift", [t(2, 3, dtype=I32), t(3, dtype=I32)], {},
@@ -199,6 +201,23 @@ def test_op_exports_with_reference_semantics(case: str) -> None:
     op, types, attrs = CASES[case]
     graph = one_node_graph(op, types, attrs)
     assert_exports_faithfully(graph, INPUTS.get(case) or random_inputs(graph))
+
+
+@pytest.mark.parametrize("attrs", [
+    {"mode": "nearest", "size": [12, 20]}, {"mode": "nearest", "size": [4, 3]},
+    {"mode": "nearest_exact", "size": [9, 13]}, {"mode": "nearest", "size": [10, 13], "scales": [1.7, 1.7]},
+    {"mode": "linear", "size": [9, 13]}, {"mode": "linear", "size": [4, 5]},
+    {"mode": "linear", "size": [9, 13], "align_corners": True},
+    {"mode": "linear", "size": [10, 13], "scales": [1.7, 1.7]},
+    {"mode": "cubic", "size": [9, 13]}, {"mode": "cubic", "size": [4, 13], "align_corners": True},
+    {"mode": "linear", "size": [16]}, {"mode": "linear", "size": [6, 3, 9]}, {"mode": "nearest", "size": [6, 3, 9]},
+], ids=["nearest", "nearest_shrink", "nearest_exact", "nearest_scales", "linear", "linear_shrink", "linear_corners",
+        "linear_scales", "cubic", "cubic_corners", "linear_1d", "trilinear", "nearest_3d"])
+def test_interpolate_exports_as_a_resize_with_pytorchs_coordinates(attrs: dict[str, Any]) -> None:
+    """ONNX Runtime computes the source coordinates in another order, so a weight may differ in its last bit."""
+    shape = {1: (2, 3, 7), 2: (2, 3, 6, 8), 3: (1, 2, 3, 4, 5)}[len(attrs["size"])]
+    graph = one_node_graph("interpolate", [t(*shape)], attrs)
+    assert_exports_faithfully(graph, random_inputs(graph), atol=1e-5)
 
 
 @pytest.mark.parametrize("pool", [torch.nn.MaxPool2d(2, 2, padding=1, ceil_mode=True),

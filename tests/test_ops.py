@@ -49,6 +49,7 @@ SAMPLES: dict[str, tuple[list[TensorType], dict]] = {
     "avg_pool": ([t(1, 2, 6, 6)], {"kernel": [2, 2]}),
     "adaptive_avg_pool": ([t(1, 2, 6, 6)], {"output_size": [1, 1]}),
     "adaptive_max_pool": ([t(1, 2, 6, 6)], {"output_size": [2, 3]}),
+    "interpolate": ([t(1, 2, 6, 6)], {"mode": "linear", "size": [9, 4]}),
     **{name: ([t(2, 3, 4)], {"dims": [1], "keepdim": True}) for name in (
         "sum", "mean", "amax", "amin", "prod", "var", "std")},
     **{name: ([t(2, 3, 4, dtype=BOOL)], {"dims": [0, 2]}) for name in ("any", "all")},

@@ -91,3 +91,33 @@ def adaptive_avg_pool(x: torch.Tensor, *, output_size: tuple[int, ...]) -> torch
 @register("adaptive_max_pool", ["x"], {"output_size": Attr("ints")}, kind="pool")
 def adaptive_max_pool(x: torch.Tensor, *, output_size: tuple[int, ...]) -> torch.Tensor:
     return _pool_fn("adaptive_max", len(output_size))(x, output_size)
+
+
+_aten = torch.ops.aten
+# PyTorch's upsample kernels by (mode, number of resized dims); the antialiased ones by mode.
+_UPSAMPLE = {("nearest", 1): _aten.upsample_nearest1d, ("nearest", 2): _aten.upsample_nearest2d,
+             ("nearest", 3): _aten.upsample_nearest3d, ("nearest_exact", 1): _aten._upsample_nearest_exact1d,
+             ("nearest_exact", 2): _aten._upsample_nearest_exact2d,
+             ("nearest_exact", 3): _aten._upsample_nearest_exact3d, ("linear", 1): _aten.upsample_linear1d,
+             ("linear", 2): _aten.upsample_bilinear2d, ("linear", 3): _aten.upsample_trilinear3d,
+             ("cubic", 2): _aten.upsample_bicubic2d}
+_ANTIALIASED = {"linear": _aten._upsample_bilinear2d_aa, "cubic": _aten._upsample_bicubic2d_aa}
+
+
+@register("interpolate", ["x"], {"mode": Attr("str"), "size": Attr("ints"), "align_corners": Attr("bool", False),
+                                 "scales": Attr("floats", None, optional=True), "antialias": Attr("bool", False)},
+          kind="pool")
+def interpolate(x: torch.Tensor, *, mode: str, size: tuple[int, ...], align_corners: bool,
+                scales: tuple[float, ...] | None, antialias: bool) -> torch.Tensor:
+    """Resize the len(size) trailing dims as F.interpolate does: mode nearest (source floor(dst * in / out)),
+    nearest_exact (floor((dst + 0.5) * in / out)), linear (1-3 dims) or cubic (2 dims), antialiased (linear
+    and cubic over 2 dims: a filter as wide as the shrink); `scales`, where given, stand for out / in in
+    the mapping, as the scale factors F.interpolate was called with (ATen's scales_h, scales_w)."""
+    k = len(size)
+    op = _ANTIALIASED.get(mode) if antialias and k == 2 else None if antialias else _UPSAMPLE.get((mode, k))
+    if op is None or (scales is not None and len(scales) != k) or (align_corners and mode.startswith("nearest")):
+        raise ValueError(f"interpolate: no {'antialiased ' if antialias else ''}{mode} mode over {k} dims"
+                         f"{' with align_corners' if align_corners else ''}"
+                         f"{f' with {len(scales)} scales' if scales is not None and len(scales) != k else ''}")
+    corners = () if mode.startswith("nearest") else (align_corners,)
+    return op.default(x, list(size), *corners, *(scales if scales is not None else (None,) * k))
