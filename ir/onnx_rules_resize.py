@@ -115,6 +115,37 @@ def axis_weights(in_size: int, out_size: int, scale: float, coeffs: Coeffs, mode
     return weights, (outside if outside is not None and outside.any() else None)
 
 
+def _pytorch_kernel(ctx: NodeContext, x: Value, shape: list[int], axes: list[int], factors: list[float],
+                    targets: list[int], by_scales: bool) -> dict[str, object] | None:
+    """The `interpolate` attributes of a Resize that PyTorch's upsample kernels compute exactly (one kernel
+    instead of a gather or product per axis), else None: a float tensor [N, C, *spatial] resized over its
+    spatial dims only, in a mode both define alike. Nearest keeps to power-of-two ratios, where
+    ONNX's dst / scale and PyTorch's dst * (in / out) floor alike; scales must give whole sizes."""
+    rank, mode = len(shape), ctx.attr("mode", "nearest")
+    resized = {a: (f, t) for a, f, t in zip(axes, factors, targets, strict=True)
+               if t != shape[a] or not math.isclose(f, 1.0)}
+    if (not x.type.dtype.is_floating or not 3 <= rank <= 5 or min(resized, default=0) < 2
+            or ctx.attr("antialias", 0) or ctx.attr("exclude_outside", 0)
+            or any(t != f * shape[a] for a, (f, t) in resized.items())):
+        return None
+    transform = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    size = [resized.get(a, (1.0, shape[a]))[1] for a in range(2, rank)]
+    scales = [resized.get(a, (1.0, 0))[0] for a in range(2, rank)] if by_scales else None
+    if mode == "nearest":
+        nearest = {("asymmetric", "floor"): "nearest", ("half_pixel", "round_prefer_ceil"): "nearest_exact"}.get(
+            (transform, ctx.attr("nearest_mode", "round_prefer_floor")))
+        ratios = [max(t, shape[a]) / min(t, shape[a]) if min(t, shape[a]) else 0.0 for a, (_, t) in resized.items()]
+        if nearest is None or not all(r >= 1 and r.is_integer() and int(r) & (int(r) - 1) == 0 for r in ratios):
+            return None
+        return {"mode": nearest, "size": size}
+    if transform == "pytorch_half_pixel" and min(size) > 1:
+        transform = "half_pixel"
+    if transform not in ("half_pixel", "align_corners") or (mode == "cubic" and (
+            rank != 4 or ctx.attr("cubic_coeff_a", -0.75) != -0.75)):
+        return None
+    return {"mode": mode, "size": size, "align_corners": transform == "align_corners", "scales": scales}
+
+
 @rule("Resize")
 def resize(ctx: NodeContext) -> list[Value]:
     x = ctx.input(0)
@@ -157,6 +188,9 @@ def resize(ctx: NodeContext) -> list[Value]:
         raise ctx.unsupported(f"in {mode} mode of {x.type.dtype} tensors is not supported")
     transform = ctx.attr("coordinate_transformation_mode", "half_pixel")
     extrapolation = ctx.attr("extrapolation_value", 0.0)
+    kernel = _pytorch_kernel(ctx, x, shape, axes, factors, targets, by_scales=sizes is None or not sizes.numel())
+    if kernel is not None:
+        return [ctx.call("interpolate", x, **kernel)]
     y = x
     for axis, factor, target in zip(axes, factors, targets, strict=True):
         axis_roi = roi.get(axis) if roi is not None and transform == "tf_crop_and_resize" else None

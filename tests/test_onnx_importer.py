@@ -521,3 +521,27 @@ def test_a_graph_name_that_is_not_an_identifier_still_prints_as_parsable_ir(name
     model.graph.name = name
     graph = import_onnx(model).graph
     assert str(parse_graph(str(graph))) == str(graph)
+
+
+@pytest.mark.parametrize("attrs, sizes, expected", [
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, [1, 3, 12, 16],
+     "interpolate"),
+    ({"mode": "nearest", "coordinate_transformation_mode": "half_pixel", "nearest_mode": "round_prefer_ceil"},
+     [1, 3, 3, 4], "interpolate"),
+    ({"mode": "linear"}, [1, 3, 9, 13], "interpolate"),
+    ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, [1, 3, 9, 13], "interpolate"),
+    ({"mode": "cubic"}, [1, 3, 9, 13], "interpolate"),
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, [1, 3, 9, 13],
+     "take"),  # ratio 1.5: ONNX's dst / scale and PyTorch's dst * (in / out) may floor differently
+    ({"mode": "cubic", "cubic_coeff_a": -0.5}, [1, 3, 9, 13], "matmul"),
+    ({"mode": "linear", "coordinate_transformation_mode": "asymmetric"}, [1, 3, 9, 13], "matmul"),
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, [1, 6, 12, 16],
+     "take"),  # the channels resized too
+], ids=["nearest_2x", "nearest_exact_half", "linear", "linear_corners", "cubic", "nearest_1_5x", "cubic_a_0_5",
+        "linear_asymmetric", "nearest_channels"])
+def test_resize_in_a_mode_pytorch_shares_runs_as_one_interpolate(attrs: dict, sizes: list[int], expected: str) -> None:
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)
+    model = make_model([node], [("x", F32, [1, 3, 6, 8])], [("y", F32, sizes)],
+                       {"sizes": np.array(sizes, np.int64)})
+    assert_matches_onnxruntime(model)
+    assert expected in import_onnx(model).graph.op_counts()
