@@ -225,35 +225,35 @@ def emit_module(graph: Graph, partitions: Sequence[Partition], kernel_names: Seq
 
 def _returned(graph: Graph, namer: Namer) -> list[str]:
     """The returned expressions: a copy of each output that the caller could otherwise change for someone
-    else (a constant, a graph input, an output already returned), as eager PyTorch returns fresh tensors
-    for `clone()`, `x * 1` and a folded weight expression, which the passes reduce to those. A `split`
-    result (or a view of one) is made contiguous: merge-parallel-linears returns column slices of one
-    product where eager returned separate contiguous tensors (`.view` works on them), and a slice would
-    keep the whole alive."""
+    else (a constant, a graph input or a view of one, an output already returned), as eager PyTorch
+    returns fresh tensors for `clone()`, `x * 1` and a folded weight expression, which the passes reduce
+    to those. A `split` result (or a view of one) is made contiguous: merge-parallel-linears returns
+    column slices of one product where eager returned separate contiguous tensors (`.view` works on
+    them), and a slice would keep the whole alive."""
     inputs = {id(v) for v in graph.inputs}
     seen: set[int] = set()
     returned = []
     for value in graph.outputs:
-        shared = value.const is not None or id(value) in inputs or id(value) in seen
+        viewed, through_split = _viewed(value)
+        shared = viewed.const is not None or id(viewed) in inputs or id(value) in seen
         seen.add(id(value))
         if shared:
             returned.append(f"{namer(value)}.clone()")
-        elif _view_of_split(value):
+        elif through_split:
             returned.append(f"{namer(value)}.contiguous()")
         else:
             returned.append(namer(value))
     return returned
 
 
-def _view_of_split(value: Value) -> bool:
-    """Whether `value` is a `split` result or a view of one (a reshape or unsqueeze of it, say)."""
-    while value.producer is not None:
-        if value.producer.op == "split":
-            return True
-        if value.producer.op not in VIEW_OPS:
-            return False
+def _viewed(value: Value) -> tuple[Value, bool]:
+    """The value whose memory `value` may share through view ops (itself if none), and whether a
+    `split` is among them."""
+    through_split = False
+    while value.producer is not None and value.producer.op in VIEW_OPS:
+        through_split |= value.producer.op == "split"
         value = value.producer.inputs[0]
-    return False
+    return value, through_split
 
 
 def load_function(source: str, namespace: dict[str, Any], function: str) -> Callable[..., Any]:

@@ -354,10 +354,13 @@ def _split_sizes(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
 
 
 def _chunk(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
-    """chunk: pieces of ceil(size / chunks) along `dim`, the last one shorter (fewer pieces if they run out)."""
+    """chunk: pieces of ceil(size / chunks) along `dim`, the last one shorter (fewer pieces if they run out;
+    a dim of size 0 gives `chunks` empty pieces)."""
     x, dim = a["self"], a["dim"]
-    step = max(1, -(-_shape(x)[dim] // a["chunks"]))
-    return _split_sizes(lx, {"self": x, "dim": dim, "split_size": step})
+    size = _shape(x)[dim]
+    if size == 0:
+        return lx.emit_multi("split", [x], sizes=(0,) * a["chunks"], dim=dim)
+    return _split_sizes(lx, {"self": x, "dim": dim, "split_size": -(-size // a["chunks"])})
 
 
 def _unbind(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:

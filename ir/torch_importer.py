@@ -351,7 +351,10 @@ class _GraphLowering:
         if types is None:
             return
         values = result if isinstance(result, tuple) else (result,)
-        for value, expected in zip(values, types, strict=False):
+        if len(values) != len(types):
+            raise TorchImportError(f"{node.format_node()} lowered to {len(values)} results, but PyTorch computes "
+                                   f"{len(types)}")
+        for value, expected in zip(values, types, strict=True):
             if value is not None and expected is not None and value.type != expected:
                 producer = format_node(value.producer) if value.producer else f"%{value.name}"
                 raise TorchImportError(f"{node.format_node()} lowered to `{producer}` of type {value.type}, "

@@ -34,9 +34,15 @@ def out_of_place(op: torch._ops.OpOverload) -> torch._ops.OpOverload | None:
     return candidate if same else None
 
 
+# Ops whose schema promises a new tensor but which return their input itself: type_as when the dtypes
+# match, the dropouts in eval mode.
+_RETURN_THEIR_INPUT = frozenset({aten.type_as.default, aten.dropout.default, aten.feature_dropout.default,
+                                 aten.alpha_dropout.default, aten.feature_alpha_dropout.default})
+
+
 def _aliases(op: torch._ops.OpOverload) -> bool:
     """Whether `op` returns a view of (or the same tensor as) an argument."""
-    return any(r.alias_info is not None for r in op._schema.returns)
+    return op in _RETURN_THEIR_INPUT or any(r.alias_info is not None for r in op._schema.returns)
 
 
 def in_place_writes(graph: fx.Graph) -> dict[fx.Node, tuple[fx.Node, torch._ops.OpOverload]]:

@@ -175,6 +175,24 @@ def test_outputs_are_fresh_tensors_as_in_eager(backend: str) -> None:
         assert_close_to_eager(cm(x), model(x))
 
 
+class ReturnsCopiesOfViews(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (x.reshape(-1).clone(), x.transpose(0, 1) * 1, x[1:].clone(), x.unbind(0)[0].clone(),
+                torch.cat(x.chunk(1, dim=1), dim=1))
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_outputs_that_reduce_to_views_of_an_input_are_fresh_tensors(backend: str) -> None:
+    """The passes reduce each of these to a view of x (a reshape, transpose, slice, one-piece split); the
+    caller reusing its input buffer must not change them."""
+    model, x = ReturnsCopiesOfViews(), torch.randn(3, 4)
+    cm = hp.compile(model, (x,), backends=[backend])
+    x = torch.randn(3, 4)
+    want, got = model(x), cm(x)
+    x.zero_()
+    assert_close_to_eager(got, want)
+
+
 class RunningSum(torch.nn.Module):
     """Updates a buffer in place, as a running statistic or a step counter does."""
 

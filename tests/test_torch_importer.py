@@ -707,3 +707,11 @@ def test_weight_norm_folds_to_a_constant_weight() -> None:
     assert "sqrt" in program.graph.op_counts()
     compiled = hp.compile(model, (torch.randn(2, 8),), opt_level=2)
     assert set(compiled.graph.op_counts()) <= {"linear", "relu", "fused"}, compiled.graph
+
+
+def test_chunks_of_an_empty_dim_are_empty() -> None:
+    class Chunks(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return x.chunk(3, dim=1)
+
+    _import_and_compare(Chunks(), (torch.randn(2, 0),), (torch.randn(2, 0),))

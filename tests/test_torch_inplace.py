@@ -104,3 +104,17 @@ class _WriteIntoView(nn.Module):
 def test_writes_that_views_or_inputs_see_are_decomposed(model: nn.Module, decompositions: list[int]) -> None:
     _compare(model, torch.randn(3, 4))
     assert len(decompositions) == 1
+
+
+class _WriteThroughTypeAs(nn.Module):
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        y = x @ w
+        first = y[:, 0]
+        y.type_as(w).mul_(2)  # type_as returns y itself: `first` sees the write
+        return first
+
+
+def test_a_write_into_what_type_as_returned_is_decomposed(decompositions: list[int]) -> None:
+    """aten.type_as's schema promises a new tensor, but it returns its input when the dtypes match."""
+    _compare(_WriteThroughTypeAs(), torch.randn(3, 4), torch.randn(4, 5))
+    assert len(decompositions) == 1
