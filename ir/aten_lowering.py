@@ -353,6 +353,18 @@ def _split_sizes(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
     return lx.emit_multi("split", [x], sizes=_ints(sizes), dim=dim)
 
 
+def _repeat_interleave(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """Each element `repeats` times along `dim` (of the flattened tensor for none): an expand of a new
+    dim after it, merged back."""
+    x, dim, repeats = a["self"], a["dim"], a["repeats"]
+    if dim is None:
+        x, dim = _reshape(lx, {"self": x, "shape": (math.prod(_shape(x)),)}), 0
+    dim %= x.type.rank
+    size = _shape(x)
+    wide = lx.emit("expand", lx.emit("unsqueeze", x, dim=dim + 1), shape=(*size[:dim + 1], repeats, *size[dim + 1:]))
+    return _reshape(lx, {"self": wide, "shape": (*size[:dim], size[dim] * repeats, *size[dim + 1:])})
+
+
 def _chunk(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
     """chunk: pieces of ceil(size / chunks) along `dim`, the last one shorter (fewer pieces if they run out;
     a dim of size 0 gives `chunks` empty pieces)."""
@@ -436,6 +448,17 @@ def _transposed_weight(w: Value) -> Value | None:
     if node is not None and node.op == "transpose" and w.type.rank == 2:
         return node.inputs[0]
     return None
+
+
+def _baddbmm(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """beta * self + alpha * (batch1 @ batch2); self is not read when beta is 0 (its NaNs do not count)."""
+    product = lx.emit("bmm", a["batch1"], a["batch2"])
+    if a["alpha"] != 1:
+        product = lx.emit("mul", product, lx.operand(a["alpha"], product))
+    if a["beta"] == 0:
+        return product
+    x = a["self"] if a["beta"] == 1 else lx.emit("mul", a["self"], lx.operand(a["beta"], a["self"]))
+    return lx.emit("add", x, product)
 
 
 def _mm(lx: Lowerer, a: dict[str, Any]) -> Value:
@@ -623,6 +646,14 @@ def _vector_norm(lx: Lowerer, a: dict[str, Any]) -> Value:
     return lx.emit("pow", lx.emit("sum", powered, **reduce), lx.scalar(1.0 / p, x.type.dtype))
 
 
+def _weight_norm(lx: Lowerer, a: dict[str, Any]) -> Value:
+    """v * (g / |v|), the norm over every dim but `dim` (over all of them for dim -1), as weight norm computes."""
+    v, dim = a["v"], a["dim"]
+    others = None if dim == -1 else tuple(d for d in range(v.type.rank) if d != dim % v.type.rank) or None
+    norm = _vector_norm(lx, {"self": v, "ord": 2, "dim": others, "keepdim": dim != -1, "dtype": None})
+    return lx.emit("mul", v, lx.emit("div", a["g"], norm))
+
+
 def _var_std(op: str) -> Rule:
     def rule(lx: Lowerer, a: dict[str, Any]) -> Value:
         if "unbiased" in a:
@@ -704,7 +735,7 @@ RULES.update({
     aten.type_as.default: lambda lx, a: _to_copy(lx, {"self": a["self"], "dtype": a["other"].type.dtype.torch}),
     aten.__and__.Tensor: _binary("bitwise_and"), aten.__or__.Tensor: _binary("bitwise_or"),
     aten.clone.default: _identity, aten.alias.default: _identity, aten.detach.default: _identity,
-    aten.lift_fresh_copy.default: _identity, aten.contiguous.default: _identity,
+    aten.lift_fresh_copy.default: _identity, aten.contiguous.default: _identity, aten.detach_.default: _identity,
     aten.dropout.default: _dropout, aten.feature_dropout.default: _dropout,
     aten.tril.default: lambda lx, a: lx.emit("tril", a["self"], diagonal=a["diagonal"]),
     aten.triu.default: lambda lx, a: lx.emit("triu", a["self"], diagonal=a["diagonal"]),
@@ -726,7 +757,13 @@ RULES.update({
     aten.flatten.using_ints: _flatten,
     aten.slice.Tensor: _slice, aten.select.int: _select,
     aten.split_with_sizes.default: _split_sizes, aten.split.Tensor: _split_sizes, aten.unbind.int: _unbind,
-    aten.chunk.default: _chunk,
+    aten.chunk.default: _chunk, aten.repeat_interleave.self_int: _repeat_interleave,
+    aten.reshape_as.default: lambda lx, a: _reshape(lx, {"self": a["self"], "shape": _shape(a["other"])}),
+    aten.view_as.default: lambda lx, a: _reshape(lx, {"self": a["self"], "shape": _shape(a["other"])}),
+    aten.expand_as.default: lambda lx, a: _expand(lx, {"self": a["self"], "size": _shape(a["other"])}),
+    aten.numpy_T.default: lambda lx, a: _permute(lx, {"self": a["self"],
+                                                      "dims": tuple(range(a["self"].type.rank))[::-1]}),
+    aten.mT.default: lambda lx, a: _transpose(lx, {"self": a["self"], "dim0": -2, "dim1": -1}),
     aten.slice_scatter.default: _slice_scatter, aten.select_scatter.default: _select_scatter,
     aten.copy.default: _copy,
     aten.cat.default: _cat,
@@ -738,7 +775,7 @@ RULES.update({
     aten.constant_pad_nd.default: lambda lx, a: lx.emit("pad", a["self"], pads=_ints(a["pad"]), value=a["value"]),
     # linear algebra
     aten.mm.default: _mm, aten.addmm.default: _addmm, aten.linear.default: _linear,
-    aten.bmm.default: lambda lx, a: lx.emit("bmm", a["self"], a["mat2"]),
+    aten.bmm.default: lambda lx, a: lx.emit("bmm", a["self"], a["mat2"]), aten.baddbmm.default: _baddbmm,
     aten.matmul.default: lambda lx, a: lx.emit("matmul", a["self"], a["other"]),
     aten.convolution.default: _convolution,
     aten.conv1d.default: lambda lx, a: _conv(lx, a, False), aten.conv2d.default: lambda lx, a: _conv(lx, a, False),
@@ -787,6 +824,7 @@ RULES.update({
     aten.argmax.default: _arg_reduce("argmax"), aten.argmin.default: _arg_reduce("argmin"),
     aten.max.dim: _max_min_dim("amax", "argmax"), aten.min.dim: _max_min_dim("amin", "argmin"),
     aten.cumsum.default: _cumsum, aten.linalg_vector_norm.default: _vector_norm,
+    aten._weight_norm.default: _weight_norm,
 })
 for _name, _mode in (("upsample_nearest1d", "nearest"), ("upsample_nearest2d", "nearest"),
                      ("upsample_nearest3d", "nearest"), ("_upsample_nearest_exact1d", "nearest_exact"),

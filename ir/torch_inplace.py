@@ -55,6 +55,8 @@ def in_place_writes(graph: fx.Graph) -> dict[fx.Node, tuple[fx.Node, torch._ops.
     for node in graph.nodes:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
             continue
+        if node.target is aten.detach_.default:
+            continue  # changes autograd metadata, not data: its rule returns the tensor itself
         if node.target._schema.is_mutable:
             functional = out_of_place(node.target)
             if functional is None:

@@ -715,3 +715,26 @@ def test_chunks_of_an_empty_dim_are_empty() -> None:
             return x.chunk(3, dim=1)
 
     _import_and_compare(Chunks(), (torch.randn(2, 0),), (torch.randn(2, 0),))
+
+
+def test_weight_norm_baddbmm_repeat_interleave_and_shape_likes_lower_undecomposed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.utils.weight_norm(nn.Conv1d(4, 6, 3, padding=1), dim=2)
+            self.fc = nn.utils.weight_norm(nn.Linear(6, 6), dim=None)
+
+        def forward(self, x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            h = self.fc(self.conv(x).mT)
+            y = h.detach_() * 2
+            return (torch.baddbmm(b, h, h.mT, beta=0.5, alpha=2.0), torch.baddbmm(b * torch.nan, h, h.mT, beta=0),
+                    y.repeat_interleave(2, dim=1), y.repeat_interleave(3), y.reshape_as(y.flatten(1)),
+                    b.view_as(b.mT.contiguous()), b[:, :1].expand_as(b), y[0].T)
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(2, 4, 5), torch.randn(2, 5, 5)
+
+    decompositions = _Decompositions(monkeypatch)
+    _import_and_compare(Mixed(), inputs(), inputs())
+    assert decompositions.calls == 0
