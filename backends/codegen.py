@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..ir import DType, Graph, TensorType, Value
+from ..ir.ops import resolve_target
 from ..passes.plan_memory import MemoryPlan, Step, plan_memory
 from .arena import VIEW_OPS
 
@@ -234,26 +235,39 @@ def _returned(graph: Graph, namer: Namer) -> list[str]:
     seen: set[int] = set()
     returned = []
     for value in graph.outputs:
-        viewed, through_split = _viewed(value)
-        shared = viewed.const is not None or id(viewed) in inputs or id(value) in seen
+        sources = _view_sources(value)
+        shared = id(value) in seen or any(v.const is not None or id(v) in inputs for v in sources)
         seen.add(id(value))
         if shared:
             returned.append(f"{namer(value)}.clone()")
-        elif through_split:
+        elif any(v.producer is not None and v.producer.op == "split" for v in sources):
             returned.append(f"{namer(value)}.contiguous()")
         else:
             returned.append(namer(value))
     return returned
 
 
-def _viewed(value: Value) -> tuple[Value, bool]:
-    """The value whose memory `value` may share through view ops (itself if none), and whether a
-    `split` is among them."""
-    through_split = False
-    while value.producer is not None and value.producer.op in VIEW_OPS:
-        through_split |= value.producer.op == "split"
-        value = value.producer.inputs[0]
-    return value, through_split
+def _view_sources(value: Value) -> list[Value]:
+    """`value` and the values whose memory it may share: through view ops, and through opaque calls whose
+    ATen schema returns an alias (diagonal, unfold, as_strided run as PyTorch calls)."""
+    sources, pending = [], [value]
+    while pending:
+        current = pending.pop()
+        sources.append(current)
+        producer = current.producer
+        if producer is not None and producer.op in VIEW_OPS:
+            pending.append(producer.inputs[0])
+        elif producer is not None and producer.op == "opaque" and _returns_alias(producer.attrs["target"]):
+            pending.extend(producer.inputs)
+    return sources
+
+
+def _returns_alias(target: str) -> bool:
+    try:
+        op = resolve_target(target)
+    except ValueError:
+        return True  # unknown: copying is always safe
+    return not isinstance(op, torch._ops.OpOverload) or any(r.alias_info is not None for r in op._schema.returns)
 
 
 def load_function(source: str, namespace: dict[str, Any], function: str) -> Callable[..., Any]:

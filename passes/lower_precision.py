@@ -118,6 +118,8 @@ def _classify(node: Node, config: PrecisionConfig, target: DType) -> tuple[Mode,
         return (FOLLOWS if node.attrs["dtype"] is node.inputs[0].type.dtype else AS_IS), None
     if node.op in KEEP_FP32:
         return KEPT, KEEP_FP32[node.op]
+    if node.op == "interpolate" and node.attrs["antialias"]:
+        return KEPT, "PyTorch's antialiased interpolation has no bf16/f16 CPU kernel"
     return (FOLLOWS, None) if node.op in FOLLOW else (KEPT, _UNLISTED)
 
 

@@ -193,6 +193,30 @@ def test_outputs_that_reduce_to_views_of_an_input_are_fresh_tensors(backend: str
     assert_close_to_eager(got, want)
 
 
+class ReturnsCopiesOfOpaqueViews(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x.diagonal() * 1, x.clone().unfold(1, 2, 2), self.w.diagonal() * 1
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.filterwarnings("ignore:.*opaque PyTorch calls")
+def test_outputs_that_reduce_to_opaque_views_of_an_input_or_weight_are_fresh_tensors(backend: str) -> None:
+    """diagonal and unfold run as PyTorch calls whose results view their operand."""
+    model = ReturnsCopiesOfOpaqueViews()
+    cm = hp.compile(model, (torch.randn(4, 4),), backends=[backend])
+    x = torch.randn(4, 4)
+    x_before = x.clone()
+    for out in cm(x):
+        out.add_(100.0)
+    torch.testing.assert_close(x, x_before)
+    with torch.no_grad():
+        assert_close_to_eager(cm(x), model(x))
+
+
 class RunningSum(torch.nn.Module):
     """Updates a buffer in place, as a running statistic or a step counter does."""
 

@@ -11,6 +11,7 @@ import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+import heteropass as hp
 from heteropass.ir import (
     OPS,
     DType,
@@ -339,6 +340,11 @@ _VARIANTS = [
     ("scaled_dot_product_attention", [_t(1, 2, 4, 8), _t(1, 2, 4, 8), _t(1, 2, 4, 8), _t(4, 4)], {}),
     ("matmul", [_t(2, 1, 3, 4), _t(4, 5)], {}),
     ("matmul", [_t(4), _t(4)], {}),
+    ("interpolate", [_t(1, 2, 4, 4)], {"mode": "nearest", "size": [8, 6]}),
+    ("interpolate", [_t(1, 2, 4, 4)], {"mode": "nearest_exact", "size": [8, 6]}),
+    ("interpolate", [_t(1, 2, 4, 4)], {"mode": "cubic", "size": [8, 6], "align_corners": True}),
+    ("interpolate", [_t(1, 2, 8)], {"mode": "linear", "size": [5]}),
+    ("interpolate", [_t(1, 2, 4, 4, 4)], {"mode": "linear", "size": [3, 5, 8]}),
 ]
 _LISTED = sorted(LOWER | FOLLOW | set(KEEP_FP32))
 _CALLS = [(op, *SAMPLES[op]) for op in _LISTED] + _VARIANTS
@@ -461,3 +467,14 @@ def test_random_graphs_stay_valid(precision: str, case: tuple, data: st.DataObje
     assert result.modified == (str(lowered) != str(graph))
     assert _cast_round_trips(lowered) <= _cast_round_trips(graph)
     assert not LowerPrecisionPass(config)(lowered).modified
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_antialiased_interpolation_stays_f32_having_no_16_bit_kernel(precision: str) -> None:
+    class Shrink(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.interpolate(x * 2, scale_factor=0.5, mode="bilinear", antialias=True)
+
+    x = torch.randn(1, 2, 8, 8)
+    compiled = hp.compile(Shrink(), (x,), precision=precision, precision_options={"allow": {"mul"}})
+    torch.testing.assert_close(compiled(x), Shrink()(x), rtol=2e-2, atol=2e-2)
