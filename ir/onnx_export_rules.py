@@ -484,18 +484,59 @@ _RESIZE_MODES = {
 
 @rule("interpolate")
 def _interpolate(em: Emitter, node: Node, x: list[str]) -> str:
-    """Resize over the trailing dims: by the scale factors where the call gave them, else to the size."""
-    attrs, rank = node.attrs, _in(node).rank
-    if attrs["antialias"]:
-        raise fail(node, "ONNX Resize's antialias filter differs from PyTorch's (support and cubic coefficient)")
-    k = len(attrs["size"])
-    resize = dict(_RESIZE_MODES[attrs["mode"]], axes=list(range(rank - k, rank)))
-    if not attrs["mode"].startswith("nearest"):
-        resize["coordinate_transformation_mode"] = "align_corners" if attrs["align_corners"] else "half_pixel"
-    if attrs["scales"] is not None:
-        scales = em.const(torch.tensor(attrs["scales"], dtype=torch.float32), "scales")
-        return em.op("Resize", x[0], None, scales, **resize)
-    return em.op("Resize", x[0], None, None, em.ints(attrs["size"]), **resize)
+    """A Resize to the output size where ONNX Runtime maps coordinates as PyTorch does: no antialias, and
+    scale factors (if the call gave them) that give whole sizes, so out / in is the scale. Otherwise
+    (ONNX Runtime floors float32(scale) * in and maps by the float32 scale; its antialias filter differs)
+    each resized axis becomes PyTorch's own weights: a sum of Gathers times constants."""
+    attrs, type = node.attrs, _in(node)
+    k, rank = len(attrs["size"]), type.rank
+    spatial = [int(d) for d in type.shape[rank - k:]]  # type: ignore[misc]
+    scales = attrs["scales"] or [o / i if i else 1.0 for o, i in zip(attrs["size"], spatial, strict=True)]
+    if not attrs["antialias"] and all(s * i == o for s, i, o in zip(scales, spatial, attrs["size"], strict=True)):
+        resize = dict(_RESIZE_MODES[attrs["mode"]], axes=list(range(rank - k, rank)))
+        if not attrs["mode"].startswith("nearest"):
+            resize["coordinate_transformation_mode"] = "align_corners" if attrs["align_corners"] else "half_pixel"
+        return em.op("Resize", x[0], None, None, em.ints(attrs["size"]), **resize)
+    y = x[0]
+    for axis in range(rank - k, rank):
+        weights = _interpolation_weights(node, axis)
+        if not (weights.shape[0] == weights.shape[1] and torch.equal(weights, torch.eye(len(weights)))):
+            y = _weighted_gathers(em, y, axis, rank, weights.to(type.dtype.torch))
+    return y
+
+
+def _interpolation_weights(node: Node, axis: int) -> torch.Tensor:
+    """[out, in]: how PyTorch's kernel mixes the inputs along `axis`, run on one-hot float64 probes: channel
+    c is 1 where the axis index is c; the other axes keep a size of 2 (n x n x 2 x 2, whatever the image
+    size: at 1 the antialiased kernels take the probe for channels-last)."""
+    attrs, shape = node.attrs, [int(d) for d in _in(node).shape]  # type: ignore[misc]
+    n, k = shape[axis], len(attrs["size"])
+    position = axis - (len(shape) - k)
+    one_hot = torch.eye(n, dtype=torch.float64).reshape(1, n, *[n if j == position else 1 for j in range(k)])
+    probe = one_hot.expand(1, n, *[n if j == position else 2 for j in range(k)]).contiguous()
+    size = [attrs["size"][j] if j == position else 2 for j in range(k)]
+    scales = None if attrs["scales"] is None else [attrs["scales"][j] if j == position else 1.0 for j in range(k)]
+    out = get_op("interpolate").run([probe], {**attrs, "size": size, "scales": scales})[0]
+    return out[(0, slice(None), *[slice(None) if j == position else 0 for j in range(k)])].t()
+
+
+def _weighted_gathers(em: Emitter, x: str, axis: int, rank: int, weights: torch.Tensor) -> str:
+    """sum over taps t of Gather(x, index_t, axis) * weight_t, each output reading its nonzero inputs only
+    (a NaN stays where PyTorch puts it)."""
+    taps = max(int((weights != 0).sum(1).max()), 1)
+    order = weights.abs().argsort(dim=1, descending=True, stable=True)[:, :taps]
+    picked = weights.gather(1, order)
+    order = torch.where(picked == 0, order[:, :1], order)  # a row's spare taps read its first input, times 0
+    broadcast = [1] * rank
+    broadcast[axis] = weights.shape[0]
+    total = None
+    for t in range(taps):
+        term = em.op("Gather", x, em.const(order[:, t].contiguous(), "interpolation_index"), axis=axis)
+        if not torch.all(picked[:, t] == 1):
+            term = em.op("Mul", term, em.const(picked[:, t].reshape(broadcast).contiguous(), "interpolation_weight"))
+        total = term if total is None else em.op("Add", total, term)
+    assert total is not None
+    return total
 
 
 # -- reductions ---------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ def _source_coords(mode: str, out_size: int, in_size: int, scale: float,
     y = np.arange(out_size, dtype=np.float64)
     out_width = scale * in_size
     if mode == "align_corners":
+        # Over scale * in, as the ONNX reference and its node tests map it; ONNX Runtime divides by the
+        # whole output length instead, and differs where scale * in is not whole.
         return (np.zeros(out_size) if out_width == 1 else y * (in_size - 1) / (out_width - 1)), None
     if mode == "asymmetric":
         return y / scale, None
@@ -78,8 +80,8 @@ def _source_coords(mode: str, out_size: int, in_size: int, scale: float,
             x = y * (hi - lo) * (in_size - 1) / (out_width - 1)
         x = x + lo * (in_size - 1)
         return x, (x < 0) | (x > in_size - 1)
-    if mode == "pytorch_half_pixel":
-        return (np.full(out_size, -0.5) if out_width == 1 else (y + 0.5) / scale - 0.5), None
+    if mode == "pytorch_half_pixel":  # the spec's `length_resized > 1 ? ... : 0`, by the whole output length
+        return (np.zeros(out_size) if out_size == 1 else (y + 0.5) / scale - 0.5), None
     if mode == "half_pixel_symmetric":
         offset = in_size / 2 * (1 - out_size / out_width)
         return offset + (y + 0.5) / scale - 0.5, None

@@ -162,8 +162,6 @@ NOT_EXPORTABLE: dict[str, tuple[str, list[TensorType], dict, str]] = {
                                     "windows are irregular"),
     "local_response_norm_even": ("local_response_norm", [t(1, 5, 3, 3)], {"size": 4}, "even window"),
     "bitcast": ("bitcast", [t(2, 3)], {"dtype": I32}, "reinterpret the bits"),
-    "interpolate_antialias": ("interpolate", [t(1, 2, 6, 8)], {"mode": "linear", "size": [3, 4], "antialias": True},
-                              "antialias filter differs"),
     "bitwise_left_shift": ("bitwise_left_shift", [t(2, 3, dtype=I64), t(3, dtype=I64)], {},
                            "BitShift takes unsigned integers, not i64"),
     "bitwise_right_shift": ("bitwise_right_shift", [t(2, 3, dtype=I32), t(3, dtype=I32)], {},
@@ -211,13 +209,30 @@ def test_op_exports_with_reference_semantics(case: str) -> None:
     {"mode": "linear", "size": [10, 13], "scales": [1.7, 1.7]},
     {"mode": "cubic", "size": [9, 13]}, {"mode": "cubic", "size": [4, 13], "align_corners": True},
     {"mode": "linear", "size": [16]}, {"mode": "linear", "size": [6, 3, 9]}, {"mode": "nearest", "size": [6, 3, 9]},
+    {"mode": "nearest", "size": [7, 9], "scales": [1.2, 1.2]},
+    {"mode": "linear", "size": [6, 9], "scales": [1.05, 1.2]},
+    {"mode": "cubic", "size": [4, 5], "scales": [0.7, 0.7]},
+    {"mode": "nearest_exact", "size": [6, 8], "scales": [1.1, 1.1]},
+    {"mode": "linear", "size": [3, 4], "antialias": True}, {"mode": "cubic", "size": [2, 3], "antialias": True},
 ], ids=["nearest", "nearest_shrink", "nearest_exact", "nearest_scales", "linear", "linear_shrink", "linear_corners",
-        "linear_scales", "cubic", "cubic_corners", "linear_1d", "trilinear", "nearest_3d"])
-def test_interpolate_exports_as_a_resize_with_pytorchs_coordinates(attrs: dict[str, Any]) -> None:
-    """ONNX Runtime computes the source coordinates in another order, so a weight may differ in its last bit."""
+        "linear_scales", "cubic", "cubic_corners", "linear_1d", "trilinear", "nearest_3d", "nearest_fractional_scales",
+        "linear_unchanged_height", "cubic_fractional_scales", "nearest_exact_unchanged", "linear_antialias",
+        "cubic_antialias"])
+def test_interpolate_exports_with_pytorchs_coordinates(attrs: dict[str, Any]) -> None:
+    """As a Resize where ONNX Runtime maps as PyTorch does (it computes the coordinates in another order, so
+    a weight may differ in its last bit), else as PyTorch's own weights: Gathers times constants."""
     shape = {1: (2, 3, 7), 2: (2, 3, 6, 8), 3: (1, 2, 3, 4, 5)}[len(attrs["size"])]
     graph = one_node_graph("interpolate", [t(*shape)], attrs)
-    assert_exports_faithfully(graph, random_inputs(graph), atol=1e-5)
+    model = assert_exports_faithfully(graph, random_inputs(graph), atol=1e-5)
+    resized = "Resize" in {n.op_type for n in model.graph.node}
+    assert resized == (not attrs.get("antialias") and "scales" not in attrs)
+
+
+def test_interpolate_exports_nans_where_pytorch_has_them() -> None:
+    graph = one_node_graph("interpolate", [t(1, 1, 4, 6)], {"mode": "linear", "size": [5, 7], "scales": [1.3, 1.3]})
+    x = torch.randn(1, 1, 4, 6)
+    x[0, 0, 0, 0] = torch.nan
+    assert_exports_faithfully(graph, [x], atol=1e-5)
 
 
 @pytest.mark.parametrize("pool", [torch.nn.MaxPool2d(2, 2, padding=1, ceil_mode=True),

@@ -545,3 +545,12 @@ def test_resize_in_a_mode_pytorch_shares_runs_as_one_interpolate(attrs: dict, si
                        {"sizes": np.array(sizes, np.int64)})
     assert_matches_onnxruntime(model)
     assert expected in import_onnx(model).graph.op_counts()
+
+
+def test_pytorch_half_pixel_resize_to_one_element_reads_the_first() -> None:
+    """The spec's `length_resized > 1 ? (x + 0.5) / scale - 0.5 : 0`, whatever scale * in is."""
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear",
+                            coordinate_transformation_mode="pytorch_half_pixel")
+    model = make_model([node], [("x", F32, [1, 1, 5, 6])], [("y", F32, [1, 1, 1, 1])],
+                       {"scales": np.array([1, 1, 0.25, 0.25], np.float32)})
+    assert_matches_onnxruntime(model)
