@@ -117,7 +117,7 @@ class CompiledModule:
 
     @property
     def report(self) -> str:
-        text = self.pipeline.summary_text()
+        text = f"import: {self.program.route or 'ATen graph'}, {self.import_ms:.0f} ms\n" + self.pipeline.summary_text()
         if self.accuracy is not None:
             batches = max(len(self.options.precision.calibration), 1)
             where = "calibration batch(es)" if self.options.precision.calibration else "example input batch(es)"

@@ -66,6 +66,9 @@ class TorchProgram:
     output_leaves: list[int | Literal] = field(default_factory=list)
     state: dict[int, torch.Tensor] = field(default_factory=dict)
     write_back: list[tuple[int, int]] = field(default_factory=list)
+    # How `import_module` captured the model, for the compile report: torch.export's graph as exported or
+    # decomposed first (and why), or torch.fx.
+    route: str = field(default="", compare=False)
     # n when the program takes n positional tensors in graph-input order and no keywords: such a
     # call needs no pytree flattening (~40 us a call, a percent of a small model's latency).
     _positional: int | None = field(default=None, init=False, repr=False, compare=False)
@@ -454,25 +457,32 @@ def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool
         warnings.warn(f"torch.export failed on {type(model).__name__} ({type(exc).__name__}: {reason}); "
                       "importing through torch.fx.symbolic_trace instead", stacklevel=2)
         try:
-            return _import_traced(model, args, kwargs, name, strict)
+            program = _import_traced(model, args, kwargs, name, strict)
         except UnsupportedOpError:
             raise
         except TorchImportError as fallback:
             raise TorchImportError(f"torch.export failed on {type(model).__name__} ({type(exc).__name__}: "
                                    f"{reason}){_export_hint(reason)}; the torch.fx fallback failed too: "
                                    f"{fallback}") from exc
+        program.route = "torch.fx.symbolic_trace and make_fx (torch.export failed)"
+        return program
     state_tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     # Most exports hold only ops with lowering rules: decomposing them first would re-trace the whole
     # program (about a second for a small transformer) to change nothing the IR needs.
     try:
-        return _import_exported(exported, name, strict, state_tensors, decomposed=False)
-    except _NeedsDecomposition:
-        pass
+        program = _import_exported(exported, name, strict, state_tensors, decomposed=False)
+    except _NeedsDecomposition as why:
+        reason = str(why)
+    else:
+        program.route = "torch.export, lowered as exported"
+        return program
     with warnings.catch_warnings():
         # torch's own run_decompositions trips its LeafSpec deprecation; nothing the user can act on.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         decomposed = exported.run_decompositions(decomposition_table())
-    return _import_exported(decomposed, name, strict, state_tensors)
+    program = _import_exported(decomposed, name, strict, state_tensors)
+    program.route = f"torch.export, decomposed first ({reason})"
+    return program
 
 
 def _export_hint(reason: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -421,3 +422,20 @@ def test_check_each_runs_on_the_example_inputs() -> None:
     compiled = hp.compile(model, (ids,), check_each=True)
     assert all(r.stats["drift"] == 0.0 for r in compiled.pipeline.records)
     torch.testing.assert_close(compiled(ids), model(ids))
+
+
+class WritesIntoASlice(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 2
+        y[:, 1:] = x[:, :-1]
+        return y
+
+
+def test_the_report_says_how_the_model_was_imported() -> None:
+    x = torch.randn(3, 4)
+    plain = hp.compile(torch.nn.Linear(4, 2), (x,))
+    assert plain.report.startswith("import: torch.export, lowered as exported, ")
+    sliced = hp.compile(WritesIntoASlice(), (x,))
+    assert re.match(r"import: torch\.export, decomposed first \(aten\.copy_\.default writes slice\w*, an input or a "
+                    r"view\), \d+ ms\n", sliced.report), sliced.report
+    torch.testing.assert_close(sliced(x), WritesIntoASlice()(x))
