@@ -28,6 +28,21 @@ settings.register_profile("thorough", max_examples=3000, deadline=None, suppress
 settings.load_profile(os.environ.get("HETEROPASS_HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture
+def decompositions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One element per `ExportedProgram.run_decompositions` call the test makes (the import re-traces
+    the program only when torch.export's graph cannot be lowered as exported)."""
+    calls: list[int] = []
+    original = torch.export.ExportedProgram.run_decompositions
+
+    def counted(program: torch.export.ExportedProgram, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(program, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", counted)
+    return calls
+
+
 _SUMMARIES: list[str] = []
 
 

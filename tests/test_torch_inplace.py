@@ -13,20 +13,6 @@ from heteropass.ir.torch_inplace import out_of_place
 aten = torch.ops.aten
 
 
-@pytest.fixture
-def decompositions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts `ExportedProgram.run_decompositions` calls (one element per call)."""
-    calls: list[int] = []
-    original = torch.export.ExportedProgram.run_decompositions
-
-    def counted(program: torch.export.ExportedProgram, *args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return original(program, *args, **kwargs)
-
-    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", counted)
-    return calls
-
-
 def _compare(model: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
     """Import `model`, check it against eager on fresh copies of `inputs`; the graph's op counts."""
     program = import_module(model, tuple(x.clone() for x in inputs))
