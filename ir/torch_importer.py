@@ -244,17 +244,25 @@ class _GraphLowering:
         self.decomposed = decomposed
         self.in_place: dict[fx.Node, tuple[fx.Node, torch._ops.OpOverload]] = {}
 
+    def check_undecomposed(self, fx_graph: fx.Graph) -> None:
+        """Raise `_NeedsDecomposition` for what an undecomposed graph holds that only decomposing lowers (a
+        subgraph call, an op without a rule, an in-place write `in_place_writes` refuses), before any
+        weight is copied; a rule that declines a particular call raises it later, from `_lower`."""
+        try:
+            self.in_place = in_place_writes(fx_graph)
+        except InPlaceError as exc:
+            raise _NeedsDecomposition(str(exc)) from exc
+        for node in fx_graph.nodes:
+            if node.op == "get_attr" or (node.op == "call_function" and not isinstance(
+                    node.target, torch._ops.OpOverload) and node.target not in _STRUCTURAL):
+                raise _NeedsDecomposition(f"node {node.name} calls a subgraph ({node.target})")
+            target = self.in_place[node][1] if node in self.in_place else node.target
+            if (node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target._schema.returns
+                    and find_rule(target) is None):
+                raise _NeedsDecomposition(f"{target}: no lowering rule")
+
     def run(self, fx_graph: fx.Graph, module: torch.nn.Module | None = None) -> None:
         """Lower every node; `module` holds the tensors that get_attr nodes read (they become constants)."""
-        if not self.decomposed:
-            for node in fx_graph.nodes:
-                if node.op == "get_attr" or (node.op == "call_function" and not isinstance(
-                        node.target, torch._ops.OpOverload) and node.target not in _STRUCTURAL):
-                    raise _NeedsDecomposition(f"node {node.name} calls a subgraph ({node.target})")
-            try:
-                self.in_place = in_place_writes(fx_graph)
-            except InPlaceError as exc:
-                raise _NeedsDecomposition(str(exc)) from exc
         for node in fx_graph.nodes:
             if node.op == "call_function":
                 self._call(node)
@@ -499,6 +507,8 @@ def _import_exported(ep: torch.export.ExportedProgram, name: str, strict: bool,
     """Lower `ep`; with `decomposed=False`, raise `_NeedsDecomposition` rather than emit an opaque call."""
     graph = Graph(name)
     lowering = _GraphLowering(graph, decomposed=decomposed)
+    if not decomposed:
+        lowering.check_undecomposed(ep.graph)
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     input_leaves: list[int | Literal] = []
     mutated = {spec.target for spec in ep.graph_signature.output_specs

@@ -720,3 +720,25 @@ def test_weight_norm_baddbmm_repeat_interleave_and_shape_likes_lower_undecompose
 
     _import_and_compare(Mixed(), inputs(), inputs())
     assert not decompositions
+
+
+def test_an_export_that_needs_decomposing_copies_the_weights_once(decompositions: list[int],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ops are checked for rules before the weights are copied into the graph: a large model that needs
+    decomposing must not hold two copies of its weights for a moment."""
+    from heteropass.ir import torch_importer
+
+    copies: list[int] = []
+    original = torch_importer._snapshot
+    monkeypatch.setattr(torch_importer, "_snapshot", lambda t: copies.append(1) or original(t))
+
+    class LinearLerp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.lerp(self.fc(x), x, 0.3)
+
+    _import_and_compare(LinearLerp(), (torch.randn(2, 4),), (torch.randn(2, 4),))
+    assert len(decompositions) == 1 and len(copies) == 2
