@@ -649,8 +649,11 @@ def _vector_norm(lx: Lowerer, a: dict[str, Any]) -> Value:
 def _weight_norm(lx: Lowerer, a: dict[str, Any]) -> Value:
     """v * (g / |v|), the norm over every dim but `dim` (over all of them for dim -1), as weight norm computes."""
     v, dim = a["v"], a["dim"]
-    others = None if dim == -1 else tuple(d for d in range(v.type.rank) if d != dim % v.type.rank) or None
-    norm = _vector_norm(lx, {"self": v, "ord": 2, "dim": others, "keepdim": dim != -1, "dtype": None})
+    others = None if dim == -1 else tuple(d for d in range(v.type.rank) if d != dim % v.type.rank)
+    if others == ():  # a 1-D v normed along its only dim: each element's magnitude
+        norm = lx.emit("abs", v)
+    else:
+        norm = _vector_norm(lx, {"self": v, "ord": 2, "dim": others, "keepdim": dim != -1, "dtype": None})
     return lx.emit("mul", v, lx.emit("div", a["g"], norm))
 
 

@@ -742,3 +742,15 @@ def test_an_export_that_needs_decomposing_copies_the_weights_once(decompositions
 
     _import_and_compare(LinearLerp(), (torch.randn(2, 4),), (torch.randn(2, 4),))
     assert len(decompositions) == 1 and len(copies) == 2
+
+
+def test_weight_norm_of_a_vector_along_its_only_dim_is_each_elements_magnitude() -> None:
+    class VectorNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.v, self.g = nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch._weight_norm(self.v, self.g, 0)
+
+    _import_and_compare(VectorNorm(), (torch.randn(3, 5),), (torch.randn(3, 5),))
