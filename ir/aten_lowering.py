@@ -382,16 +382,38 @@ def _unbind(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, ...]:
 
 
 def _slice_scatter(lx: Lowerer, a: dict[str, Any]) -> Value:
-    """self with src in place of self[start:end] along dim: the pieces before and after, concatenated."""
+    """self with src in place of self[start:end:step] along dim: the pieces before and after, concatenated."""
     x, src, dim = a["self"], a["src"], a["dim"] % max(a["self"].type.rank, 1)
-    if a["step"] != 1:
-        raise Unsupported(f"slice_scatter with step {a['step']}")
     size = _shape(x)[dim]
-    start, end, _ = slice(a["start"], a["end"]).indices(size)
-    end = max(start, end)
+    start, end, step = slice(a["start"], a["end"], a["step"]).indices(size)
+    count = len(range(start, end, step))
+    if step != 1 and count > 1:
+        return _strided_slice_scatter(lx, x, src, dim, start, count, step)
+    end = start + count
     pieces = [lx.emit("slice", x, dim=dim, start=0, end=start)] if start > 0 else []
     pieces += [src] if end > start else []
     pieces += [lx.emit("slice", x, dim=dim, start=end)] if end < size else []
+    return pieces[0] if len(pieces) == 1 else lx.emit("concat", *pieces, dim=dim)
+
+
+def _strided_slice_scatter(lx: Lowerer, x: Value, src: Value, dim: int, start: int, count: int, step: int) -> Value:
+    """x with the `count` elements of src at start, start + step, ... along dim: the part they span, viewed
+    as groups of `step` whose first elements src replaces (the last element alone where its group would
+    run past the end)."""
+    size, shape = _shape(x)[dim], _shape(x)
+    groups = count if start + count * step <= size else count - 1
+    pieces = [lx.emit("slice", x, dim=dim, start=0, end=start)] if start > 0 else []
+    part = lx.emit("slice", x, dim=dim, start=start, end=start + groups * step)
+    grouped = lx.emit("reshape", part, shape=(*shape[:dim], groups, step, *shape[dim + 1:]))
+    heads = lx.emit("unsqueeze", lx.emit("slice", src, dim=dim, start=0, end=groups), dim=dim + 1)
+    merged = lx.emit("concat", heads, lx.emit("slice", grouped, dim=dim + 1, start=1), dim=dim + 1)
+    pieces.append(lx.emit("reshape", merged, shape=(*shape[:dim], groups * step, *shape[dim + 1:])))
+    covered = start + groups * step
+    if groups < count:
+        pieces.append(lx.emit("slice", src, dim=dim, start=count - 1))
+        covered += 1
+    if covered < size:
+        pieces.append(lx.emit("slice", x, dim=dim, start=covered))
     return pieces[0] if len(pieces) == 1 else lx.emit("concat", *pieces, dim=dim)
 
 
@@ -768,7 +790,8 @@ RULES.update({
                                                       "dims": tuple(range(a["self"].type.rank))[::-1]}),
     aten.mT.default: lambda lx, a: _transpose(lx, {"self": a["self"], "dim0": -2, "dim1": -1}),
     aten.slice_scatter.default: _slice_scatter, aten.select_scatter.default: _select_scatter,
-    aten.copy.default: _copy,
+    aten.copy.default: _copy, aten.fill.Scalar: _full("value", "self"),
+    aten.fill.Tensor: lambda lx, a: _copy(lx, {"self": a["self"], "src": a["value"]}),
     aten.cat.default: _cat,
     aten.stack.default: lambda lx, a: lx.emit("stack", *a["tensors"], dim=a["dim"]),
     aten.index_select.default: lambda lx, a: lx.emit("index_select", a["self"], a["index"], dim=a["dim"]),

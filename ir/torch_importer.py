@@ -26,7 +26,7 @@ from .aten_lowering import Lowerer, Unsupported, aten, find_rule
 from .graph import Graph, Value
 from .ops import encode_call
 from .printer import format_node
-from .torch_inplace import InPlaceError, in_place_writes
+from .torch_inplace import InPlaceError, InPlaceWrite, in_place_writes
 from .types import DType, TensorType
 
 
@@ -242,7 +242,8 @@ class _GraphLowering:
         # instead (its decomposition may well lower); in-place ops lower out of place where
         # `in_place_writes` allows, else they raise it too.
         self.decomposed = decomposed
-        self.in_place: dict[fx.Node, tuple[fx.Node, torch._ops.OpOverload]] = {}
+        self.in_place: dict[fx.Node, InPlaceWrite] = {}
+        self.write_views: set[fx.Node] = set()  # lowered at each write through them
 
     def check_undecomposed(self, fx_graph: fx.Graph) -> None:
         """Raise `_NeedsDecomposition` for what an undecomposed graph holds that only decomposing lowers (a
@@ -252,11 +253,12 @@ class _GraphLowering:
             self.in_place = in_place_writes(fx_graph)
         except InPlaceError as exc:
             raise _NeedsDecomposition(str(exc)) from exc
+        self.write_views = {view for write in self.in_place.values() for view in write.views}
         for node in fx_graph.nodes:
             if node.op == "get_attr" or (node.op == "call_function" and not isinstance(
                     node.target, torch._ops.OpOverload) and node.target not in _STRUCTURAL):
                 raise _NeedsDecomposition(f"node {node.name} calls a subgraph ({node.target})")
-            target = self.in_place[node][1] if node in self.in_place else node.target
+            target = self.in_place[node].functional if node in self.in_place else node.target
             if (node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target._schema.returns
                     and find_rule(target) is None):
                 raise _NeedsDecomposition(f"{target}: no lowering rule")
@@ -300,16 +302,44 @@ class _GraphLowering:
         if node in self.in_place:
             self._write_in_place(node)
             return
+        if node in self.write_views:
+            return
         self.env[node] = self._lower(node, node.target, node.args, node.kwargs, node.meta.get("val"))
 
     def _write_in_place(self, node: fx.Node) -> None:
         """`node` writes a tensor in place: its out-of-place result is that tensor from here on, for the
-        node that made it and for every earlier write into it."""
-        root, functional = self.in_place[node]
-        result = self._lower(node, functional, node.args, node.kwargs, node.meta.get("val"), in_place=True)
-        earlier = [n for n, (r, _) in self.in_place.items() if r is root and n in self.env]
-        for written in (root, *earlier, node):
+        node that made it and for every earlier write into it. A write through views computes their
+        current values from the tensor's, and scatters the new value back through them."""
+        write = self.in_place[node]
+        values = [self.env[write.root]]
+        self.lx.source = _location(node)
+        try:
+            for view in write.views:
+                values.append(self._view_of(view, values[-1]))
+                self.env[view] = values[-1]
+            result = self._lower(node, write.functional, node.args, node.kwargs, node.meta.get("val"), in_place=True)
+            self.env[node] = result  # the write returns the view it wrote
+            for view, parent in zip(reversed(write.views), reversed(values[:-1]), strict=True):
+                result = self._scatter(view, parent, result)
+        except Unsupported as exc:
+            raise _NeedsDecomposition(f"{node.target}: {exc}") from exc
+        earlier = [n for n, w in self.in_place.items() if w.root is write.root and not w.views and n in self.env]
+        for written in (write.root, *earlier):
             self.env[written] = result
+
+    def _view_of(self, view: fx.Node, base: Value) -> Value:
+        """What the `slice`/`select` node `view` gives when applied to `base`."""
+        bound = _bind(view.target, fx.node.map_arg(view.args, self.env.__getitem__), view.kwargs)
+        self.lx.out_types = None
+        return find_rule(view.target)(self.lx, {**bound, "self": base})
+
+    def _scatter(self, view: fx.Node, base: Value, value: Value) -> Value:
+        """`base` with `value` in place of the part the `slice`/`select` node `view` views."""
+        bound = {**_bind(view.target, fx.node.map_arg(view.args, self.env.__getitem__), view.kwargs),
+                 "self": base, "src": value}
+        target = aten.select_scatter.default if view.target is aten.select.int else aten.slice_scatter.default
+        self.lx.out_types = None
+        return find_rule(target)(self.lx, bound)
 
     def _lower(self, node: fx.Node, target: Any, fx_args: tuple, fx_kwargs: dict[str, Any], val: Any,
                in_place: bool = False) -> Any:

@@ -669,6 +669,25 @@ def test_assignments_into_slices_become_concatenations() -> None:
     assert "concat" in program.graph.op_counts()
 
 
+@pytest.mark.parametrize(("start", "end", "step"), [(0, None, 2), (1, None, 3), (1, 6, 4), (-3, None, 2),
+                                                     (2, 100, 7), (5, 1, 2)])
+def test_strided_slice_scatter_becomes_concatenations(start: int, end: int | None, step: int) -> None:
+    """Every step-th element from start replaced: groups of `step` whose first elements change, and a
+    last element alone where its group would run past the end."""
+
+    class Strided(nn.Module):
+        def forward(self, x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+            return torch.slice_scatter(x * 2, src, 1, start, end, step)
+
+    count = len(range(*slice(start, end, step).indices(7)))
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(3, 7, 2), torch.randn(3, count, 2)
+
+    program = _import_and_compare(Strided(), inputs(), inputs())
+    assert "opaque" not in program.graph.op_counts()
+
+
 @pytest.mark.parametrize("order", [2, 1, 0, 3.5, -1.0, float("inf"), float("-inf")])
 def test_vector_norms(order: float) -> None:
     class Norms(nn.Module):
