@@ -327,14 +327,13 @@ class NumbaBackend(Backend):
         product = plan.epilogue.inputs[0]
         # The product dies here; the first output may reuse its memory when it has its type: a library
         # that writes into a given tensor then writes into the output (the same address every call, so
-        # ONNX Runtime keeps its binding) and the epilogue runs over it in place.
+        # ONNX Runtime keeps its binding) and the epilogue runs over it in place. (A convolution of a
+        # channels-last tensor gives a channels-last product: the epilogue then writes a new tensor.)
         in_place = (not body.is_output(plan.product_node.outputs[0])
                     and plan.epilogue.outputs[0].type == product.type and len(body.outputs) == 1)
         if in_place and plan.product.writes_out:
             operands.append("None if out is None else out[0]")
-            epilogue_out = "[p]"
-        else:
-            epilogue_out = f"out if out is not None else {'[p]' if in_place else 'None'}"
+        epilogue_out = f"out if out is not None else {'[p] if p.is_contiguous() else None' if in_place else 'None'}"
         lines.append(f"    p = {product_name}({', '.join(operands)})")
         lines.append(f"    return {epilogue_name}({', '.join(epi_args)}, out={epilogue_out})")
         return _Region(epilogue.glue + "\n" + "\n".join(lines) + "\n", epilogue.kernels, True, plan.product.text)

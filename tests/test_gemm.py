@@ -233,3 +233,25 @@ def test_a_matmul_with_a_vector_operand_does_not_write_into_out() -> None:
     a, b = torch.randn(4, 5), torch.randn(5)
     assert not product.writes_out
     torch.testing.assert_close(product.call(a, b, None, torch.empty(4)), a @ b)
+
+
+@pytest.mark.parametrize("option", range(4))
+def test_a_channels_last_convolution_product_gets_its_epilogue(option: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN and F.conv2d return a channels-last product for channels-last operands; the epilogue, which
+    writes contiguous memory, then makes a new tensor instead of running over the product in place."""
+    import heteropass as hp
+    from heteropass.backends import gemm
+
+    def pick(runs: dict, *args: object, **kwargs: object) -> dict:
+        keys = list(runs)
+        return {k: float(k != keys[min(option, len(keys) - 1)]) for k in keys}
+
+    monkeypatch.setattr(gemm, "fastest_runs", pick)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten()).eval()
+    x = torch.randn(2, 4, 8, 8)
+    compiled = hp.compile(model, (x,), backends=("numba", "reference"))
+    model_last = model.to(memory_format=torch.channels_last)
+    compiled_last = hp.compile(model_last, (x,), backends=("numba", "reference"))
+    for fn in (compiled, compiled_last):
+        for call in (x, x.contiguous(memory_format=torch.channels_last)):
+            torch.testing.assert_close(fn(call), model(call), rtol=1e-4, atol=1e-5)
