@@ -228,9 +228,10 @@ def _returned(graph: Graph, namer: Namer) -> list[str]:
     """The returned expressions: a copy of each output that the caller could otherwise change for someone
     else (a constant, a graph input or a view of one, an output already returned), as eager PyTorch
     returns fresh tensors for `clone()`, `x * 1` and a folded weight expression, which the passes reduce
-    to those. A `split` result (or a view of one) is made contiguous: merge-parallel-linears returns
-    column slices of one product where eager returned separate contiguous tensors (`.view` works on
-    them), and a slice would keep the whole alive."""
+    to those. A view of an intermediate (or a `split` result) is made contiguous: the importer drops
+    `.contiguous()` and `.clone()`, after which eager's `.view` works and an expanded result does not
+    alias itself; merge-parallel-linears returns column slices of one product where eager returned
+    separate contiguous tensors."""
     inputs = {id(v) for v in graph.inputs}
     seen: set[int] = set()
     returned = []
@@ -240,7 +241,7 @@ def _returned(graph: Graph, namer: Namer) -> list[str]:
         seen.add(id(value))
         if shared:
             returned.append(f"{namer(value)}.clone()")
-        elif any(v.producer is not None and v.producer.op == "split" for v in sources):
+        elif len(sources) > 1 or (value.producer is not None and value.producer.op == "split"):
             returned.append(f"{namer(value)}.contiguous()")
         else:
             returned.append(namer(value))

@@ -194,6 +194,24 @@ def test_outputs_that_reduce_to_views_of_an_input_are_fresh_tensors(backend: str
     assert_close_to_eager(got, want)
 
 
+class ReturnsContiguousViews(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y = x * 2
+        return y[:, :1].expand(3, 2, 4).contiguous(), (y + 1).permute(0, 2, 1).contiguous(), y[:, ::2].clone()
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_outputs_that_are_views_of_intermediates_are_contiguous(backend: str) -> None:
+    """The importer drops `.contiguous()` and `.clone()`: the outputs, views of `y`, are still returned as
+    contiguous tensors, so `.view` works on them and writing one element of the expand changes only it."""
+    model, x = ReturnsContiguousViews(), torch.randn(3, 2, 4)
+    expanded, permuted, strided = hp.compile(model, (x,), backends=[backend])(x)
+    assert expanded.is_contiguous() and permuted.is_contiguous() and strided.is_contiguous()
+    expanded[:, 0, 0] = 100.0
+    assert int((expanded == 100.0).sum()) == 3
+    assert_close_to_eager(permuted.view(3, -1), model(x)[1].view(3, -1))
+
+
 class ReturnsCopiesOfOpaqueViews(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
