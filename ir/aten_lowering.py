@@ -78,6 +78,11 @@ def _ints(x: int | Sequence[int]) -> tuple[int, ...]:
     return (x,) if isinstance(x, int) else tuple(x)
 
 
+def _dims_of(x: Value, dims: Sequence[int]) -> tuple[int, ...]:
+    """`dims` of `x` counted from the front (a 0-d tensor's dim 0 or -1 is 0)."""
+    return tuple(d % max(x.type.rank, 1) for d in _ints(dims))
+
+
 def _dims(dim: int | Sequence[int] | None) -> tuple[int, ...] | None:
     """An ATen `dim` argument as IR `dims`: None and [] both mean every dimension."""
     if dim is None:
@@ -690,6 +695,16 @@ def _var_std(op: str) -> Rule:
     return rule
 
 
+def _var_std_mean(op: str) -> Rule:
+    """var_mean/std_mean: the var or std and the mean, over the same dims."""
+    moment = _var_std(op)
+
+    def rule(lx: Lowerer, a: dict[str, Any]) -> tuple[Value, Value]:
+        return moment(lx, a), lx.emit("mean", a["self"], dims=_dims(a["dim"]), keepdim=a["keepdim"], dtype=None)
+
+    return rule
+
+
 def _arg_reduce(op: str) -> Rule:
     return lambda lx, a: lx.emit(op, a["self"], dim=a["dim"], keepdim=a["keepdim"])
 
@@ -847,6 +862,9 @@ RULES.update({
     aten.prod: _reduce("prod"), aten.any: _reduce("any"), aten.all: _reduce("all"),
     aten.var.correction: _var_std("var"), aten.var.dim: _var_std("var"),
     aten.std.correction: _var_std("std"), aten.std.dim: _var_std("std"),
+    aten.var_mean.correction: _var_std_mean("var"), aten.var_mean.dim: _var_std_mean("var"),
+    aten.std_mean.correction: _var_std_mean("std"), aten.std_mean.dim: _var_std_mean("std"),
+    aten.flip.default: lambda lx, a: lx.emit("flip", a["self"], dims=_dims_of(a["self"], a["dims"])),
     aten.argmax.default: _arg_reduce("argmax"), aten.argmin.default: _arg_reduce("argmin"),
     aten.max.dim: _max_min_dim("amax", "argmax"), aten.min.dim: _max_min_dim("amin", "argmin"),
     aten.cumsum.default: _cumsum, aten.linalg_vector_norm.default: _vector_norm,

@@ -688,6 +688,20 @@ def test_strided_slice_scatter_becomes_concatenations(start: int, end: int | Non
     assert "opaque" not in program.graph.op_counts()
 
 
+def test_var_mean_std_mean_and_flip_lower_whole(decompositions: list[int]) -> None:
+    """A timm-style channels-first layer norm (var_mean) and flips: no re-trace, no opaque call."""
+
+    class Moments(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            var, mean = torch.var_mean(x, dim=1, keepdim=True)
+            std, mean2 = torch.std_mean(x, dim=(0, 2), correction=0)
+            return ((x - mean) / (var + 1e-5).sqrt(), std, mean2, *torch.var_mean(x), torch.flip(x, [-1, 0]),
+                    torch.flip(x[0, 0, 0], [0]))
+
+    _import_and_compare(Moments(), (torch.randn(3, 4, 5),), (torch.randn(3, 4, 5),))
+    assert not decompositions
+
+
 @pytest.mark.parametrize("order", [2, 1, 0, 3.5, -1.0, float("inf"), float("-inf")])
 def test_vector_norms(order: float) -> None:
     class Norms(nn.Module):
