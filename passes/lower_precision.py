@@ -58,6 +58,10 @@ FOLLOW: frozenset[str] = frozenset({
 })
 
 _UNLISTED = "it is on none of LOWER, FOLLOW and KEEP_FP32 (no checked bf16/f16 form)"
+# A product summed in float32 (a decomposed norm's x*x, cosine similarity's x1*x2, a variance): computed in
+# f16, it overflows before the sum (300 * 300 > 65504); autocast runs norm and cosine_similarity in float32.
+_SUMMED_PRODUCT = "its products feed only a float32 sum and overflow f16 (300 * 300 > 65504) before it"
+_SUMS = frozenset({"sum", "mean", "var", "std"})
 _TARGETS = {"bf16": DType.bf16, "fp16": DType.f16}
 _CAST_RULES = tuple(rule for rule in SIMPLIFY_RULES if rule.name in ("cast-noop", "cast-round-trip"))
 
@@ -118,6 +122,9 @@ def _classify(node: Node, config: PrecisionConfig, target: DType) -> tuple[Mode,
         return (FOLLOWS if node.attrs["dtype"] is node.inputs[0].type.dtype else AS_IS), None
     if node.op in KEEP_FP32:
         return KEPT, KEEP_FP32[node.op]
+    if (node.op == "mul" and target is DType.f16 and node.output.users
+            and all(user.op in _SUMS for user in node.output.users)):
+        return KEPT, _SUMMED_PRODUCT
     if node.op == "interpolate" and node.attrs["antialias"]:
         return KEPT, "PyTorch's antialiased interpolation has no bf16/f16 CPU kernel"
     return (FOLLOWS, None) if node.op in FOLLOW else (KEPT, _UNLISTED)

@@ -117,6 +117,33 @@ def test_softmax_stays_f32_between_lowered_products() -> None:
     assert result.notes == [f"kept softmax at f32 (%1): {KEEP_FP32['softmax']}"]
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_product_summed_in_f32_stays_f32_under_fp16(precision: str) -> None:
+    """A norm's x*x after a lowered linear: in f16 it overflows past |x| = 256 before the float32 sum."""
+    before = """
+    graph g(%x: f32[2,4], %w: f32[3,4]) -> (f32[2]) {
+      %0: f32[2,3] = linear(%x, %w)
+      %1: f32[2,3] = mul(%0, %0)
+      %2: f32[2] = sum(%1) {dims=[-1]}
+      %3: f32[2] = sqrt(%2)
+      return %3
+    }"""
+    low = "f16" if precision == "fp16" else "bf16"
+    squares = ("%3: f32[2,3] = cast(%2) {dtype=f32}\n      %4: f32[2,3] = mul(%3, %3)\n"
+               if precision == "fp16" else
+               f"%3: {low}[2,3] = mul(%2, %2)\n      %4: f32[2,3] = cast(%3) {{dtype=f32}}\n")
+    result = check(before, f"""
+    graph g(%x: f32[2,4], %w: f32[3,4]) -> (f32[2]) {{
+      %0: {low}[2,4] = cast(%x) {{dtype={low}}}
+      %1: {low}[3,4] = cast(%w) {{dtype={low}}}
+      %2: {low}[2,3] = linear(%0, %1)
+      {squares}      %5: f32[2] = sum(%4) {{dims=[-1]}}
+      %6: f32[2] = sqrt(%5)
+      return %6
+    }}""", PrecisionConfig(precision))
+    assert any("overflow f16 (300 * 300" in note for note in result.notes) == (precision == "fp16")
+
+
 def test_follow_ops_take_the_widest_dtype_of_their_inputs() -> None:
     # gelu and the constant add follow the product; mixing with the f32 input %y widens to f32 (autocast's
     # promote); where keeps its bool condition and converts its f32 constant.
