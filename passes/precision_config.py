@@ -126,7 +126,12 @@ def measure_error(reference: Sequence[torch.Tensor], actual: Sequence[torch.Tens
     max_abs = float(err.abs().max()) if err.numel() else 0.0
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     noise, signal = float(err.square().sum()), float(ref.square().sum())
-    sqnr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    if noise == 0:
+        sqnr = math.inf
+    elif signal > 0 and math.isfinite(noise):
+        sqnr = 10 * (math.log10(signal) - math.log10(noise))
+    else:  # no signal, or an infinite or NaN error (a 16-bit overflow)
+        sqnr = -math.inf
     norms = float(ref.norm() * got.norm())
     cosine = float(ref @ got) / norms if norms > 0 else float(noise == 0)
     return ErrorMetrics(max_abs, max_abs / scale if scale > 0 else max_abs, sqnr, cosine)

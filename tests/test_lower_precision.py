@@ -4,6 +4,7 @@ follows its inputs; overrides; the op lists run in 16 bits on CPU; lowered graph
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import pytest
@@ -505,3 +506,14 @@ def test_antialiased_interpolation_stays_f32_having_no_16_bit_kernel(precision: 
     x = torch.randn(1, 2, 8, 8)
     compiled = hp.compile(Shrink(), (x,), precision=precision, precision_options={"allow": {"mul"}})
     torch.testing.assert_close(compiled(x), Shrink()(x), rtol=2e-2, atol=2e-2)
+
+
+def test_error_metrics_of_an_overflowed_or_tiny_result() -> None:
+    """A 16-bit overflow gives an infinite error, not a math domain error; a tiny signal against a large
+    error is a finite, very negative SQNR."""
+    overflowed = measure_error([torch.tensor([1.0, 2.0])], [torch.tensor([math.inf, 2.0])])
+    assert overflowed.max_rel == math.inf and overflowed.sqnr_db == -math.inf
+    nan = measure_error([torch.tensor([1.0, 2.0])], [torch.tensor([math.nan, 2.0])])
+    assert nan.sqnr_db == -math.inf
+    tiny = measure_error([torch.tensor([1e-150], dtype=torch.float64)], [torch.tensor([1e150], dtype=torch.float64)])
+    assert tiny.sqnr_db == pytest.approx(-6000.0)
