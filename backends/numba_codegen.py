@@ -225,6 +225,11 @@ def check_elementwise(node: Node) -> None:
     bad = [t for t in types if t.dtype not in NP_TYPE or not t.is_static]
     if bad:
         raise Unsupported(f"{node.op} on {bad[0]}")
+    if node.op in ("div", "remainder", "fmod") and not compute_dtype(node).is_floating:
+        divisor = node.inputs[1].const
+        if divisor is None or bool(((divisor == 0) | (divisor == -1)).any()):
+            # PyTorch raises on a zero divisor and wraps MIN // -1; the kernel would give 0 for both.
+            raise Unsupported(f"integer {node.op} by a divisor that is not a constant free of 0 and -1")
     scalar_expr(node, [f"a{i}" for i in range(len(node.inputs))])
 
 

@@ -164,15 +164,33 @@ def test_pow_by_a_constant_keeps_std_pow_at_zeros_and_infinities(exponent: str) 
                                             ("fmod", "", None), ("maximum", "", None), ("bitwise_and", "", None),
                                             ("ne", "", "bool")])
 def test_integer_ops_follow_torch_rounding_and_wrapping(dtype: str, op: str, attrs: str, out: str | None) -> None:
+    """Divisors of both signs; the kernels divide only by constants (see the test below)."""
     out = out or dtype
-    text = f"""graph m(%a: {dtype}[4,9], %b: {dtype}[9]) -> ({out}[4,9]) {{
+    t = DType.parse(dtype).torch
+    a = torch.randint(-50, 50, (4, 9), dtype=t)
+    b = torch.randint(2, 7, (9,), dtype=t) * (torch.randint(0, 2, (9,), dtype=t) * 2 - 1)
+    divides = op in ("div", "remainder", "fmod") and out != "f32"
+    operand = f"const %b: {dtype}[9] = {b.tolist()}" if divides else ""
+    text = f"""graph m(%a: {dtype}[4,9]{"" if divides else f", %b: {dtype}[9]"}) -> ({out}[4,9]) {{
+  {operand}
   %0: {out}[4,9] = {op}(%a, %b){attrs}
   return %0
 }}"""
-    t = DType.parse(dtype).torch
-    a = torch.randint(-50, 50, (4, 9), dtype=t)
-    b = torch.randint(1, 7, (9,), dtype=t) * (torch.randint(0, 2, (9,), dtype=t) * 2 - 1)
-    check(text, [a, b])
+    check(text, [a] if divides else [a, b])
+
+
+@pytest.mark.parametrize("op, attrs", [("div", ' {rounding_mode="floor"}'), ("div", ' {rounding_mode="trunc"}'),
+                                       ("remainder", ""), ("fmod", "")])
+def test_integer_division_by_a_tensor_is_left_to_pytorch_which_raises_on_zero(op: str, attrs: str) -> None:
+    """A kernel would give 0 for a zero divisor (and for MIN // -1, which PyTorch wraps to MIN)."""
+    graph = parse_graph(f"""graph m(%a: i64[4], %b: i64[4]) -> (i64[4]) {{
+  %0: i64[4] = {op}(%a, %b){attrs}
+  return %0
+}}""")
+    executable = build_executable(graph, BACKENDS)
+    assert [p.backend.name for p in executable.partitions] == ["reference"]
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        executable(torch.tensor([7, -7, 9, 1]), torch.tensor([2, 0, 3, 1]))
 
 
 def test_where_cast_and_mixed_dtypes() -> None:
