@@ -588,7 +588,8 @@ def _reduce(em: Emitter, node: Node, x: list[str]) -> str:
 
 @rule("var", "std")
 def _var(em: Emitter, node: Node, x: list[str]) -> str:
-    """sum((x - mean)^2) / (n - correction), and its square root for std."""
+    """sum((x - mean)^2) / max(0, n - correction), and its square root for std; as in PyTorch a
+    correction of n or more divides by 0 (inf, or NaN for 0 / 0)."""
     if (empty := _empty_reduction(em, node)) is not None:
         return empty
     type = _in(node)
@@ -597,7 +598,7 @@ def _var(em: Emitter, node: Node, x: list[str]) -> str:
     centered = em.op("Sub", x[0], em.op("ReduceMean", x[0], axes, keepdims=1))
     squares = em.op("ReduceSum", em.op("Mul", centered, centered), axes, keepdims=int(node.attrs["keepdim"]))
     n = math.prod(type.shape[a] for a in axes_list)  # type: ignore[misc]
-    var = em.op("Div", squares, em.scalar(n - node.attrs["correction"], type.dtype))
+    var = em.op("Div", squares, em.scalar(max(0, n - node.attrs["correction"]), type.dtype))
     return em.op("Sqrt", var) if node.op == "std" else var
 
 

@@ -288,6 +288,8 @@ def reduce(ctx: NodeContext) -> list[Value]:
     op_type = ctx.node.op_type
     dims = reduce_axes(ctx, x.type.rank)
     if dims is None:  # noop_with_empty_axes: the elementwise steps still run (ReduceL1 gives |x|)
+        if op_type == "ReduceLogSumExp":  # log(exp(x)) shifted by the max of x alone is x, as ORT gives
+            return [x]
         if op_type in _SUM_OF_STEPS:
             x = ctx.cast(_reduction_steps(ctx, ctx.cast(x, _work_type(x.type.dtype)), op_type, None), x.type.dtype)
         return [x]
@@ -313,28 +315,40 @@ def reduce(ctx: NodeContext) -> list[Value]:
         return [ctx.cast(ctx.call("mean", work, dims=dims, keepdim=keep), dtype)]
     if op_type == "ReduceSum" and not dtype.is_floating:
         return [ctx.call("sum", x, dims=dims, keepdim=keep, dtype=dtype)]
+    if op_type == "ReduceLogSumExp":
+        return [ctx.cast(_log_sum_exp(ctx, work, dims, keep), dtype)]
     return [ctx.cast(_reduction_steps(ctx, work, op_type, lambda v: ctx.call("sum", v, dims=dims, keepdim=keep)),
                      dtype)]
 
 
-_SUM_OF_STEPS = ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+_SUM_OF_STEPS = ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum")
 
 
 def _work_type(dtype: DType) -> DType:
     return dtype if dtype.is_floating else DType.f64
 
 
+def _log_sum_exp(ctx: NodeContext, x: Value, dims: tuple[int, ...] | None, keep: bool) -> Value:
+    """m + log(sum(exp(x - m))) with m the max over `dims`, so exp neither overflows nor underflows.
+    A non-finite m shifts by 0 instead: all -inf gives log(0) = -inf and a +inf gives +inf, not NaN."""
+    peak = ctx.call("amax", x, dims=dims, keepdim=True)
+    finite = ctx.call("lt", ctx.call("abs", peak), ctx.scalar(math.inf, peak))
+    shift = ctx.call("where", finite, peak, ctx.scalar(0.0, peak))
+    total = ctx.call("sum", ctx.call("exp", ctx.call("sub", x, shift)), dims=dims, keepdim=keep)
+    return ctx.call("add", ctx.call("log", total), ctx.reshape(shift, total.type.static_shape()))
+
+
 def _reduction_steps(ctx: NodeContext, x: Value, op_type: str, total: Callable[[Value], Value] | None) -> Value:
     """A sum-based ONNX reduction: its elementwise step before the sum, the sum (`total`; none when
     noop_with_empty_axes leaves it out) and its step after."""
-    pre = {"ReduceL1": "abs", "ReduceLogSumExp": "exp"}.get(op_type)
+    pre = {"ReduceL1": "abs"}.get(op_type)
     if pre:
         x = ctx.call(pre, x)
     if op_type in ("ReduceL2", "ReduceSumSquare"):
         x = ctx.call("mul", x, x)
     if total is not None:
         x = total(x)
-    post = {"ReduceL2": "sqrt", "ReduceLogSum": "log", "ReduceLogSumExp": "log"}.get(op_type)
+    post = {"ReduceL2": "sqrt", "ReduceLogSum": "log"}.get(op_type)
     return ctx.call(post, x) if post else x
 
 

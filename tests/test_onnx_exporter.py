@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import onnx
@@ -565,3 +565,20 @@ def test_scans_and_softmax_of_a_0d_tensor_and_lrn_of_3d_and_5d_inputs_export() -
       return %0, %1, %2, %3, %4, %5
     }""")
     assert_exports_faithfully(graph, random_inputs(graph))
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("n", [2, 5])
+@pytest.mark.parametrize("correction", [0.0, 1.0, 2.0, 3.0])
+def test_var_and_std_divide_by_n_less_the_correction_but_not_below_zero_as_pytorch_does(
+        correction: float, n: int, keepdim: bool) -> None:
+    """A correction of n or more divides by 0: inf, or NaN for a constant row (0 / 0)."""
+    x = torch.randn(3, n)
+    x[1] = 0.5
+    for op, eager in (("var", torch.var), ("std", torch.std)):
+        graph = one_node_graph(op, [t(3, n)], {"dims": [1], "keepdim": keepdim, "correction": correction})
+        model = export_onnx(graph)
+        onnx.checker.check_model(model, full_check=True)
+        with pytest.warns(UserWarning, match="degrees of freedom") if correction >= n else nullcontext():
+            expected = eager(x, 1, correction=correction, keepdim=keepdim)
+        torch.testing.assert_close(run_onnx(model, [x])[0], expected, equal_nan=True)

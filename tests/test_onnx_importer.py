@@ -166,6 +166,24 @@ def test_matches_onnxruntime(name: str) -> None:
     assert_matches_onnxruntime(make_model(nodes, inputs, outputs, initializers))
 
 
+@pytest.mark.parametrize("axes, attrs", [([2], {"keepdims": 0}), ([-1], {"keepdims": 1}), ([1, 2], {"keepdims": 0}),
+                                         ([], {"noop_with_empty_axes": 1})])
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.DOUBLE])
+def test_reduce_log_sum_exp_is_shifted_by_the_max_as_onnx_runtime_computes_it(axes: list[int], attrs: dict,
+                                                                                dtype: int) -> None:
+    # exp overflows above ~88.7 (f32) and underflows below ~-103; rows of -inf give -inf, a +inf gives +inf.
+    rows = [[100, 101, 102], [1000, 999, 0], [-200, -201, -300], [-np.inf] * 3, [np.inf, -np.inf, 0],
+            [np.nan, 1, 2], [-np.inf, 0, 1]]
+    x = np.array(rows, helper.tensor_dtype_to_np_dtype(dtype)).reshape(7, 1, 3)
+    model = make_model([helper.make_node("ReduceLogSumExp", ["x", "axes"], ["y"], **attrs)],
+                       [("x", dtype, [7, 1, 3])], [("y", dtype, None)], {"axes": np.array(axes, np.int64)})
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (want,) = session.run(None, {"x": x})
+    (got,) = HeteropassBackend.prepare(model).run([x])
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_old_opsets_are_upgraded_with_their_semantics() -> None:
     # Softmax-11 normalizes over all dims from `axis` on, not just `axis`.
     model = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=1)], [("x", F32, [2, 3, 4])],
