@@ -66,7 +66,7 @@ class Executable:
         else:
             for tensor, (dtype, shape) in zip(tensors, static, strict=True):
                 if (not isinstance(tensor, torch.Tensor) or tensor.dtype is not dtype or tensor.shape != shape
-                        or not tensor.is_cpu):
+                        or not tensor.is_cpu or tensor.layout is not torch.strided):
                     self.check_inputs(tensors)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             # The kernels compute values, not gradients (some write into out= buffers, which autograd
@@ -115,6 +115,9 @@ class Executable:
             if not tensor.is_cpu:
                 raise InputError(f"{where} expects a CPU tensor, got one on {tensor.device}: every partition "
                                  "runs on the CPU")
+            if tensor.layout is not torch.strided:
+                raise InputError(f"{where} expects a dense tensor, got a {str(tensor.layout).removeprefix('torch.')} "
+                                 "one: pass `.to_dense()`")
             if (tensor.dtype != expected_type.dtype.torch or tensor.dim() != expected_type.rank
                     or any(isinstance(want, int) and want != size
                            for want, size in zip(expected_type.shape, tensor.shape, strict=True))):

@@ -83,6 +83,9 @@ def test_callables_hold_no_ir_objects() -> None:
     (lambda x, m: (x, 3), "input 1 'mask' expects a tensor i64[8,16], got int"),
     (lambda x, m: (x.to("meta"), m), "input 0 'x' expects a CPU tensor, got one on meta: every partition runs on "
                                      "the CPU"),
+    (lambda x, m: (x.to_sparse(), m), "input 0 'x' expects a dense tensor, got a sparse_coo one: pass `.to_dense()`"),
+    (lambda x, m: (x, m.to_sparse_csr()), "input 1 'mask' expects a dense tensor, got a sparse_csr one: pass "
+                                          "`.to_dense()`"),
 ])
 def test_input_errors(args, message: str) -> None:
     graph = parse_graph(TEXT)
