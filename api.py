@@ -181,13 +181,15 @@ class CompiledModule:
     def _check_aliasing(self, flat: Sequence[torch.Tensor]) -> None:
         """A graph input the model updates in place must not overlap another input in memory: the graph
         reads every input as a separate tensor, eager would see the update through the other. (The two
-        halves of one packed KV cache do not overlap.)"""
+        halves of one packed KV cache do not overlap, nor do interleaved views such as `x[:, ::2]` and
+        `x[:, 1::2]`.)"""
         names = [v.name for v in self.graph.inputs]
         for j in self._mutated:
             first, end = _byte_range(flat[j])
             for i, tensor in enumerate(flat):
                 start, stop = _byte_range(tensor)
-                if i != j and first < end and start < stop and start < end and first < stop:
+                if (i != j and first < end and start < stop and start < end and first < stop
+                        and _elements_overlap(flat[j], tensor)):
                     raise ValueError(f"input {j} '{names[j]}', which the model updates in place, shares memory "
                                      f"with input {i} '{names[i]}'; pass separate tensors (e.g. .clone())")
 
@@ -199,6 +201,23 @@ def _byte_range(tensor: torch.Tensor) -> tuple[int, int]:
         return start, start
     extent = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
     return start, start + extent * tensor.element_size()
+
+
+def _element_addresses(tensor: torch.Tensor) -> torch.Tensor:
+    """The address of each element of `tensor`, sorted."""
+    offsets = torch.zeros((), dtype=torch.int64)
+    for size, stride in zip(tensor.shape, tensor.stride(), strict=True):
+        offsets = offsets.unsqueeze(-1) + torch.arange(size) * stride
+    return (offsets.flatten() * tensor.element_size() + tensor.data_ptr()).sort().values
+
+
+def _elements_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether some byte of an element of `a` is a byte of an element of `b`."""
+    starts_a, starts_b = _element_addresses(a), _element_addresses(b)
+    # The first element of a starting after s - size_a is the only one that can reach b's element at s.
+    candidates = torch.searchsorted(starts_a, starts_b - a.element_size(), right=True)
+    inside = candidates < len(starts_a)
+    return bool((starts_a[candidates[inside]] < starts_b[inside] + b.element_size()).any())
 
 
 def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,

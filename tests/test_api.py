@@ -13,6 +13,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 import heteropass as hp
+from heteropass.api import _elements_overlap
 from heteropass.backends.executable import InputError
 from heteropass.ir.torch_importer import UnsupportedOpError
 from heteropass.testing import models
@@ -388,6 +389,19 @@ def test_an_input_updated_in_place_must_not_alias_another_input() -> None:
     packed_eager = packed.clone()
     assert_close_to_eager(cm(packed[0], packed[1]), UpdatesFirstReadsSecond()(packed_eager[0], packed_eager[1]))
     torch.testing.assert_close(packed, packed_eager)
+    interleaved = torch.randn(4, 2)  # the columns' byte ranges cross, their elements do not
+    interleaved_eager = interleaved.clone()
+    assert_close_to_eager(cm(interleaved[:, 0], interleaved[:, 1]),
+                          UpdatesFirstReadsSecond()(interleaved_eager[:, 0], interleaved_eager[:, 1]))
+    torch.testing.assert_close(interleaved, interleaved_eager)
+    overlapping = torch.randn(5)
+    with pytest.raises(ValueError, match="shares memory"):
+        cm(overlapping[:4], overlapping[1:])
+
+    storage = torch.randn(8, dtype=torch.float64)
+    wide, narrow = storage[::2], storage.view(torch.float32)
+    assert not _elements_overlap(wide, narrow[2::4]) and not _elements_overlap(narrow[2::4], wide)
+    assert _elements_overlap(wide, narrow[1::4]) and _elements_overlap(narrow[1::4], wide)
 
 
 def test_training_mode_is_compiled_in_warned_and_checked_at_call_time() -> None:
