@@ -51,8 +51,10 @@ class Lowerer:
             self._scalars[key] = self.graph.add_constant(f"c{len(self._scalars)}", tensor)
         return self._scalars[key]
 
-    def operand(self, x: Any, other: Any) -> Value:
-        """`x` as a value; a Python number becomes a 0-d constant of the type PyTorch computes in."""
+    def operand(self, x: Any, other: Any, wrap: bool = True) -> Value:
+        """`x` as a value; a Python number becomes a 0-d constant of the type PyTorch computes in, an integer
+        out of that type's range wrapped into it as arithmetic does (`int8_tensor * 1000` multiplies by -24;
+        `wrap=False`: an error, as torch.where gives)."""
         if isinstance(x, Value):
             return x
         if not isinstance(x, bool | int | float):
@@ -61,6 +63,8 @@ class Lowerer:
             dtype = DType.from_torch(torch.result_type(other.type.meta(), x))
         else:
             dtype = DType.from_torch(torch.tensor(x).dtype)
+        if wrap and type(x) is int and not dtype.is_floating and dtype is not DType.bool:
+            x = int(torch.tensor(x, dtype=torch.int64).to(dtype.torch))
         return self.scalar(x, dtype)
 
     def out_dtype(self, fallback: DType) -> DType:
@@ -169,7 +173,7 @@ def _mul_div(op: str) -> Rule:
 
 def _where(lx: Lowerer, a: dict[str, Any]) -> Value:
     x, y = a["self"], a["other"]
-    return lx.emit("where", a["condition"], lx.operand(x, y), lx.operand(y, x))
+    return lx.emit("where", a["condition"], lx.operand(x, y, wrap=False), lx.operand(y, x, wrap=False))
 
 
 def _masked_fill(lx: Lowerer, a: dict[str, Any]) -> Value:

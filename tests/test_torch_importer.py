@@ -688,6 +688,20 @@ def test_strided_slice_scatter_becomes_concatenations(start: int, end: int | Non
     assert "opaque" not in program.graph.op_counts()
 
 
+def test_integer_scalars_out_of_the_tensors_range_wrap_as_in_eager() -> None:
+    """`int8_tensor * 1000` multiplies by 1000 wrapped to int8 (-24), and compares and divides by it too."""
+
+    class Wraps(nn.Module):
+        def forward(self, a: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return a * 1000 + 1, a - 300, a < 1000, a == -24, a // 1000, a % 1000, u * 1000, u - 1000
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.randint(-128, 128, (6,), dtype=torch.int8),
+                torch.randint(0, 256, (6,), dtype=torch.uint8))
+
+    _import_and_compare(Wraps(), inputs(), inputs())
+
+
 def test_var_mean_std_mean_and_flip_lower_whole(decompositions: list[int]) -> None:
     """A timm-style channels-first layer norm (var_mean) and flips: no re-trace, no opaque call."""
 
