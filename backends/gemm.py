@@ -46,8 +46,8 @@ def onednn_available() -> bool:
 
 
 def supports_product(node: Node) -> bool:
-    """Whether `product_call` handles `node`: float32/float64 linear, matmul, bmm or batched conv with static
-    shapes (an unbatched conv's input has no batch dim, which the library calls require)."""
+    """Whether `product_call` handles `node`: float32/float64 linear with a 2-D weight, matmul, bmm or batched
+    conv with static shapes (an unbatched conv's input has no batch dim, which the library calls require)."""
     if node.op not in PRODUCT_OPS:
         return False
     types = [v.type for v in [*node.inputs, *node.outputs]]
@@ -55,6 +55,8 @@ def supports_product(node: Node) -> bool:
         return False
     if len({t.dtype for t in types}) != 1:
         return False
+    if node.op == "linear" and node.inputs[1].type.rank != 2:
+        return False  # a 1-D weight (one score per row): no library primitive takes it
     return node.op != "conv" or (node.inputs[1].type.rank in (3, 4, 5)
                                  and node.inputs[0].type.rank == node.inputs[1].type.rank)
 

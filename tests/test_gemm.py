@@ -128,6 +128,26 @@ def test_supports_product_declines_half_precision_and_mixed_types() -> None:
     assert not supports_product(half) and not supports_product(ints)
 
 
+def test_a_linear_with_a_1d_weight_is_left_to_pytorch() -> None:
+    """F.linear(h, v) with a vector v gives one score per row; no library primitive takes a 1-D weight."""
+    import heteropass as hp
+
+    class Score(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.v, self.b = torch.nn.Parameter(torch.randn(8)), torch.nn.Parameter(torch.randn(()))
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return F.linear(torch.tanh(h), self.v, self.b)
+
+    vector = parse_graph("graph m(%x: f32[4,5], %w: f32[5]) -> (f32[4]) {\n  %0: f32[4] = linear(%x, %w)\n"
+                         "  return %0\n}").nodes[0]
+    assert not supports_product(vector)
+    model, h = Score().eval(), torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(hp.compile(model, (h,), backends=("numba", "reference"))(h), model(h))
+
+
 def _bias_gelu_body():
     return _body(_region("      %0: f32[4,32] = linear(%x, %w)\n      %1: f32[4,32] = add(%0, %b)\n"
                          "      %2: f32[4,32] = gelu(%1)\n      return %2", LINEAR, "f32[4,32]"))
