@@ -143,7 +143,7 @@ def test_a_linear_with_a_1d_weight_is_left_to_pytorch() -> None:
     vector = parse_graph("graph m(%x: f32[4,5], %w: f32[5]) -> (f32[4]) {\n  %0: f32[4] = linear(%x, %w)\n"
                          "  return %0\n}").nodes[0]
     assert not supports_product(vector)
-    model, h = Score().eval(), torch.randn(3, 8)
+    model, h = Score().eval(), torch.randn(2, 3, 8)
     with torch.no_grad():
         torch.testing.assert_close(hp.compile(model, (h,), backends=("numba", "reference"))(h), model(h))
 
