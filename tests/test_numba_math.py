@@ -91,6 +91,19 @@ def test_special_values(fn, x, expected, flags) -> None:
     np.testing.assert_allclose(out, np.array(expected * 8, dtype=np.float32), rtol=1e-6)
 
 
+@pytest.mark.parametrize("flags", [FASTMATH_ELEMENTWISE, FASTMATH_REDUCTION], ids=["elementwise", "reduction"])
+def test_tanh_saturates_to_exactly_one_and_never_passes_it(flags) -> None:
+    """float32 tanh is exactly +-1 from |x| = 9.01: a gradient 1 - tanh(x)^2 must be 0 there, or tanh-GELU's
+    derivative (which multiplies it by ~x^3) grows without bound."""
+    x = np.concatenate([np.linspace(-12.0, 12.0, 200_001, dtype=np.float32), [9.02, -9.02, 20.0, -1e4]]).astype(
+        np.float32)
+    out = np.empty_like(x)
+    _vectorized(nm.tanh_f32, flags)(x, out)
+    assert np.all(np.abs(out) <= 1.0)
+    far = np.abs(x) >= 9.01
+    np.testing.assert_array_equal(out[far], np.sign(x[far]))
+
+
 @pytest.mark.parametrize("fn", sorted({c[0] for c in CASES}, key=lambda f: f.py_func.__name__),
                          ids=lambda f: f.py_func.__name__)
 def test_loop_over_the_function_is_vector_code_without_calls(fn) -> None:
