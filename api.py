@@ -46,6 +46,9 @@ class CompileOptions:
     def __post_init__(self) -> None:
         if isinstance(self.precision, str):
             object.__setattr__(self, "precision", PrecisionConfig(self.precision))
+        for name in ("disable", "backends"):  # one name alone means that one, not its letters
+            names = getattr(self, name)
+            object.__setattr__(self, name, (names,) if isinstance(names, str) else tuple(names))
 
 
 def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend | str] | None = None,
@@ -255,6 +258,8 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    backends = (backends,) if isinstance(backends, str | Backend) else backends
+    disable = (disable,) if isinstance(disable, str) else disable
     _check_precision_request(precision, precision_options)
     modes = _mode_snapshot(model)
     start = time.perf_counter()

@@ -13,7 +13,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 import heteropass as hp
-from heteropass.api import _elements_overlap
+from heteropass.api import CompileOptions, _elements_overlap
 from heteropass.backends.executable import InputError
 from heteropass.ir.torch_importer import UnsupportedOpError
 from heteropass.testing import models
@@ -317,6 +317,10 @@ def test_numba_backend_by_name_claims_compute() -> None:
     assert any(call in cm.code for call in ("_linear_pointwise", "torch.addmm", "torch.mm", "onnxruntime Gemm"))
     with pytest.raises(ValueError, match="unknown backend 'tvm'"):
         hp.compile(model, inputs, backends=["tvm"])
+    one = hp.compile(model, inputs, backends="numba", disable="fold-constants")  # one name alone, not its letters
+    assert {p.backend.name for p in one.executable.partitions} == {"numba"}
+    assert "fold-constants" not in [r.name for r in one.pipeline.records]
+    assert CompileOptions(backends="numba", disable="fold-constants").backends == ("numba",)
 
 
 def test_dump_onnx_writes_a_model_after_every_pass(tmp_path: Any) -> None:
