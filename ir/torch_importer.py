@@ -477,6 +477,23 @@ def decomposition_table() -> dict[Any, Any]:
     return table
 
 
+def _distinct_tensors(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """The example arguments with a copy in place of each repeat of a tensor: torch.export gives one
+    tensor passed twice (`model(x, x, x)` for self-attention's query, key and value) a single
+    placeholder, and the graph would then read the first argument wherever any of them is used."""
+    seen: set[int] = set()
+
+    def distinct(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        if id(leaf) in seen:
+            return leaf.clone()
+        seen.add(id(leaf))
+        return leaf
+
+    return pytree.tree_map(distinct, (args, kwargs))
+
+
 def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool = False,
                   example_kwargs: dict[str, Any] | None = None) -> TorchProgram:
     """Import `model` as called with `example_inputs` (and `example_kwargs`), static shapes.
@@ -486,7 +503,7 @@ def import_module(model: torch.nn.Module, example_inputs: tuple, *, strict: bool
     model updates in place (or a parameter, as Embedding's max_norm renormalizes it) becomes a graph
     input after them (see `TorchProgram.write_back`).
     """
-    args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
+    args, kwargs = _distinct_tensors(tuple(example_inputs), dict(example_kwargs or {}))
     name = _sanitize(type(model).__name__.lower())
     try:
         exported = torch.export.export(model, args, kwargs, strict=False)

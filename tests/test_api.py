@@ -373,6 +373,20 @@ def test_outputs_do_not_require_grad_and_a_grad_input_warns_once() -> None:
         assert not cm(x).requires_grad
 
 
+class QueryKeyValue(torch.nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v - q
+
+
+def test_one_example_tensor_passed_for_several_inputs_compiles_them_as_distinct() -> None:
+    """torch.export gives `model(x, x, x)` one placeholder; compiled on such examples, the module must still
+    read each input it is called with."""
+    x = torch.randn(2, 5, 4)
+    cm = hp.compile(QueryKeyValue(), (x, x, x))
+    q, k, v = torch.randn(2, 5, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    assert_close_to_eager(cm(q, k, v), QueryKeyValue()(q, k, v))
+
+
 class UpdatesFirstReadsSecond(torch.nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x.add_(1.0)
