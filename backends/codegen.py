@@ -228,11 +228,13 @@ def _returned(graph: Graph, namer: Namer) -> list[str]:
     """The returned expressions: a copy of each output that the caller could otherwise change for someone
     else (a constant, a graph input or a view of one, an output already returned), as eager PyTorch
     returns fresh tensors for `clone()`, `x * 1` and a folded weight expression, which the passes reduce
-    to those. A view of an intermediate (or a `split` result) is made contiguous: the importer drops
-    `.contiguous()` and `.clone()`, after which eager's `.view` works and an expanded result does not
-    alias itself; merge-parallel-linears returns column slices of one product where eager returned
-    separate contiguous tensors."""
+    to those. A view of another output stays a view of it, as in eager (`return h, h.t()`). A view of
+    an intermediate (or a `split` result) is made contiguous: the importer drops `.contiguous()` and
+    `.clone()`, after which eager's `.view` works and an expanded result does not alias itself;
+    merge-parallel-linears returns column slices of one product where eager returned separate
+    contiguous tensors."""
     inputs = {id(v) for v in graph.inputs}
+    outputs = {id(v) for v in graph.outputs}
     seen: set[int] = set()
     returned = []
     for value in graph.outputs:
@@ -241,6 +243,8 @@ def _returned(graph: Graph, namer: Namer) -> list[str]:
         seen.add(id(value))
         if shared:
             returned.append(f"{namer(value)}.clone()")
+        elif any(id(v) in outputs for v in sources[1:]):
+            returned.append(namer(value))
         elif len(sources) > 1 or (value.producer is not None and value.producer.op == "split"):
             returned.append(f"{namer(value)}.contiguous()")
         else:

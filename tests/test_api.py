@@ -213,6 +213,20 @@ def test_outputs_that_are_views_of_intermediates_are_contiguous(backend: str) ->
     assert_close_to_eager(permuted.view(3, -1), model(x)[1].view(3, -1))
 
 
+class ReturnsViewsOfAnOutput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = x * 2
+        return h, h.t(), h[1]
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_outputs_that_view_another_output_share_its_memory_as_in_eager(backend: str) -> None:
+    h, transposed, row = hp.compile(ReturnsViewsOfAnOutput(), (torch.randn(3, 4),), backends=[backend])(
+        torch.randn(3, 4))
+    h.add_(100.0)
+    assert torch.equal(transposed, h.t()) and torch.equal(row, h[1])
+
+
 class ReturnsCopiesOfOpaqueViews(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
