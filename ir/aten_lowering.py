@@ -160,6 +160,9 @@ def _mul_div(op: str) -> Rule:
     def rule(lx: Lowerer, a: dict[str, Any]) -> Value:
         x, y = _args(a)[:2]
         attrs = {"rounding_mode": a.get("rounding_mode")} if op == "div" else {}
+        if op == "div" and attrs["rounding_mode"] is None:
+            # True division computes in floating point: `int8_x / 128` divides by 128.0, not by 128 wrapped.
+            x, y = (float(v) if type(v) is int else v for v in (x, y))
         narrow = lx.out_dtype(DType.f32)
         numbers = [n for n in (x, y) if not isinstance(n, Value | bool)]
         if narrow not in (DType.f16, DType.bf16) or all(

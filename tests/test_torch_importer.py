@@ -689,11 +689,13 @@ def test_strided_slice_scatter_becomes_concatenations(start: int, end: int | Non
 
 
 def test_integer_scalars_out_of_the_tensors_range_wrap_as_in_eager() -> None:
-    """`int8_tensor * 1000` multiplies by 1000 wrapped to int8 (-24), and compares and divides by it too."""
+    """`int8_tensor * 1000` multiplies by 1000 wrapped to int8 (-24), and compares and floor-divides by it too;
+    true division computes in float32 by the number itself."""
 
     class Wraps(nn.Module):
         def forward(self, a: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return a * 1000 + 1, a - 300, a < 1000, a == -24, a // 1000, a % 1000, u * 1000, u - 1000
+            return (a * 1000 + 1, a - 300, a < 1000, a == -24, a // 1000, a % 1000, u * 1000, u - 1000,
+                    a / 128, u / 256, (128 - a) / 128, 1000 / (u + 1))  # true division does not wrap
 
     def inputs() -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.randint(-128, 128, (6,), dtype=torch.int8),
