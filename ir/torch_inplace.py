@@ -132,6 +132,8 @@ def in_place_writes(graph: fx.Graph) -> dict[fx.Node, InPlaceWrite]:
             while written in write_only:
                 views.insert(0, written)
                 written = written.args[0]
+            if written in writes and writes[written].views:
+                raise InPlaceError(f"{node.target} writes through {written}, the view an earlier write returned")
             root = writes[written].root if written in writes else written
             if not (isinstance(root, fx.Node) and _is_op(root) and not _aliases(root.target)):
                 raise InPlaceError(f"{node.target} writes {written}, an input or a view")

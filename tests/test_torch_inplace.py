@@ -115,14 +115,23 @@ class _SliceReadAfterWriteIntoSlice(nn.Module):
         return first * 3
 
 
+class _WriteThroughAWritesResult(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 2
+        z = y[:, 1:].mul_(2)  # z views y
+        z[:, 1:] = 0
+        return y
+
+
 class _WriteIntoInput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x.mul_(2)
         return x + 1
 
 
-@pytest.mark.parametrize("model", [_ViewReadAfterWrite(), _SliceReadAfterWriteIntoSlice(), _WriteIntoInput()],
-                         ids=["view_read_after", "slice_read_after", "into_input"])
+@pytest.mark.parametrize("model", [_ViewReadAfterWrite(), _SliceReadAfterWriteIntoSlice(), _WriteIntoInput(),
+                                   _WriteThroughAWritesResult()],
+                         ids=["view_read_after", "slice_read_after", "into_input", "through_a_writes_result"])
 def test_writes_that_views_or_inputs_see_are_decomposed(model: nn.Module, decompositions: list[int]) -> None:
     _compare(model, torch.randn(3, 4))
     assert len(decompositions) == 1
