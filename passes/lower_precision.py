@@ -60,8 +60,14 @@ FOLLOW: frozenset[str] = frozenset({
 _UNLISTED = "it is on none of LOWER, FOLLOW and KEEP_FP32 (no checked bf16/f16 form)"
 # A product summed in float32 (a decomposed norm's x*x, cosine similarity's x1*x2, a variance): computed in
 # f16, it overflows before the sum (300 * 300 > 65504); autocast runs norm and cosine_similarity in float32.
-_SUMMED_PRODUCT = "its products feed only a float32 sum and overflow f16 (300 * 300 > 65504) before it"
+_SUMMED_PRODUCT = "its products feed a float32 sum and overflow f16 (300 * 300 > 65504) before it"
 _SUMS = frozenset({"sum", "mean", "var", "std"})
+_RESHAPES = frozenset({"reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "expand"})
+
+
+def _feeds_sum(value: Value) -> bool:
+    """Whether a sum-like reduction reads `value`, directly or through reshapes."""
+    return any(user.op in _SUMS or (user.op in _RESHAPES and _feeds_sum(user.output)) for user in value.users)
 _TARGETS = {"bf16": DType.bf16, "fp16": DType.f16}
 _CAST_RULES = tuple(rule for rule in SIMPLIFY_RULES if rule.name in ("cast-noop", "cast-round-trip"))
 
@@ -122,8 +128,7 @@ def _classify(node: Node, config: PrecisionConfig, target: DType) -> tuple[Mode,
         return (FOLLOWS if node.attrs["dtype"] is node.inputs[0].type.dtype else AS_IS), None
     if node.op in KEEP_FP32:
         return KEPT, KEEP_FP32[node.op]
-    if (node.op == "mul" and target is DType.f16 and node.output.users
-            and all(user.op in _SUMS for user in node.output.users)):
+    if node.op == "mul" and target is DType.f16 and _feeds_sum(node.output):
         return KEPT, _SUMMED_PRODUCT
     if node.op == "interpolate" and node.attrs["antialias"]:
         return KEPT, "PyTorch's antialiased interpolation has no bf16/f16 CPU kernel"

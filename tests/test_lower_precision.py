@@ -30,7 +30,7 @@ from heteropass.ir.compare import assert_graphs_equal
 from heteropass.ir.sample import random_inputs, random_tensor
 from heteropass.ir.torch_importer import import_module
 from heteropass.passes import PassContext, PassManager, PassResult, default_pipeline
-from heteropass.passes.lower_precision import FOLLOW, KEEP_FP32, LOWER, LowerPrecisionPass
+from heteropass.passes.lower_precision import FOLLOW, KEEP_FP32, LOWER, LowerPrecisionPass, plan
 from heteropass.passes.precision_config import PrecisionConfig, measure_error
 from heteropass.passes.simplify_algebra import RULES, SimplifyAlgebraPass
 from heteropass.testing import FAMILIES, graph_and_inputs, models
@@ -143,6 +143,21 @@ def test_a_product_summed_in_f32_stays_f32_under_fp16(precision: str) -> None:
       return %6
     }}""", PrecisionConfig(precision))
     assert any("overflow f16 (300 * 300" in note for note in result.notes) == (precision == "fp16")
+
+
+def test_a_product_reaching_a_sum_through_a_reshape_or_beside_other_readers_stays_f32() -> None:
+    graph = parse_graph("""
+    graph g(%x: f32[2,3,4], %w: f32[4,4]) -> (f32[2], f32[2,3,4]) {
+      %0: f32[2,3,4] = linear(%x, %w)
+      %1: f32[2,3,4] = mul(%0, %0)
+      %2: f32[2,12] = reshape(%1) {shape=[2,12]}
+      %3: f32[2] = sum(%2) {dims=[-1]}
+      %4: f32[2,3,4] = add(%1, %0)
+      return %3, %4
+    }""")
+    modes = plan(graph, PrecisionConfig("fp16"), DType.f16).modes
+    assert modes[graph.nodes[1].name] == "keep"
+    assert plan(graph, PrecisionConfig("bf16"), DType.bf16).modes[graph.nodes[1].name] == "follow"
 
 
 def test_follow_ops_take_the_widest_dtype_of_their_inputs() -> None:
