@@ -104,6 +104,7 @@ class CompiledModule:
         self.accuracy = accuracy
         self.modes = list(modes)
         self._mutated = sorted({graph_input for _, graph_input in program.write_back})
+        self._disjoint: set[tuple] = set()  # pairs of input layouts `_check_aliasing` found disjoint
         self._warned_grad = False
 
     @property
@@ -191,10 +192,20 @@ class CompiledModule:
             first, end = _byte_range(flat[j])
             for i, tensor in enumerate(flat):
                 start, stop = _byte_range(tensor)
-                if (i != j and first < end and start < stop and start < end and first < stop
-                        and _elements_overlap(flat[j], tensor)):
-                    raise ValueError(f"input {j} '{names[j]}', which the model updates in place, shares memory "
-                                     f"with input {i} '{names[i]}'; pass separate tensors (e.g. .clone())")
+                if i == j or not (first < end and start < stop and start < end and first < stop):
+                    continue
+                # Interleaved views found disjoint once (a cache's halves, passed every call) are not
+                # enumerated again.
+                layouts = (_layout(flat[j]), _layout(tensor))
+                if layouts in self._disjoint:
+                    continue
+                if not _elements_overlap(flat[j], tensor):
+                    if len(self._disjoint) >= 64:
+                        self._disjoint.clear()
+                    self._disjoint.add(layouts)
+                    continue
+                raise ValueError(f"input {j} '{names[j]}', which the model updates in place, shares memory "
+                                 f"with input {i} '{names[i]}'; pass separate tensors (e.g. .clone())")
 
 
 def _byte_range(tensor: torch.Tensor) -> tuple[int, int]:
@@ -206,21 +217,33 @@ def _byte_range(tensor: torch.Tensor) -> tuple[int, int]:
     return start, start + extent * tensor.element_size()
 
 
-def _element_addresses(tensor: torch.Tensor) -> torch.Tensor:
-    """The address of each element of `tensor`, sorted."""
+def _layout(tensor: torch.Tensor) -> tuple:
+    """Where a tensor's elements lie in memory."""
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.element_size()
+
+
+def _byte_runs(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The start addresses (sorted) of the contiguous runs of bytes a tensor's elements fill, and the
+    length of each run: its trailing dims that are contiguous in memory make one run, the others are
+    enumerated."""
+    dims = [(size, stride) for size, stride in zip(tensor.shape, tensor.stride(), strict=True) if size != 1]
+    run = 1
+    while dims and dims[-1][1] == run:
+        run *= dims.pop()[0]
     offsets = torch.zeros((), dtype=torch.int64)
-    for size, stride in zip(tensor.shape, tensor.stride(), strict=True):
+    for size, stride in dims:
         offsets = offsets.unsqueeze(-1) + torch.arange(size) * stride
-    return (offsets.flatten() * tensor.element_size() + tensor.data_ptr()).sort().values
+    starts = offsets.flatten() * tensor.element_size() + tensor.data_ptr()
+    return starts.sort().values, run * tensor.element_size()
 
 
 def _elements_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether some byte of an element of `a` is a byte of an element of `b`."""
-    starts_a, starts_b = _element_addresses(a), _element_addresses(b)
-    # The first element of a starting after s - size_a is the only one that can reach b's element at s.
-    candidates = torch.searchsorted(starts_a, starts_b - a.element_size(), right=True)
+    (starts_a, length_a), (starts_b, length_b) = _byte_runs(a), _byte_runs(b)
+    # The first run of a starting after s - length_a is the only one that can reach b's run at s.
+    candidates = torch.searchsorted(starts_a, starts_b - length_a, right=True)
     inside = candidates < len(starts_a)
-    return bool((starts_a[candidates[inside]] < starts_b[inside] + b.element_size()).any())
+    return bool((starts_a[candidates[inside]] < starts_b[inside] + length_b).any())
 
 
 def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,

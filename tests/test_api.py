@@ -434,6 +434,10 @@ def test_an_input_updated_in_place_must_not_alias_another_input() -> None:
     wide, narrow = storage[::2], storage.view(torch.float32)
     assert not _elements_overlap(wide, narrow[2::4]) and not _elements_overlap(narrow[2::4], wide)
     assert _elements_overlap(wide, narrow[1::4]) and _elements_overlap(narrow[1::4], wide)
+    cache = torch.randn(3, 4, 2, 5)  # the halves interleave in runs of 5 contiguous elements
+    assert not _elements_overlap(cache[:, :, 0], cache[:, :, 1])
+    assert _elements_overlap(cache[:, :, 0], cache[:, 1:, 0, 4:]) and _elements_overlap(cache[1], cache[:, 2, 1, 3])
+    assert not _elements_overlap(cache[:, :, 0, :2], cache[:, :, 0, 2:])
 
 
 def test_training_mode_is_compiled_in_warned_and_checked_at_call_time() -> None:
