@@ -28,7 +28,7 @@ from .passes.precision_config import PRECISIONS, ErrorMetrics, PrecisionConfig, 
 @dataclass(frozen=True)
 class CompileOptions:
     """Everything that steers a compilation. `disable` names passes to skip (kebab-case);
-    `backends` names the backends in priority order (the reference backend runs the rest);
+    `backends` names the backends (or gives instances) in priority order (the reference backend runs the rest);
     `precision` is the precision request (a `PrecisionConfig`, or just its precision name)."""
 
     opt_level: int = 2
@@ -39,16 +39,16 @@ class CompileOptions:
     print_after_change: bool = False
     verify_each: bool = False
     check_each: bool = False
-    backends: tuple[str, ...] = ("reference",)
+    backends: tuple[str | Backend, ...] = ("reference",)
     dump_onnx: bool = False
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.precision, str):
             object.__setattr__(self, "precision", PrecisionConfig(self.precision))
-        for name in ("disable", "backends"):  # one name alone means that one, not its letters
+        for name in ("disable", "backends"):  # one name (or backend) alone means that one, not its letters
             names = getattr(self, name)
-            object.__setattr__(self, name, (names,) if isinstance(names, str) else tuple(names))
+            object.__setattr__(self, name, (names,) if isinstance(names, str | Backend) else tuple(names))
 
 
 def optimize(graph: Graph, options: CompileOptions, backends: Sequence[Backend | str] | None = None,

@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_leaves
 import heteropass as hp
 from heteropass.api import CompileOptions, _elements_overlap
 from heteropass.backends.executable import InputError
+from heteropass.backends.numba_backend import NumbaBackend
 from heteropass.ir.torch_importer import UnsupportedOpError
 from heteropass.testing import models
 
@@ -335,6 +336,8 @@ def test_numba_backend_by_name_claims_compute() -> None:
     assert {p.backend.name for p in one.executable.partitions} == {"numba"}
     assert "fold-constants" not in [r.name for r in one.pipeline.records]
     assert CompileOptions(backends="numba", disable="fold-constants").backends == ("numba",)
+    backend = NumbaBackend()
+    assert CompileOptions(backends=backend).backends == (backend,)
 
 
 def test_dump_onnx_writes_a_model_after_every_pass(tmp_path: Any) -> None:
