@@ -9,6 +9,7 @@ FX graph as torch.compile hands it to a backend. Both lower ATen ops through the
 from __future__ import annotations
 
 import inspect
+import math
 import operator
 import os
 import re
@@ -260,7 +261,7 @@ class _GraphLowering:
                 raise _NeedsDecomposition(f"node {node.name} calls a subgraph ({node.target})")
             target = self.in_place[node].functional if node in self.in_place else node.target
             if (node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target._schema.returns
-                    and find_rule(target) is None):
+                    and find_rule(target) is None and target is not aten.as_strided.default):
                 raise _NeedsDecomposition(f"{target}: no lowering rule")
 
     def run(self, fx_graph: fx.Graph, module: torch.nn.Module | None = None) -> None:
@@ -351,6 +352,8 @@ class _GraphLowering:
         if not target._schema.returns:
             return None  # runtime assertions such as aten._assert_tensor_metadata
         args, kwargs = fx.node.map_arg((fx_args, fx_kwargs), self.env.__getitem__)
+        if target is aten.as_strided.default and (gathered := self._as_strided(node, args)) is not None:
+            return gathered
         types = _meta_types(node, val)
         self.lx.source = _location(node)
         self.lx.out_types = [t for t in types if t is not None] if types else None
@@ -373,6 +376,22 @@ class _GraphLowering:
             raise _NeedsDecomposition(f"{target}: {reason}")
         self.unmapped.append(_Unmapped(str(target), self.lx.source, reason))
         return self._opaque(node, target, args, kwargs, types, val)
+
+    def _as_strided(self, node: fx.Node, args: tuple) -> Value | None:
+        """as_strided reads memory: the elements it reads depend on its operand's layout, which the IR does
+        not keep. With the layout torch.export traced, they are a constant gather from the operand's
+        elements in order; None where it reads memory outside the operand."""
+        base = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+        x, size, stride = args[0], _ints_of(args[1]), _ints_of(args[2])
+        offset = args[3] if len(args) > 3 and args[3] is not None else base.storage_offset() if base is not None else 0
+        if not isinstance(base, torch.Tensor) or not isinstance(x, Value) or None in (size, stride, offset):
+            return None
+        index = _as_strided_index(tuple(base.shape), base.stride(), base.storage_offset(), size, stride, offset)
+        if index is None:
+            return None
+        self.lx.source = _location(node)
+        flat = self.lx.emit("reshape", x, shape=(base.numel(),))
+        return self.lx.emit("take", flat, self.graph.add_constant(f"{node.name}_index", index), dim=0)
 
     def _opaque(self, node: fx.Node, target: Any, args: tuple, kwargs: dict[str, Any],
                 types: list[TensorType | None] | None, val: Any) -> Any:
@@ -475,6 +494,24 @@ def decomposition_table() -> dict[Any, Any]:
     for op in KEEP_UNDECOMPOSED:
         table.pop(op, None)
     return table
+
+
+def _ints_of(values: Any) -> tuple[int, ...] | None:
+    """A static list of ints as a tuple; None when an entry is symbolic."""
+    return tuple(values) if all(type(v) is int for v in values) else None
+
+
+def _as_strided_index(shape: tuple[int, ...], strides: tuple[int, ...], offset: int, size: tuple[int, ...],
+                      stride: tuple[int, ...], storage_offset: int) -> torch.Tensor | None:
+    """For as_strided(base, size, stride, storage_offset) of a base laid out as (shape, strides, offset): the
+    position in base.reshape(-1) of each element it reads; None where it reads memory outside the base."""
+    def extent(sizes: Sequence[int], steps: Sequence[int], start: int) -> int:
+        return start + 1 + sum((n - 1) * s for n, s in zip(sizes, steps, strict=True)) if math.prod(sizes) else 0
+
+    storage = torch.full((max(extent(shape, strides, offset), extent(size, stride, storage_offset)),), -1)
+    torch.as_strided(storage, shape, strides, offset).copy_(torch.arange(math.prod(shape)).reshape(shape))
+    index = torch.as_strided(storage, size, stride, storage_offset).clone()
+    return None if bool((index < 0).any()) else index
 
 
 def _distinct_tensors(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:

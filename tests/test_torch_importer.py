@@ -704,6 +704,28 @@ def test_integer_scalars_out_of_the_tensors_range_wrap_as_in_eager() -> None:
     _import_and_compare(Wraps(), inputs(), inputs())
 
 
+class _StridedReads(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = x.transpose(1, 2) + 1.0  # eager keeps the transposed memory order
+        n = x.shape[-1]
+        windows = x.as_strided((x.shape[0], x.shape[1], n - 2, 3), (*x.stride()[:2], x.stride(2), x.stride(2)))
+        return h.as_strided(h.shape, h.stride()) * 1.0, windows * 2, x[:, 1:].as_strided((2, 2), (1, 3))
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_as_strided_reads_the_elements_of_the_traced_layout(backend: str) -> None:
+    """as_strided depends on its operand's memory layout, which the IR does not keep: it becomes a gather
+    of the elements the traced layout puts at the positions it reads."""
+    import heteropass as hp
+
+    program = _import_and_compare(_StridedReads(), (torch.randn(2, 4, 5),), (torch.randn(2, 4, 5),))
+    assert "take" in program.graph.op_counts()
+    compiled = hp.compile(_StridedReads(), (torch.randn(2, 4, 5),), backends=[backend], strict=True)
+    x = torch.randn(2, 4, 5)
+    for got, want in zip(compiled(x), _StridedReads()(x), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_var_mean_std_mean_and_flip_lower_whole(decompositions: list[int]) -> None:
     """A timm-style channels-first layer norm (var_mean) and flips: no re-trace, no opaque call."""
 
