@@ -45,10 +45,34 @@ _BOOLS = st.booleans()
 
 
 def tensor_types(dtypes: Sequence[DType] = (DType.f32,), min_rank: int = 0, max_rank: int = 4,
-                 max_dim: int = 5) -> st.SearchStrategy[TensorType]:
-    """Static tensor types with dims in 1..max_dim (size-1 dims included; shrinks toward scalars)."""
-    shapes = st.lists(_ints(1, max_dim), min_size=min_rank, max_size=max_rank).map(tuple)
+                 max_dim: int = 5, min_dim: int = 1) -> st.SearchStrategy[TensorType]:
+    """Static tensor types with dims in min_dim..max_dim (size-1 dims included; shrinks toward scalars)."""
+    shapes = st.lists(_ints(min_dim, max_dim), min_size=min_rank, max_size=max_rank).map(tuple)
     return st.builds(TensorType, shapes, _choice(tuple(dtypes)))
+
+
+# Families whose builders handle size-0 dimensions (slicing, reshaping, normalizing and reducing pick
+# their sizes and bounds from nonzero dims).
+EMPTY_SAFE_FAMILIES = (
+    "binary", "unary", "compare", "where", "matmul", "transpose", "permute", "unsqueeze", "squeeze", "flatten",
+    "expand", "concat", "cast", "constant", "duplicate",
+)
+
+
+def strided_layout(tensor: torch.Tensor, layout: int) -> torch.Tensor:
+    """`tensor`'s values in another memory layout: 0 as is, 1 every other element of a wider buffer along
+    the last dim, 2 column-major (the last two dims swapped in memory), 3 at an offset into a larger
+    buffer."""
+    if tensor.dim() == 0 or layout == 0:
+        return tensor
+    if layout == 1:
+        wide = torch.empty((*tensor.shape[:-1], 2 * tensor.shape[-1]), dtype=tensor.dtype)[..., ::2]
+        return wide.copy_(tensor)
+    if layout == 2 and tensor.dim() >= 2:
+        return tensor.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == 3:
+        return torch.empty(tensor.numel() + 3, dtype=tensor.dtype)[3:].view(tensor.shape).copy_(tensor)
+    return tensor
 
 
 def random_input(type: TensorType, seed: int) -> torch.Tensor:
@@ -65,25 +89,28 @@ def random_input(type: TensorType, seed: int) -> torch.Tensor:
 
 
 def graph_and_inputs(max_nodes: int = 8, max_inputs: int = 3, families: Sequence[str] = FAMILIES,
-                     input_dtypes: Sequence[DType] = (DType.f32,)) -> st.SearchStrategy[Case]:
+                     input_dtypes: Sequence[DType] = (DType.f32,), min_dim: int = 1) -> st.SearchStrategy[Case]:
     """A random verified graph of up to `max_nodes` steps and matching inputs.
 
     `families` restricts the op families drawn (see `FAMILIES`); a step whose family finds no
     suitable operand adds nothing, and helper nodes (the `abs(x) + c` guards) come on top. The
-    first input has rank 1 or more, later ones may be scalars.
+    first input has rank 1 or more, later ones may be scalars. `min_dim=0` draws size-0 dims too,
+    for the `EMPTY_SAFE_FAMILIES` only.
     """
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown op families {sorted(unknown)}; known: {FAMILIES}")
-    return _graph_and_inputs(max_nodes, max_inputs, tuple(families), tuple(input_dtypes))
+    if min_dim < 1 and set(families) - set(EMPTY_SAFE_FAMILIES):
+        raise ValueError(f"size-0 dims only with {EMPTY_SAFE_FAMILIES}")
+    return _graph_and_inputs(max_nodes, max_inputs, tuple(families), tuple(input_dtypes), min_dim)
 
 
 @st.composite
 def _graph_and_inputs(draw: Draw, max_nodes: int, max_inputs: int, families: tuple[str, ...],
-                      input_dtypes: tuple[DType, ...]) -> Case:
+                      input_dtypes: tuple[DType, ...], min_dim: int = 1) -> Case:
     builder = _Builder(draw, Graph("random"))
-    input_types = [draw(tensor_types(input_dtypes, min_rank=1))]
-    input_types += draw(st.lists(tensor_types(input_dtypes), max_size=max_inputs - 1))
+    input_types = [draw(tensor_types(input_dtypes, min_rank=1, min_dim=min_dim))]
+    input_types += draw(st.lists(tensor_types(input_dtypes, min_dim=min_dim), max_size=max_inputs - 1))
     for i, type in enumerate(input_types):
         builder.add(builder.graph.add_input(f"x{i}", type), INPUT_BOUND)
     steps = draw(_ints(1, max_nodes))
