@@ -248,7 +248,8 @@ def _elements_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
             example_kwargs: dict[str, Any] | None = None, opt_level: int = 2, dump_dir: str | None = None,
-            strict: bool = False, disable: Sequence[str] = (), backends: Sequence[Backend | str] = ("reference",),
+            strict: bool = False, disable: str | Sequence[str] = (),
+            backends: Backend | str | Sequence[Backend | str] = ("reference",),
             print_after_all: bool = False, print_after_change: bool = False, verify_each: bool = False,
             check_each: bool = False, dump_onnx: bool = False, precision: str = "fp32",
             calibration: Sequence[Any] | None = None, tolerance: float | None = None,
@@ -282,7 +283,6 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     backends = (backends,) if isinstance(backends, str | Backend) else backends
-    disable = (disable,) if isinstance(disable, str) else disable
     _check_precision_request(precision, precision_options)
     modes = _mode_snapshot(model)
     start = time.perf_counter()
@@ -291,7 +291,7 @@ def compile(model: torch.nn.Module, example_inputs: tuple[Any, ...] | Any, *,
     config = _precision_config(program, precision, calibration, tolerance, precision_options, example_inputs,
                                example_kwargs)
     options = CompileOptions(opt_level=opt_level, dump_dir=dump_dir_from_env(dump_dir), strict=strict,
-                             disable=tuple(disable), print_after_all=print_after_all,
+                             disable=disable, print_after_all=print_after_all,
                              print_after_change=print_after_change, verify_each=verify_each,
                              check_each=check_each, dump_onnx=dump_onnx,
                              backends=tuple(b if isinstance(b, str) else b.name for b in backends),

@@ -341,9 +341,8 @@ def _log_sum_exp(ctx: NodeContext, x: Value, dims: tuple[int, ...] | None, keep:
 def _reduction_steps(ctx: NodeContext, x: Value, op_type: str, total: Callable[[Value], Value] | None) -> Value:
     """A sum-based ONNX reduction: its elementwise step before the sum, the sum (`total`; none when
     noop_with_empty_axes leaves it out) and its step after."""
-    pre = {"ReduceL1": "abs"}.get(op_type)
-    if pre:
-        x = ctx.call(pre, x)
+    if op_type == "ReduceL1":
+        x = ctx.call("abs", x)
     if op_type in ("ReduceL2", "ReduceSumSquare"):
         x = ctx.call("mul", x, x)
     if total is not None:
