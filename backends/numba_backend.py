@@ -71,6 +71,7 @@ from .numba_codegen import (
     pointer_entry,
     split_extent,
 )
+from .numba_columns import emit_column_kernel
 from .numba_pool import max_pool_source, supports_max_pool
 from .ort_attention import PackedAttention, choose_packed_attention, find_packed_attention
 from .ort_conv import Chain, chain_member, chain_runs, choose_chains
@@ -255,11 +256,11 @@ class NumbaBackend(Backend):
             namespace[kernel_name] = self._load_module(max_pool_source(body.nodes[0], "kernel"))
         else:
             spec, consts = build_spec(body, kind, kernel_name)
-            numel = math.prod([*spec.outer, spec.inner])
+            numel = math.prod(spec.loop_sizes())
             extent = split_extent(spec)
             split_from = SPLIT_MIN_MATH_NUMEL if calls_math(spec) else SPLIT_MIN_NUMEL
             ranged = numel >= split_from and extent is not None and extent > 1
-            kernel_src = emit_kernel(spec, ranged)
+            kernel_src = emit_kernel(spec, ranged) if spec.cols is None else emit_column_kernel(spec, ranged)
             entry_src = pointer_entry(spec, kernel_name, f"{kernel_name}_ptr", ranged)
             named = kernel_src.replace(f"def {kernel_name}(", "def kernel(", 1)
             entry = self._load_module((named, pointer_entry(spec, "kernel", "kernel_ptr", ranged)))
@@ -506,21 +507,22 @@ def _compile_planned(body: Graph, name: str, namer: Namer, namespace: dict[str, 
 
 
 def _collapsed_reduction(node: Node) -> Graph | None:
-    """A reduction over several trailing dims (a global average pool's `mean` over H and W) as the
-    last-dim reduction the kernels compute, over the contiguous input viewed as [..., H*W]: the memory
-    is the same, so the kernel runs on the original tensor. Its outputs then have the trailing dims
-    merged (see `_reshaping_outputs`). None for other reductions."""
+    """A reduction over several adjacent dims (a global average pool's `mean` over H and W, a `sum` over
+    every dim) as the one-dim reduction the kernels compute, over the contiguous input viewed with those
+    dims merged: the memory is the same, so the kernel runs on the original tensor. Its outputs then have
+    the dims merged (see `_reshaping_outputs`). None for other reductions."""
     if (node.op not in REDUCE_OPS or len(node.inputs) != 1 or not node.inputs[0].type.is_static
             or node.inputs[0].const is not None):
         return None
     shape = node.inputs[0].type.static_shape()
-    dims = sorted(d % len(shape) for d in node.attrs["dims"] or ()) if shape else []
-    if len(dims) < 2 or dims != list(range(len(shape) - len(dims), len(shape))):
+    dims = sorted({d % len(shape) for d in node.attrs["dims"]}) if node.attrs["dims"] is not None and shape \
+        else list(range(len(shape)))
+    if len(dims) < 2 or dims != list(range(dims[0], dims[-1] + 1)):
         return None
+    merged = (*shape[:dims[0]], math.prod(shape[dims[0]:dims[-1] + 1]), *shape[dims[-1] + 1:])
     body = Graph(node.op)
-    x = body.add_input(node.inputs[0].name, TensorType((*shape[:dims[0]], math.prod(shape[dims[0]:])),
-                                                       node.inputs[0].type.dtype))
-    reduced = body.add_node(node.op, [x], {**node.attrs, "dims": (-1,)}, names=[v.name for v in node.outputs])
+    x = body.add_input(node.inputs[0].name, TensorType(merged, node.inputs[0].type.dtype))
+    reduced = body.add_node(node.op, [x], {**node.attrs, "dims": (dims[0],)}, names=[v.name for v in node.outputs])
     body.set_outputs(reduced.outputs)
     return body
 

@@ -193,7 +193,7 @@ def scalar_expr(node: Node, args: list[str]) -> str:
     raise Unsupported(f"{op} on {dt}")
 
 
-def _is_variable(name: str) -> bool:
+def is_variable(name: str) -> bool:
     """Whether a Def's name is a variable to assign, not a literal (`1.5`, `np.float32(2.0)`, `True`)."""
     return name.isidentifier() and not keyword.iskeyword(name)
 
@@ -316,6 +316,13 @@ class KernelSpec:
     defs: list[Def]
     stores: list[tuple[Array, Def]]  # output array <- value
     reduction: bool
+    # A reduction over a dim that is not the last: the size of the dims after it, merged (array strides
+    # are then [outer..., cols, inner]; see numba_columns.py).
+    cols: int | None = None
+
+    def loop_sizes(self) -> list[int]:
+        """The loop trip counts in the order of every array's strides."""
+        return [*self.outer, *([] if self.cols is None else [self.cols]), self.inner]
 
 
 def fastmath_flags(spec: KernelSpec) -> str:
@@ -387,7 +394,7 @@ def _row_op(b: _Builder, node: Node, args: list[Def]) -> Def:
     op, attrs = node.op, node.attrs
     x = args[0]
     out = node.outputs[0].type.dtype
-    k = b.space[-1]
+    k = b.space[b.inner_dim]
     lit = lambda v: literal(v, out)  # noqa: E731
     if op in REDUCE_OPS:
         kind = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min"}[op]
@@ -428,55 +435,66 @@ def _row_op(b: _Builder, node: Node, args: list[Def]) -> Def:
     return y
 
 
-def _check_row_op(node: Node, space: tuple[int, ...]) -> None:
+def row_axis(node: Node) -> int:
+    """The dimension of its first operand that reduction or row op `node` reduces over."""
+    rank = node.inputs[0].type.rank
+    op, attrs = node.op, node.attrs
+    if rank == 0:
+        raise Unsupported(f"{op} of a scalar")
+    if op in REDUCE_OPS:
+        dims = attrs["dims"]
+        if dims is None or len(dims) != 1:
+            raise Unsupported(f"{op} over dims {dims}: one dimension at a time")
+        return dims[0] % rank
+    if op in ("softmax", "log_softmax"):
+        return attrs["dim"] % rank
+    if len(attrs["normalized_shape"]) != 1:
+        raise Unsupported(f"{op} over {list(attrs['normalized_shape'])}: only the last dimension")
+    return rank - 1
+
+
+def _check_row_op(node: Node, space: tuple[int, ...], axis: int) -> None:
     shape = node.inputs[0].type.static_shape()
     if tuple(shape) != space:
         raise Unsupported(f"{node.op} over {list(shape)}, the region iterates over {list(space)}")
-    rank = len(space)
-    op, attrs = node.op, node.attrs
-    if op in REDUCE_OPS:
-        dims = attrs["dims"]
-        if dims is None or len(dims) != 1 or dims[0] % max(rank, 1) != rank - 1 or rank == 0:
-            raise Unsupported(f"{op} over dims {dims}: only the last dimension")
-        if op in ("sum", "mean") and attrs["dtype"] is not None:
-            raise Unsupported(f"{op} with dtype")
-    elif op in ("softmax", "log_softmax"):
-        if rank == 0 or attrs["dim"] % rank != rank - 1:
-            raise Unsupported(f"{op} over dim {attrs['dim']}: only the last dimension")
-    elif tuple(attrs["normalized_shape"]) != tuple(space[-1:]) or rank == 0:
-        raise Unsupported(f"{op} over {list(attrs['normalized_shape'])}: only the last dimension")
+    if row_axis(node) != axis:
+        raise Unsupported(f"{node.op} over dim {row_axis(node)}, the region reduces over dim {axis}")
+    if node.op in ("sum", "mean") and node.attrs["dtype"] is not None:
+        raise Unsupported(f"{node.op} with dtype")
     for extra in node.inputs[1:]:
         if extra.type.static_shape() != tuple(space[-1:]):
-            raise Unsupported(f"{op} weight/bias of shape {list(extra.type.static_shape())}")
+            raise Unsupported(f"{node.op} weight/bias of shape {list(extra.type.static_shape())}")
 
 
-def region_space(body: Graph, kind: str) -> tuple[int, ...]:
-    """The iteration space: the outputs' shape for elementwise, the reductions' input shape else."""
+def region_space(body: Graph, kind: str) -> tuple[tuple[int, ...], int]:
+    """The iteration space and the dim its reductions reduce over: the outputs' shape and its last dim for
+    elementwise, the first reduction's input shape and reduced dim else."""
     for value in [*body.inputs, *body.outputs, *(v for n in body.nodes for v in n.outputs)]:
         if not value.type.is_static or value.type.dtype not in NP_TYPE:
             raise Unsupported(f"value %{value.name}: {value.type}")
     if kind == "elementwise":
         if not body.outputs:
             raise Unsupported("a region without outputs")
-        return tuple(body.outputs[0].type.static_shape())
+        space = tuple(body.outputs[0].type.static_shape())
+        return space, len(space) - 1
     rows = [n for n in body.nodes if n.op in REDUCE_OPS or n.op in ROW_OPS]
     if not rows:
         raise Unsupported("a reduction region without a reduction")
-    return tuple(rows[0].inputs[0].type.static_shape())
+    return tuple(rows[0].inputs[0].type.static_shape()), row_axis(rows[0])
 
 
 def build_spec(body: Graph, kind: str, name: str) -> tuple[KernelSpec, list[Value]]:
     """The kernel for region `body` of `kind` ("elementwise" or "reduction") and the body
     constants it takes as arrays (after the body inputs, before the outputs)."""
-    space = region_space(body, kind)
+    space, axis = region_space(body, kind)
     reduction = kind == "reduction"
     if not reduction:
         for node in body.nodes:
             check_elementwise(node)
             if tuple(node.outputs[0].type.static_shape()) != space and any(v in body.outputs for v in node.outputs):
                 raise Unsupported("outputs of different shapes")
-    # Elementwise: merge every dim, the last merged one is inner. Reduction: the last dim is inner.
-    b = _Builder(space, len(space) - 1)
+    # Elementwise: merge every dim, the last merged one is inner. Reduction: the reduced dim is inner.
+    b = _Builder(space, axis)
     for i, value in enumerate(body.inputs):
         b.load(value, f"a{i}")
     consts: list[Value] = []
@@ -489,32 +507,38 @@ def build_spec(body: Graph, kind: str, name: str) -> tuple[KernelSpec, list[Valu
         if node.op in REDUCE_OPS or node.op in ROW_OPS:
             if not reduction:
                 raise Unsupported(f"{node.op} in an elementwise region")
-            _check_row_op(node, space)
+            _check_row_op(node, space, axis)
             result = _row_op(b, node, args)
         else:
             check_elementwise(node)
             result = b.elementwise(node, args)
-        _check_shape(node.outputs[0], result, space)
+        _check_shape(node.outputs[0], result, space, axis)
         b.of[id(node.outputs[0])] = result
     stores = []
     for i, value in enumerate(body.outputs):
         d = b.of[id(value)]
+        _check_shape(value, d, space, axis)
         shape = tuple(value.type.static_shape())
-        space_of = space[:-1] if d.flat else space
-        strides = aligned_strides(shape, space_of) + ([0] if d.flat else [])
-        if d.full and tuple(shape[-1:]) != tuple(space[-1:]):
-            raise Unsupported(f"output %{value.name} is smaller than the values it holds")
+        strides = aligned_strides(shape, space[:axis] + space[axis + 1:]) if d.flat else aligned_strides(shape, space)
+        if d.flat:
+            strides.insert(axis, 0)
         array = Array(f"o{i}", value.type.dtype, strides)
         b.arrays.append(array)
         stores.append((array, d))
     sizes = list(space) or [1]
     for array in b.arrays:
         array.strides = array.strides or [0]
+    cols = None
     if reduction:
-        outer, strides = merge_dims(sizes[:-1], [a.strides[:-1] for a in b.arrays])
-        inner = sizes[-1]
-        for array, st in zip(b.arrays, strides, strict=True):
-            array.strides = [*st, array.strides[-1]]
+        outer, strides = merge_dims(sizes[:axis], [a.strides[:axis] for a in b.arrays])
+        after, after_strides = merge_dims(sizes[axis + 1:], [a.strides[axis + 1:] for a in b.arrays])
+        if len(after) > 1:
+            raise Unsupported(f"dims {list(space[axis + 1:])} after the reduced one that the operands do not "
+                              "walk as one")
+        cols = after[0] if after else None
+        for array, st, st_after in zip(b.arrays, strides, after_strides, strict=True):
+            array.strides = [*st, *st_after, array.strides[axis]]
+        inner = sizes[axis]
     else:
         merged, strides = merge_dims(sizes, [a.strides for a in b.arrays])
         merged, strides = (merged, strides) if merged else ([1], [[0] for _ in b.arrays])
@@ -529,18 +553,19 @@ def build_spec(body: Graph, kind: str, name: str) -> tuple[KernelSpec, list[Valu
         for d in b.defs:
             if d.deps:
                 d.full = any(x.full for x in d.deps)
-    spec = KernelSpec(name, outer, inner, b.arrays, b.defs, stores, reduction)
+    spec = KernelSpec(name, outer, inner, b.arrays, b.defs, stores, reduction, cols)
     return spec, consts
 
 
-def _check_shape(value: Value, d: Def, space: tuple[int, ...]) -> None:
+def _check_shape(value: Value, d: Def, space: tuple[int, ...], axis: int) -> None:
     shape = tuple(value.type.static_shape())
     if d.flat:
-        if shape != space[:-1]:
+        if shape != space[:axis] + space[axis + 1:]:
             raise Unsupported(f"%{value.name}: {value.type} is neither the reduced nor the iteration shape")
         return
     aligned_strides(shape, space)
-    if d.full and shape[-1:] != space[-1:]:
+    at = axis - (len(space) - len(shape))
+    if d.full and (at < 0 or shape[at] != space[axis]):
         raise Unsupported(f"%{value.name}: {value.type} varies along a dimension it does not have")
 
 
@@ -566,27 +591,23 @@ def calls_math(spec: KernelSpec) -> bool:
     return any(_MATH_CALL.search(d.expr) for d in spec.defs)
 
 
-def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
-    """The @njit source of `spec` (a module-level function named `spec.name`). A ranged kernel takes
-    `count` after its arrays and runs that many iterations of the loop `split_extent` names, so that
-    threads can split the work: its entry passes arrays that start at the first iteration."""
-    arrays = {a.name: a for a in spec.arrays}
-    if ranged and split_extent(spec) is None:
-        raise ValueError(f"kernel {spec.name} has no loop to split")
-
-    def extent(size: int, split_here: bool) -> str:
-        return "count" if split_here and ranged else str(size)
-    flags = fastmath_flags(spec)
+def kernel_header(spec: KernelSpec, ranged: bool) -> list[str]:
+    """The decorator and `def` line of `spec`'s kernel (a ranged one takes `count` after its arrays)."""
     # An elementwise kernel is inlined into its entry, which calls it once per way it may alias (see
     # `pointer_entry`); the entry then carries the same flags.
     inline = "" if spec.reduction else ', inline="always"'
     params = [a.name for a in spec.arrays] + (["count"] if ranged else [])
-    lines = ["@njit(cache=True, fastmath=" + flags + ', error_model="numpy", nogil=True' + inline + ")",
-             f"def {spec.name}({', '.join(params)}):"]
+    return ["@njit(cache=True, fastmath=" + fastmath_flags(spec) + ', error_model="numpy", nogil=True' + inline + ")",
+            f"def {spec.name}({', '.join(params)}):"]
+
+
+def outer_loops(spec: KernelSpec, ranged: bool, lines: list[str]) -> tuple[str, dict[str, str]]:
+    """Append the loops over `spec.outer` to `lines` (the first runs `count` iterations in a ranged kernel);
+    return the indent inside them and each array's base offset there (a variable name, or "0")."""
     indent = "    "
     bases = {a.name: "0" for a in spec.arrays}
     for level, size in enumerate(spec.outer):
-        lines.append(f"{indent}for i{level} in range({extent(size, level == 0)}):")
+        lines.append(f"{indent}for i{level} in range({'count' if ranged and level == 0 else size}):")
         indent += "    "
         for a in spec.arrays:
             step = a.strides[level]
@@ -597,6 +618,21 @@ def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
                 name = f"b{a.name}" if level == 0 else f"b{a.name}_{level}"
                 lines.append(f"{indent}{name} = {new}")
                 bases[a.name] = name
+    return indent, bases
+
+
+def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
+    """The @njit source of `spec` (a module-level function named `spec.name`). A ranged kernel takes
+    `count` after its arrays and runs that many iterations of the loop `split_extent` names, so that
+    threads can split the work: its entry passes arrays that start at the first iteration."""
+    arrays = {a.name: a for a in spec.arrays}
+    if ranged and split_extent(spec) is None:
+        raise ValueError(f"kernel {spec.name} has no loop to split")
+
+    def extent(size: int, split_here: bool) -> str:
+        return "count" if split_here and ranged else str(size)
+    lines = kernel_header(spec, ranged)
+    indent, bases = outer_loops(spec, ranged, lines)
 
     def address(name: str, inner: bool) -> str:
         step = arrays[name].strides[-1]
@@ -610,7 +646,7 @@ def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
     row_lines: list[str] = lines
 
     def emit_row(d: Def) -> None:
-        if id(d) in row_done or not _is_variable(d.name):
+        if id(d) in row_done or not is_variable(d.name):
             return
         if d.reduce:
             raise AssertionError(f"reduction {d.name} used before its pass")
@@ -620,7 +656,7 @@ def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
         row_lines.append(f"{indent}{d.name} = {_rhs(d, address, inner=False)}")
 
     def emit_full(d: Def, done: set[int], body: list[str], inner_indent: str) -> None:
-        if id(d) in done or not _is_variable(d.name):
+        if id(d) in done or not is_variable(d.name):
             return
         if not d.full:
             emit_row(d)
@@ -646,7 +682,7 @@ def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
                 body.append(f"{inner_indent}{red.name} = {red.name} if ({red.name} {keep} {x}) | "
                             f"({red.name} != {red.name}) else {x}")
         for red in reds:
-            init = 0 if red.reduce == "sum" else _extreme(red.dtype, red.reduce == "max")
+            init = 0 if red.reduce == "sum" else initial_extreme(red.dtype, red.reduce == "max")
             lines.append(f"{indent}{red.name} = {literal(init, red.dtype)}")
         lines.append(f"{indent}for j in range({spec.inner}):")
         lines.extend(body)
@@ -677,7 +713,7 @@ def _rhs(d: Def, address: Callable[[str, bool], str], inner: bool) -> str:
     return d.expr
 
 
-def _extreme(dtype: DType, lowest: bool) -> float | int:
+def initial_extreme(dtype: DType, lowest: bool) -> float | int:
     if dtype in FLOATS:
         return -math.inf if lowest else math.inf
     if dtype is DType.bool:
@@ -696,7 +732,7 @@ def pointer_entry(spec: KernelSpec, kernel: str, name: str, ranged: bool = False
     keep Numba's negative-index check and stay scalar (4x slower).
     """
     bounds = ["start", "stop"] if ranged else []
-    space = [*spec.outer, spec.inner]
+    space = spec.loop_sizes()
     lines = []
     for i, array in enumerate(spec.arrays):
         extent = 1 + sum(st * (n - 1) for st, n in zip(array.strides, space, strict=True))

@@ -32,26 +32,27 @@ def is_elementwise(node: Node) -> bool:
     return get_op(node.op).kind == "elementwise"
 
 
-def is_row_reduction(node: Node) -> bool:
-    """True for a reduction a "reduction" region may hold: over the last dimension of its first
-    operand only (sum/mean/amax/amin, softmax/log_softmax, layer_norm/rms_norm)."""
+def reduced_axis(node: Node) -> int | None:
+    """The dimension of its first operand that `node` reduces over, if it is a reduction a "reduction"
+    region may hold: sum/mean/amax/amin over one dim, softmax/log_softmax, layer_norm/rms_norm over the
+    last dim. None for other nodes."""
     rank = node.inputs[0].type.rank if node.inputs else 0
     if rank == 0:
-        return False
+        return None
     if node.op in _ROW_REDUCTIONS:
         dims = node.attrs["dims"]
-        return dims is not None and len(dims) == 1 and dims[0] % rank == rank - 1
+        return dims[0] % rank if dims is not None and len(dims) == 1 else None
     if node.op in _ROW_SOFTMAXES:
-        return node.attrs["dim"] % rank == rank - 1
-    if node.op in _ROW_NORMS:
-        return len(node.attrs["normalized_shape"]) == 1
-    return False
+        return node.attrs["dim"] % rank
+    if node.op in _ROW_NORMS and len(node.attrs["normalized_shape"]) == 1:
+        return rank - 1
+    return None
 
 
-def row_shapes(shape: Shape) -> tuple[Shape, Shape, Shape]:
-    """The shapes a row-wise region works with for rows of `shape` S: S itself, S reduced with
-    keepdim (last dim 1) and S reduced without it."""
-    return shape, (*shape[:-1], 1), shape[:-1]
+def row_shapes(shape: Shape, axis: int) -> tuple[Shape, Shape, Shape]:
+    """The shapes a region reducing `shape` S over dim `axis` works with: S itself, S reduced with
+    keepdim (dim `axis` 1) and S reduced without it."""
+    return shape, (*shape[:axis], 1, *shape[axis + 1:]), (*shape[:axis], *shape[axis + 1:])
 
 
 def broadcast_shapes(shapes: Iterable[Shape]) -> Shape | None:
@@ -249,13 +250,14 @@ def _reduction_violation(body: Graph) -> str | None:
     if not reductions:
         return "the body has no reduction"
     for node in reductions:
-        if not is_row_reduction(node):
-            return f"`{format_node(node)}` is neither elementwise nor a reduction over the last dimension"
-    shape = reductions[0].inputs[0].type.shape
-    full, kept, dropped = row_shapes(shape)
+        if reduced_axis(node) is None:
+            return f"`{format_node(node)}` is neither elementwise nor a reduction over one dimension"
+    shape, axis = reductions[0].inputs[0].type.shape, reduced_axis(reductions[0])
+    full, kept, dropped = row_shapes(shape, axis)
     for node in reductions:
-        if node.inputs[0].type.shape != shape:
-            return f"`{format_node(node)}` reduces rows of {list(node.inputs[0].type.shape)}, not {list(shape)}"
+        if node.inputs[0].type.shape != shape or reduced_axis(node) != axis:
+            return (f"`{format_node(node)}` reduces dim {reduced_axis(node)} of {list(node.inputs[0].type.shape)}, "
+                    f"not dim {axis} of {list(shape)}")
     for node in body.nodes:
         if node in reductions:
             continue

@@ -100,15 +100,64 @@ def test_a_producer_read_outside_stays_out_and_rows_stay_aligned() -> None:
     }""")
 
 
-def test_leaves_alone_reductions_over_other_dims() -> None:
+def test_reductions_over_a_dim_that_is_not_the_last_join_their_prologue_and_epilogue() -> None:
+    check("""
+    graph g(%x: f32[2,4,8], %s: f32[4,1]) -> (f32[2,8], f32[2,4,8]) {
+      %0: f32[2,4,8] = mul(%x, %s)
+      %1: f32[2,8] = sum(%0) {dims=[1]}
+      %2: f32[2,8] = neg(%1)
+      %3: f32[2,4,8] = softmax(%x) {dim=1}
+      %4: f32[2,4,8] = exp(%3)
+      %5: f32[2,4,8] = sub(%4, %x)
+      return %2, %5
+    }""", """
+    graph g(%x: f32[2,4,8], %s: f32[4,1]) -> (f32[2,8], f32[2,4,8]) {
+      %2: f32[2,8] = fused[mul, sum, neg](%x, %s) {kind="reduction"}
+        graph r(%x: f32[2,4,8], %s: f32[4,1]) -> (f32[2,8]) {
+          %0: f32[2,4,8] = mul(%x, %s)
+          %1: f32[2,8] = sum(%0) {dims=[1]}
+          %2: f32[2,8] = neg(%1)
+          return %2
+        }
+      %5: f32[2,4,8] = fused[softmax, exp, sub](%x) {kind="reduction"}
+        graph r(%x: f32[2,4,8]) -> (f32[2,4,8]) {
+          %3: f32[2,4,8] = softmax(%x) {dim=1}
+          %4: f32[2,4,8] = exp(%3)
+          %5: f32[2,4,8] = sub(%4, %x)
+          return %5
+        }
+      return %2, %5
+    }""")
+
+
+def test_leaves_alone_reductions_over_several_dims() -> None:
     unchanged("""
-    graph g(%x: f32[4,8]) -> (f32[8], f32[8], f32[4,8], f32[]) {
-      %0: f32[8] = sum(%x) {dims=[0]}
-      %1: f32[8] = neg(%0)
-      %2: f32[4,8] = softmax(%x) {dim=0}
-      %3: f32[4,8] = exp(%2)
-      %4: f32[] = amax(%x)
-      return %0, %1, %3, %4
+    graph g(%x: f32[4,8]) -> (f32[], f32[], f32[2]) {
+      %0: f32[] = amax(%x)
+      %1: f32[] = neg(%0)
+      %2: f32[2,2,8] = reshape(%x) {shape=[2, 2, 8]}
+      %3: f32[2] = sum(%2) {dims=[1, 2]}
+      return %0, %1, %3
+    }""")
+
+
+def test_a_reduction_over_another_dim_stays_out_of_a_region() -> None:
+    check("""
+    graph g(%x: f32[4,8]) -> (f32[8]) {
+      %0: f32[4,1] = sum(%x) {dims=[1], keepdim=true}
+      %1: f32[4,8] = sub(%x, %0)
+      %2: f32[8] = sum(%1) {dims=[0]}
+      return %2
+    }""", """
+    graph g(%x: f32[4,8]) -> (f32[8]) {
+      %1: f32[4,8] = fused[sum, sub](%x) {kind="reduction"}
+        graph r(%x: f32[4,8]) -> (f32[4,8]) {
+          %0: f32[4,1] = sum(%x) {dims=[1], keepdim=true}
+          %1: f32[4,8] = sub(%x, %0)
+          return %1
+        }
+      %2: f32[8] = sum(%1) {dims=[0]}
+      return %2
     }""")
 
 

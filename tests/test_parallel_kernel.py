@@ -1,5 +1,5 @@
 """Large Numba kernels split their outer (or flat) loop across PyTorch's threads and still compute what
-the reference interpreter computes: elementwise and row-reduction regions, broadcast and strided
+the reference interpreter computes: elementwise, row- and column-reduction regions, broadcast and strided
 operands, outputs written over an input, random graphs."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from heteropass.backends.reference import ReferenceBackend
 from heteropass.ir import DType, parse_graph, run_graph
 from heteropass.testing import assert_backend_matches_reference, assert_outputs_close, graph_and_inputs
 
-from .test_numba_backend import ELEMENTWISE, REDUCTION, region
+from .test_numba_backend import COLUMN_REGION, ELEMENTWISE, REDUCTION, region
 
 
 @contextmanager
@@ -56,7 +56,7 @@ def _compiled(text: str):  # type: ignore[no-untyped-def]
     return graph, executable
 
 
-@pytest.mark.parametrize("text", [ELEMENTWISE, REDUCTION], ids=["elementwise", "reduction"])
+@pytest.mark.parametrize("text", [ELEMENTWISE, REDUCTION, COLUMN_REGION], ids=["elementwise", "reduction", "columns"])
 def test_split_regions_match_the_reference(text: str) -> None:
     with split_everything():
         graph, executable = _compiled(text)
