@@ -5,6 +5,8 @@ makes it ~30x slower. These are range reduction + polynomial or rational approxi
 float32 constants only (a float64 literal would promote the whole expression). Branches are selects
 that compute both sides. Every function is `inline="always"`, so it takes the caller's fastmath flags;
 callers must leave out the `nnan`/`ninf` flags, since NaN and infinity checks below rely on them.
+Polynomials spell out their FMAs (`_fma`, one rounding each) rather than rely on the caller allowing
+`contract`, which the generated kernels do not (numba_codegen.FASTMATH_ELEMENTWISE).
 
 Clamps are `min(max(x, lo), hi)`: Numba computes `max(a, b)` as `select(b > a, b, a)`, which keeps a
 NaN `a` and compiles to one vmaxps (two chained `lo if x < lo else x` selects became compare, min, blend).
@@ -83,11 +85,11 @@ def exp_f32(x):
     n = t - _EXP_ROUND
     r = _fma(-n, _LN2, xc)
     p = F32(1.6625041e-02)
-    p = p * r + F32(8.378031e-02)
-    p = p * r + F32(3.3334229e-01)
-    p = p * r + F32(9.999846e-01)
-    p = p * r + _TWO
-    p = p * r + _TWO
+    p = _fma(p, r, F32(8.378031e-02))
+    p = _fma(p, r, F32(3.3334229e-01))
+    p = _fma(p, r, F32(9.999846e-01))
+    p = _fma(p, r, _TWO)
+    p = _fma(p, r, _TWO)
     scale = I32(F32(t).view(np.int32) << 23).view(np.float32)
     return p * scale
 
@@ -106,14 +108,14 @@ def log_f32(x):
     m = m + m - _ONE if low else m - _ONE
     z = m * m
     p = F32(7.0376836292e-2)
-    p = p * m - F32(1.1514610310e-1)
-    p = p * m + F32(1.1676998740e-1)
-    p = p * m - F32(1.2420140846e-1)
-    p = p * m + F32(1.4249322787e-1)
-    p = p * m - F32(1.6668057665e-1)
-    p = p * m + F32(2.0000714765e-1)
-    p = p * m - F32(2.4999993993e-1)
-    p = p * m + F32(3.3333331174e-1)
+    p = _fma(p, m, F32(-1.1514610310e-1))
+    p = _fma(p, m, F32(1.1676998740e-1))
+    p = _fma(p, m, F32(-1.2420140846e-1))
+    p = _fma(p, m, F32(1.4249322787e-1))
+    p = _fma(p, m, F32(-1.6668057665e-1))
+    p = _fma(p, m, F32(2.0000714765e-1))
+    p = _fma(p, m, F32(-2.4999993993e-1))
+    p = _fma(p, m, F32(3.3333331174e-1))
     y = p * m * z + e * _LN2_LO - _HALF * z
     y = m + y + e * _LN2_HI
     y = -_INF if x == _ZERO else y
@@ -135,21 +137,20 @@ def tanh_f32(x):
     """
     u = min(x * x, F32(72.25))
     p = F32(4.8582086e+01)
-    p = p * u + F32(1.3306376e+04)
-    p = p * u + F32(5.981980e+05)
-    p = p * u + F32(4.6605537e+06)
+    p = _fma(p, u, F32(1.3306376e+04))
+    p = _fma(p, u, F32(5.981980e+05))
+    p = _fma(p, u, F32(4.6605537e+06))
     q = u + F32(1.0499686e+03)
-    q = q * u + F32(1.09150306e+05)
-    q = q * u + F32(2.15170315e+06)
-    q = q * u + F32(4.6605554e+06)
+    q = _fma(q, u, F32(1.09150306e+05))
+    q = _fma(q, u, F32(2.15170315e+06))
+    q = _fma(q, u, F32(4.6605554e+06))
     return min(max(p / q * x, -_ONE), _ONE)
 
 
 @njit(inline="always")
 def rsqrt_f32(x):
-    """1 / sqrt(x). Under `arcp` LLVM computes it as the rsqrt estimate and one Newton step (~2 ulp),
-    which gives NaN for 0 and inf and -inf below the smallest normal: those take selects (subnormals
-    scaled by 2**24 first; -0.0 gives -inf, as 1 / sqrt(-0.0) does)."""
+    """1 / sqrt(x), divided exactly; 0, inf and subnormals take selects (subnormals scaled by 2**24 first;
+    -0.0 gives -inf, as 1 / sqrt(-0.0) does), which keep them right under any fastmath flags."""
     small = x < _SMALLEST_NORMAL
     r = _ONE / np.sqrt(x * _TWO_24 if small else x)
     r = r * _TWO_12 if small else r
@@ -173,17 +174,17 @@ def erf_f32(x):
     xc = min(max(x, F32(-4.0)), F32(4.0))
     u = xc * xc
     p = F32(1.9099443277e-08)
-    p = p * u - F32(1.9220654498e-06)
-    p = p * u + F32(1.4338746183e-04)
-    p = p * u + F32(3.8406743016e-03)
-    p = p * u + F32(5.1059433140e-02)
-    p = p * u + F32(2.0371192717e-01)
-    p = p * u + F32(1.1283791433e+00)
+    p = _fma(p, u, F32(-1.9220654498e-06))
+    p = _fma(p, u, F32(1.4338746183e-04))
+    p = _fma(p, u, F32(3.8406743016e-03))
+    p = _fma(p, u, F32(5.1059433140e-02))
+    p = _fma(p, u, F32(2.0371192717e-01))
+    p = _fma(p, u, F32(1.1283791433e+00))
     q = F32(9.8377789443e-04)
-    q = q * u + F32(1.4657935259e-02)
-    q = q * u + F32(1.1654715917e-01)
-    q = q * u + F32(5.1386704153e-01)
-    q = q * u + _ONE
+    q = _fma(q, u, F32(1.4657935259e-02))
+    q = _fma(q, u, F32(1.1654715917e-01))
+    q = _fma(q, u, F32(5.1386704153e-01))
+    q = _fma(q, u, _ONE)
     y = xc * p / q
     return max(min(y, _ONE), -_ONE)  # the fit overshoots 1 by up to 4e-7 near the clamp
 
@@ -197,11 +198,11 @@ def log1p_f32(x):
     s = x / (_TWO + x)
     z = s * s
     p = F32(2.0 / 11.0)
-    p = p * z + F32(2.0 / 9.0)
-    p = p * z + F32(2.0 / 7.0)
-    p = p * z + F32(2.0 / 5.0)
-    p = p * z + F32(2.0 / 3.0)
-    small = s * (p * z + _TWO)
+    p = _fma(p, z, F32(2.0 / 9.0))
+    p = _fma(p, z, F32(2.0 / 7.0))
+    p = _fma(p, z, F32(2.0 / 5.0))
+    p = _fma(p, z, F32(2.0 / 3.0))
+    small = s * _fma(p, z, _TWO)
     return small if abs(x) < F32(0.3) else log_f32(_ONE + x)
 
 
@@ -209,14 +210,14 @@ def log1p_f32(x):
 def expm1_f32(x):
     """exp(x) - 1: the degree-9 Taylor polynomial below |x| = 0.7 (its error there is 8e-9), exp(x) - 1 above."""
     p = F32(1.0 / 362880.0)
-    p = p * x + F32(1.0 / 40320.0)
-    p = p * x + F32(1.0 / 5040.0)
-    p = p * x + F32(1.0 / 720.0)
-    p = p * x + F32(1.0 / 120.0)
-    p = p * x + F32(1.0 / 24.0)
-    p = p * x + F32(1.0 / 6.0)
-    p = p * x + _HALF
-    small = (p * x) * x + x
+    p = _fma(p, x, F32(1.0 / 40320.0))
+    p = _fma(p, x, F32(1.0 / 5040.0))
+    p = _fma(p, x, F32(1.0 / 720.0))
+    p = _fma(p, x, F32(1.0 / 120.0))
+    p = _fma(p, x, F32(1.0 / 24.0))
+    p = _fma(p, x, F32(1.0 / 6.0))
+    p = _fma(p, x, _HALF)
+    small = _fma(p * x, x, x)
     return small if abs(x) < F32(0.7) else exp_f32(x) - _ONE
 
 
@@ -232,22 +233,22 @@ def gelu_f32(x):
     """
     u = min(x * x, F32(27.5625))
     p, q = gelu_fit_f32(u)
-    return x * min(max(p / q * x + _HALF, _ZERO), _ONE)
+    return x * min(max(_fma(p / q, x, _HALF), _ZERO), _ONE)
 
 
 @njit(inline="always")
 def gelu_fit_f32(u):
     """Numerator and denominator of `gelu_f32`'s fit at u = x^2 (bench/op_costs.py times them apart)."""
     p = F32(1.2237015e+01)
-    p = p * u + F32(6.6204804e+02)
-    p = p * u + F32(8.509502e+03)
-    p = p * u + F32(8.526399e+04)
-    p = p * u + F32(4.991191e+05)
+    p = _fma(p, u, F32(6.6204804e+02))
+    p = _fma(p, u, F32(8.509502e+03))
+    p = _fma(p, u, F32(8.526399e+04))
+    p = _fma(p, u, F32(4.991191e+05))
     q = u + F32(2.4455041e+02)
-    q = q * u + F32(4.852465e+03)
-    q = q * u + F32(6.05109043e+04)
-    q = q * u + F32(4.2216846e+05)
-    q = q * u + F32(1.251127e+06)
+    q = _fma(q, u, F32(4.852465e+03))
+    q = _fma(q, u, F32(6.05109043e+04))
+    q = _fma(q, u, F32(4.2216846e+05))
+    q = _fma(q, u, F32(1.251127e+06))
     return p, q
 
 
@@ -257,16 +258,16 @@ def gelu_tanh_f32(x):
     (no exp, no tanh): P (degree 4) and Q (degree 5, monic) fit tanh(z) / (2 x) on [0, 5]."""
     u = min(x * x, F32(25.0))
     p = F32(1.08031564e+01)
-    p = p * u + F32(4.339735e+02)
-    p = p * u + F32(8.0957543e+03)
-    p = p * u + F32(8.5130085e+04)
-    p = p * u + F32(8.121594e+05)
+    p = _fma(p, u, F32(4.339735e+02))
+    p = _fma(p, u, F32(8.0957543e+03))
+    p = _fma(p, u, F32(8.5130085e+04))
+    p = _fma(p, u, F32(8.121594e+05))
     q = u + F32(1.84806586e+02)
-    q = q * u + F32(3.45217636e+03)
-    q = q * u + F32(6.1154384e+04)
-    q = q * u + F32(5.5430204e+05)
-    q = q * u + F32(2.03580116e+06)
-    return x * min(max(p / q * x + _HALF, _ZERO), _ONE)
+    q = _fma(q, u, F32(3.45217636e+03))
+    q = _fma(q, u, F32(6.1154384e+04))
+    q = _fma(q, u, F32(5.5430204e+05))
+    q = _fma(q, u, F32(2.03580116e+06))
+    return x * min(max(_fma(p / q, x, _HALF), _ZERO), _ONE)
 
 
 @njit(inline="always")

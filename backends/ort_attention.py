@@ -121,6 +121,8 @@ def _match(attention: Node, returned: Callable[[Value], bool]) -> PackedAttentio
     if attention.attrs["is_causal"] and mask is not None:
         return None
     scale = attention.attrs["scale"]
+    if scale == 0:
+        return None  # ONNX Runtime reads scale 0 as "not given" and uses 1/sqrt(dim)
     nodes = [split, *(n for view in views for n in view[1:]), attention, back, merge]  # type: ignore[index]
     return PackedAttention(nodes, qkv, merge.outputs[0], heads, 1 / math.sqrt(dim) if scale is None else scale,
                            attention.attrs["is_causal"], mask)

@@ -3,7 +3,7 @@
     OMP_WAIT_POLICY=passive .venv/bin/python bench/op_costs.py [--repeats R]
 
 Every body is `y[i] = f(x[i] * a + b)` over 2048 float32 elements (operands in L1, a 16-element call
-subtracted), compiled as the backend compiles elementwise kernels (fastmath without nnan/ninf,
+subtracted), compiled as the backend compiles elementwise kernels (no fastmath flags,
 error_model="numpy"). A base of 8 dependent FMAs, then the same base with 4 independent operations of
 one kind added: the difference per added operation is what that kind costs beside FMAs (whether the
 core issues it on otherwise idle pipes or not). The last rows take `numba_math.gelu_f32` apart

@@ -61,6 +61,12 @@ def test_scale_and_causal() -> None:
     _check(_graph(2, 7, 3, 4, "{is_causal=true, scale=0.3}"))
 
 
+def test_a_scale_of_zero_is_declined() -> None:
+    """ONNX Runtime reads scale 0 as "not given" (1/sqrt(dim)); PyTorch's scale 0 makes uniform weights."""
+    graph = parse_graph(_graph(1, 16, 2, 8, "{scale=0.0}"))
+    assert find_packed_attention(graph.nodes, graph.is_output) == []
+
+
 def test_constant_bool_and_float_masks() -> None:
     keep = torch.rand(1, 1, 6, 6) > 0.4
     keep |= torch.eye(6, dtype=torch.bool)  # no row masked whole

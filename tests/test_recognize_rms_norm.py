@@ -52,6 +52,12 @@ _DIVISION_FORM = """
     }"""
 
 
+def test_a_half_precision_norm_stays_decomposed() -> None:
+    """Written out in f16, x * x overflows from |x| = 256 and the norm is 0 there; fused it would not be."""
+    pass_ = unchanged(RecognizeRmsNormPass(), _DIVISION_FORM.replace("f32", "f16"))
+    assert "is f16: fusing would change where the result is rounded" in (pass_.report.why_not("rms-norm", "4") or "")
+
+
 def test_floor_division_by_the_root_mean_square_stays() -> None:
     text = _DIVISION_FORM.replace("div(%x, %3)", 'div(%x, %3) {rounding_mode="floor"}')
     assert "floor" in text
