@@ -85,7 +85,8 @@ def _compiler(opts: CompileOptions, real_inputs: Sequence[Any], *, inference: bo
                 return make_boxed_func(gm)
             _, executable = optimize(program.graph, graph_opts)
         kept = [i for i in range(tokens, len(example_inputs)) if i not in frozen]
-        versions = [(i, tensor, tensor._version) for i, tensor in frozen.items()]
+        # Inference tensors keep no version counter (and cannot change outside inference mode).
+        versions = [(i, tensor, tensor._version) for i, tensor in frozen.items() if not tensor.is_inference()]
 
         def run(*args: Any) -> Any:
             for i, tensor, version in versions:

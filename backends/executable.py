@@ -174,8 +174,10 @@ def build_executable(graph: Graph, backends: Sequence[Backend] | None = None, *,
     views = module_buffers(graph, partitions, kernel_names, plan)
 
     def instantiate() -> Callable[..., list[torch.Tensor]]:
-        pool = BufferPool(plan.buffer_bytes)
-        bound = {name: pool.view(buffer, t.dtype, t.static_shape()) for name, (buffer, t) in views.items()}
+        # Buffers made during a call under inference mode must still take writes from calls out of it.
+        with torch.inference_mode(False):
+            pool = BufferPool(plan.buffer_bytes)
+            bound = {name: pool.view(buffer, t.dtype, t.static_shape()) for name, (buffer, t) in views.items()}
         forward = load_function(code, {**namespace, **bound}, "forward")
         forward.pool = pool
         return forward

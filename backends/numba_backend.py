@@ -42,6 +42,7 @@ import importlib.util
 import math
 import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ _LIBRARY_OPS = ("scaled_dot_product_attention",)
 _HERE = Path(__file__).parent
 # Kernel files are named after their source and the code generator's, so an edit to either makes new files.
 _GENERATOR_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(_HERE.glob("numba_*.py")))).hexdigest()[:8]
+_LOAD_LOCK = threading.RLock()  # see NumbaBackend._load_module
 
 
 def default_cache_dir() -> Path:
@@ -362,13 +364,18 @@ class NumbaBackend(Backend):
         module_source = kernel_module(list(sources))
         digest = hashlib.sha1((_GENERATOR_HASH + module_source).encode()).hexdigest()[:16]
         path = self.cache_dir / f"k_{digest}.py"
+        module_name = f"heteropass_numba_{digest}"
+        # One thread at a time: another would find the module registered below before it has its kernels.
+        with _LOAD_LOCK:
+            return self._load_locked(module_source, path, module_name)
+
+    def _load_locked(self, module_source: str, path: Path, module_name: str) -> Any:
         if not path.exists():
             # Written once and never touched again: Numba's cache index is keyed on the file's mtime.
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(module_source)
             tmp.replace(path)
-        module_name = f"heteropass_numba_{digest}"
         module = sys.modules.get(module_name)
         if module is None:
             spec = importlib.util.spec_from_file_location(module_name, path)

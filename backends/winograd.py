@@ -67,11 +67,13 @@ def winograd_conv_call(node: Node) -> tuple[Callable[..., torch.Tensor], str] | 
 
     def call(x: torch.Tensor, w: object, b: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         kernels = _kernels()
-        if not transformed:
-            transformed.append(weight_transform(weight))
+        # Normal tensors even when the first call runs under inference mode: later calls write into them.
+        with torch.inference_mode(False):
+            if not transformed:
+                transformed.append(weight_transform(weight))
+            if not hasattr(local, "v"):
+                local.v, local.m = torch.empty(36, c_in, tiles), torch.empty(36, y_shape[1], tiles)
         u = transformed[0]
-        if not hasattr(local, "v"):
-            local.v, local.m = torch.empty(36, c_in, tiles), torch.empty(36, y_shape[1], tiles)
         v, m = local.v, local.m
         y = torch.empty(y_shape) if out is None else out
         kernels.input_transform(x.detach().contiguous().numpy(), v.numpy(), padding[0], padding[1], tiles_h, tiles_w)

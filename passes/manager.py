@@ -300,7 +300,8 @@ class _Run:
         graph = self.result.graph
         before_text, before_consts = self.text, {name: v.const for name, v in graph.constants.items()
                                                  if v.const is not None}
-        before_data = {name: (id(t), t._version) for name, t in before_consts.items()}
+        # Inference tensors (a model loaded under torch.inference_mode) keep no version counter.
+        before_data = {name: (id(t), None if t.is_inference() else t._version) for name, t in before_consts.items()}
         before_counts = graph.op_counts()
         output_text = None
         try:
@@ -342,7 +343,7 @@ class _Run:
         return tempfile.mkdtemp(prefix="heteropass-reproducer-")
 
 
-def _check_constants(graph: Graph, before: dict[str, tuple[int, int]], modified: bool) -> None:
+def _check_constants(graph: Graph, before: dict[str, tuple[int, int | None]], modified: bool) -> None:
     """A pass replaces a constant's tensor, never writes into it (the caller's graph and the model's
     weights share it); and one that reports modified=False keeps every tensor, which the printed text,
     naming large constants only, cannot show."""
@@ -350,7 +351,7 @@ def _check_constants(graph: Graph, before: dict[str, tuple[int, int]], modified:
         if name not in before or value.const is None:
             continue
         identity, version = before[name]
-        if id(value.const) == identity and value.const._version != version:
+        if id(value.const) == identity and version is not None and value.const._version != version:
             raise RuntimeError(f"it wrote into constant %{name} in place; a pass must give it a new tensor")
         if not modified and id(value.const) != identity:
             raise RuntimeError(f"it reported modified=False but replaced the data of constant %{name}")

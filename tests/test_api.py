@@ -376,6 +376,32 @@ def test_weights_are_a_snapshot_taken_at_compile_time(backend: str) -> None:
     assert_close_to_eager(cm(x), before)
 
 
+class _BmmTanh(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(torch.bmm(a, b)) * 2 + torch.bmm(a, b).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_first_call_under_inference_mode_makes_buffers_later_calls_can_write(backend: str) -> None:
+    """A warm-up request under inference mode makes the buffers (and views of them) that later calls out
+    of it write into, with PyTorch out= products among others."""
+    model, inputs = _BmmTanh(), (torch.randn(4, 16, 32), torch.randn(4, 32, 16))
+    compiled = hp.compile(model, inputs, backends=(backend, "reference"))
+    with torch.inference_mode():
+        compiled(*inputs)
+    torch.testing.assert_close(compiled(*inputs), model(*inputs))
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_model_made_and_compiled_under_inference_mode(backend: str) -> None:
+    """Its weights are inference tensors, which keep no version counter."""
+    with torch.inference_mode():
+        model, inputs = _BmmTanh(), (torch.randn(4, 16, 32), torch.randn(4, 32, 16))
+        compiled = hp.compile(model, inputs, backends=(backend, "reference"))
+        torch.testing.assert_close(compiled(*inputs), model(*inputs))
+    torch.testing.assert_close(compiled(*inputs), model(*inputs))
+
+
 def test_outputs_do_not_require_grad_and_a_grad_input_warns_once() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).eval()
     cm = hp.compile(model, (torch.randn(3, 8),))

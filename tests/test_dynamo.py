@@ -101,3 +101,12 @@ def test_a_backward_graph_takes_no_effect_tokens() -> None:
         _compile(lambda x: loss(twin, x))(x).backward()
     assert not [w for w in caught if "cannot import this graph" in str(w.message)]
     torch.testing.assert_close(twin.weight.grad, model.weight.grad)
+
+
+def test_int8_freezing_of_parameters_made_under_inference_mode() -> None:
+    """Inference tensors keep no version counter: the frozen-parameter check skips them."""
+    with torch.inference_mode():
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 10)).eval()
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_compile(model, precision="int8-dynamic")(x), model(x), rtol=0.05, atol=0.05)
