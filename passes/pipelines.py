@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Pass
+from .decompose_group_norm import DecomposeGroupNormPass
 from .eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
 from .eliminate_dead_code import EliminateDeadCodePass
 from .fold_batchnorm_into_conv import FoldBatchNormIntoConvPass
@@ -47,6 +48,7 @@ _PASSES: tuple[type[Pass], ...] = (
     MergeParallelLinearsPass,
     FuseCachedAttentionPass,
     FoldBatchNormIntoConvPass,
+    DecomposeGroupNormPass,
     FuseGemmEpiloguePass,
     FuseReductionsPass,
     FuseElementwisePass,
@@ -79,10 +81,11 @@ def _recognize() -> list[Pass]:
 def _fuse() -> list[Pass]:
     """Group work into fewer, larger kernels: parallel linears into one product (after the precision
     passes, so that `keep_nodes` still finds the linears by name), attention over a freshly concatenated
-    cache into one op, then regions a backend compiles as one kernel: GEMM epilogues first (they sit
-    on the most expensive nodes), then reductions with their prologue/epilogue, then the rest."""
-    return [MergeParallelLinearsPass(), FuseCachedAttentionPass(), FuseGemmEpiloguePass(), FuseReductionsPass(),
-            FuseElementwisePass()]
+    cache into one op, group norms as layer norms over the groups, then regions a backend compiles as one
+    kernel: GEMM epilogues first (they sit on the most expensive nodes), then reductions with their
+    prologue/epilogue, then the rest."""
+    return [MergeParallelLinearsPass(), FuseCachedAttentionPass(), DecomposeGroupNormPass(), FuseGemmEpiloguePass(),
+            FuseReductionsPass(), FuseElementwisePass()]
 
 
 def precision_passes(config: PrecisionConfig) -> list[Pass]:

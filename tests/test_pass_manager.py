@@ -303,11 +303,11 @@ def test_a_reproducer_records_what_the_failing_pass_was_constructed_with(tmp_pat
 def test_pass_registry_names_every_pass():
     registry = pass_registry()
     assert sorted(registry) == [
-        "eliminate-common-subexpressions", "eliminate-dead-code", "fold-batchnorm-into-conv", "fold-constants",
-        "fold-repeat-kv", "fuse-cached-attention", "fuse-elementwise", "fuse-gemm-epilogue", "fuse-linear-bias",
-        "fuse-reductions", "lower-precision", "merge-parallel-linears", "plan-memory", "propagate-shapes",
-        "quantize-dynamic", "quantize-static", "quantize-weights", "recognize-attention", "recognize-gelu",
-        "recognize-layer-norm", "recognize-rms-norm", "recognize-softmax", "simplify-algebra"]
+        "decompose-group-norm", "eliminate-common-subexpressions", "eliminate-dead-code", "fold-batchnorm-into-conv",
+        "fold-constants", "fold-repeat-kv", "fuse-cached-attention", "fuse-elementwise", "fuse-gemm-epilogue",
+        "fuse-linear-bias", "fuse-reductions", "lower-precision", "merge-parallel-linears", "plan-memory",
+        "propagate-shapes", "quantize-dynamic", "quantize-static", "quantize-weights", "recognize-attention",
+        "recognize-gelu", "recognize-layer-norm", "recognize-rms-norm", "recognize-softmax", "simplify-algebra"]
     assert all(cls.name == name for name, cls in registry.items())
 
 
@@ -320,8 +320,8 @@ def test_default_pipelines_per_opt_level():
     assert flat(default_pipeline(1)) == ["propagate-shapes", "eliminate-dead-code"]
     recognize = ["recognize-softmax", "recognize-attention", "fold-repeat-kv", "recognize-layer-norm",
                  "recognize-rms-norm", "recognize-gelu", "fuse-linear-bias", "fold-batchnorm-into-conv"]
-    fuse = ["merge-parallel-linears", "fuse-cached-attention", "fuse-gemm-epilogue", "fuse-reductions",
-            "fuse-elementwise"]
+    fuse = ["merge-parallel-linears", "fuse-cached-attention", "decompose-group-norm", "fuse-gemm-epilogue",
+            "fuse-reductions", "fuse-elementwise"]
     assert flat(default_pipeline(2)) == ["propagate-shapes", ("cleanup", cleanup), *recognize,
                                          ("cleanup-after-patterns", cleanup), *fuse, "plan-memory"]
     assert flat(default_pipeline(3)) == flat(default_pipeline(2))
