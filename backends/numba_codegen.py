@@ -358,23 +358,30 @@ class _Builder:
         self.defs.append(d)
         return d
 
-    def load(self, value: Value, param: str) -> Def:
+    def load(self, value: Value, param: str, flat: bool = False) -> Def:
+        """A load of operand `value`; a `flat` one broadcasts against the reduced shape (the space without
+        the reduced dim), as the operands of values reduced without keepdim do."""
         t = value.type
-        strides = aligned_strides(tuple(t.static_shape()), self.space)
+        shape = tuple(t.static_shape())
+        if flat:
+            strides = aligned_strides(shape, self.space[:self.inner_dim] + self.space[self.inner_dim + 1:])
+            strides.insert(self.inner_dim, 0)
+        else:
+            strides = aligned_strides(shape, self.space)
         array = Array(param, t.dtype, strides)
         self.arrays.append(array)
         full = self.inner_dim >= 0 and strides[self.inner_dim] != 0
-        d = self.add(Def(self.fresh("x"), t.dtype, full, 0, expr=f"@{param}"))
+        d = self.add(Def(self.fresh("x"), t.dtype, full, 0, expr=f"@{param}", flat=flat))
         self.of[id(value)] = d
         return d
 
-    def const(self, value: Value, param: str) -> Def:
+    def const(self, value: Value, param: str, flat: bool = False) -> Def:
         tensor = value.const
         if tensor.numel() == 1:
             d = Def(literal(tensor.reshape(()).item(), value.type.dtype), value.type.dtype, False, 0)
             self.of[id(value)] = d
             return d
-        return self.load(value, param)
+        return self.load(value, param, flat)
 
     def elementwise(self, node: Node, args: list[Def]) -> Def:
         casts = arg_dtypes(node)
@@ -505,13 +512,14 @@ def build_spec(body: Graph, kind: str, name: str) -> tuple[KernelSpec, list[Valu
                 raise Unsupported("outputs of different shapes")
     # Elementwise: merge every dim, the last merged one is inner. Reduction: the reduced dim is inner.
     b = _Builder(space, axis)
+    flat = _flat_operands(body) if reduction else set()
     for i, value in enumerate(body.inputs):
-        b.load(value, f"a{i}")
+        b.load(value, f"a{i}", id(value) in flat)
     consts: list[Value] = []
     for value in body.constants.values():
         if value.const.numel() != 1:
             consts.append(value)
-        b.const(value, f"c{len(consts) - 1}")
+        b.const(value, f"c{len(consts) - 1}", id(value) in flat)
     for node in body.nodes:
         args = [b.of[id(v)] for v in node.inputs]
         if node.op in REDUCE_OPS or node.op in ROW_OPS:
@@ -565,6 +573,26 @@ def build_spec(body: Graph, kind: str, name: str) -> tuple[KernelSpec, list[Valu
                 d.full = any(x.full for x in d.deps)
     spec = KernelSpec(name, outer, inner, b.arrays, b.defs, stores, reduction, cols)
     return spec, consts
+
+
+def _flat_operands(body: Graph) -> set[int]:
+    """The ids of the operands (body inputs and constants) that meet values reduced without keepdim, and
+    so broadcast against the reduced shape: `div(sum(x) {dims=[1]}, n)` of [B, S, H] with n [B, 1]."""
+    reduced: set[int] = set()
+    flat: set[int] = set()
+    other: set[int] = set()
+    for node in body.nodes:
+        row = node.op in REDUCE_OPS or node.op in ROW_OPS
+        if row or not any(id(v) in reduced for v in node.inputs):
+            other.update(id(v) for v in node.inputs)
+            if row and node.op in REDUCE_OPS and not node.attrs["keepdim"]:
+                reduced.add(id(node.outputs[0]))
+            continue
+        reduced.add(id(node.outputs[0]))
+        flat.update(id(v) for v in node.inputs if v.producer is None)
+    if flat & other:
+        raise Unsupported("an operand meets both values reduced without keepdim and unreduced values")
+    return flat
 
 
 def _check_shape(value: Value, d: Def, space: tuple[int, ...], axis: int) -> None:

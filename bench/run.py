@@ -3,6 +3,10 @@ at 1 and 2 threads, medians of repeated runs, speedups over eager from the same 
 
     .venv/bin/python bench/run.py [--threads 1 2] [--repeats 30] [--only mlp-b1,gpt2-2l-s128]
                                   [--runners inductor,heteropass-O2] [--markdown results.md]
+                                  [--suite reductions]
+
+`--suite reductions` runs blocks that reduce over a dim that is not the last instead (mean pooling,
+ConvNeXt's channel LayerNorm, a channel softmax, GroupNorm + SiLU).
 
 Eager always runs first: it is the baseline of every ratio. Each runner's outputs are checked against
 eager's before it is timed (`checks.check_outputs`, 1e-4 relative); a runner whose outputs differ in
@@ -33,7 +37,7 @@ import torch
 from checks import WrongOutputs, check_outputs
 from checks import max_relative_error as max_relative_error  # kept importable from here, where it lived
 from runners import RUNNERS, timed_build
-from workloads import Workload, workloads
+from workloads import Workload, reduction_workloads, workloads
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,10 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workload names")
     parser.add_argument("--runners", default="", help="comma-separated runner names besides eager (default: all)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
+    parser.add_argument("--suite", choices=["issue", "reductions"], default="issue",
+                        help="the fusion issue's table (default) or the reductions over other dims")
     args = parser.parse_args()
-    available = {w.name: w for w in workloads()}
+    available = {w.name: w for w in (workloads() if args.suite == "issue" else reduction_workloads())}
     chosen = [available[n] for n in choose(parser, "--only", args.only, list(available))]
     names = [n for n in choose(parser, "--runners", args.runners, list(RUNNERS)) if n != "eager"]
 

@@ -1,4 +1,5 @@
-"""The benchmark workloads of the fusion issue: real architectures with random weights."""
+"""The benchmark workloads of the fusion issue (real architectures with random weights), and a suite of
+blocks that reduce over a dim that is not the last."""
 
 from __future__ import annotations
 
@@ -95,4 +96,46 @@ def workloads() -> list[Workload]:
         Workload("gpt2-2l-s128", _gpt2, _tokens(1, 128, 50257)),
         Workload("bert-tiny-b1", _bert_tiny, _tokens(1, 128, 30522)),
         Workload("bert-tiny-b8", _bert_tiny, _tokens(8, 128, 30522)),
+    ]
+
+
+class MaskedMeanPool(nn.Module):
+    """A sentence encoder's pooling: the mean of the unmasked token states, (h * m).sum(1) / m.sum(1)."""
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.unsqueeze(-1)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class ChannelLayerNorm(nn.Module):
+    """ConvNeXt's channels-first LayerNorm as written there: statistics over dim 1 of NCHW."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(channels)), nn.Parameter(torch.randn(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + 1e-6)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class ChannelSoftmax(nn.Module):
+    """Attention over the channels of a feature map: x * softmax(x) over dim 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.softmax(x, dim=1)
+
+
+def reduction_workloads() -> list[Workload]:
+    torch.manual_seed(0)
+    mask = torch.ones(8, 128)
+    mask[:, 100:] = 0
+    return [
+        Workload("mean-pool-b8-s128-h768", lambda: MaskedMeanPool().eval(), lambda: (torch.randn(8, 128, 768), mask)),
+        Workload("convnext-ln-96x56x56", lambda: ChannelLayerNorm(96).eval(), lambda: (torch.randn(1, 96, 56, 56),)),
+        Workload("channel-softmax-64x56x56", lambda: ChannelSoftmax().eval(), lambda: (torch.randn(1, 64, 56, 56),)),
+        Workload("groupnorm-silu-128x32x32", lambda: nn.Sequential(nn.GroupNorm(32, 128), nn.SiLU()).eval(),
+                 lambda: (torch.randn(2, 128, 32, 32),)),
     ]

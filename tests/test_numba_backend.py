@@ -387,6 +387,18 @@ def test_column_reduction_region_with_prologue_epilogue_and_two_levels() -> None
     assert code.count("for j in range(6)") == 1
 
 
+@pytest.mark.parametrize("dim, reduced", [(1, "[2,5]"), (2, "[2,3]")])
+def test_operands_of_values_reduced_without_keepdim_broadcast_against_the_reduced_shape(dim: int,
+                                                                                       reduced: str) -> None:
+    """Masked mean pooling, sum(h * m, dim) / n with n [2, 1]: n meets the reduced [2, H] values, not [2, S, H]."""
+    check(region("reduction", f"%h: f32[2,3,5], %m: f32[2,3,5], %n: f32[2,1]", f"f32{reduced}", f"""
+        %0: f32[2,3,5] = mul(%h, %m)
+        %1: f32{reduced} = sum(%0) {{dims=[{dim}]}}
+        %2: f32{reduced} = div(%1, %n)
+        return %2
+    """))
+
+
 def test_linear_bias_gelu_region_runs_one_measured_option() -> None:
     text = region("gemm", "%x: f32[2,3,64], %w: f32[32,64], %b: f32[32]", "f32[2,3,32]", """
         %0: f32[2,3,32] = linear(%x, %w)
