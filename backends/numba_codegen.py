@@ -47,7 +47,7 @@ NP_TYPE = {DType.f64: "np.float64", DType.f32: "np.float32", DType.i64: "np.int6
            DType.i16: "np.int16", DType.i8: "np.int8", DType.u8: "np.uint8", DType.bool: "np.bool_"}
 FLOATS = (DType.f32, DType.f64)
 INTS = (DType.i64, DType.i32, DType.i16, DType.i8, DType.u8)
-REDUCE_OPS = ("sum", "mean", "amax", "amin")
+REDUCE_OPS = ("sum", "mean", "amax", "amin", "var", "std")
 ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
 
 
@@ -411,6 +411,16 @@ def _row_op(b: _Builder, node: Node, args: list[Def]) -> Def:
     out = node.outputs[0].type.dtype
     k = b.space[b.inner_dim]
     lit = lambda v: literal(v, out)  # noqa: E731
+    if op in ("var", "std"):  # two passes, as layer_norm: the variance of the centered values does not cancel
+        if out not in FLOATS:
+            raise Unsupported(f"{op} on {out}")
+        total = b.reduce("sum", x, out, flat=False)
+        mean = b.expr(f"{total.name} / {lit(k)}", out, [total])
+        centered = b.expr(f"{x.name} - {mean.name}", out, [x, mean])
+        squares = b.reduce("sum", b.expr(f"{centered.name} * {centered.name}", out, [centered]), out,
+                           flat=not attrs["keepdim"])
+        var = b.expr(f"{squares.name} / {lit(max(0.0, k - attrs['correction']))}", out, [squares])
+        return b.expr(f"np.sqrt({var.name})", out, [var]) if op == "std" else var
     if op in REDUCE_OPS:
         kind = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min"}[op]
         if x.dtype is not out:

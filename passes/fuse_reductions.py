@@ -19,7 +19,7 @@ from .fusion_util import (
 
 
 class FuseReductionsPass(Pass):
-    """Replace each reduction of shape S over one dim (sum/mean/amax/amin over one dim, softmax/log_softmax,
+    """Replace each reduction of shape S over one dim (sum/mean/amax/amin/var/std over one dim, softmax/log_softmax,
     layer_norm/rms_norm over the last dim), together with the elementwise work around it, by one `fused`
     node of kind "reduction". Below, a "row" is the set of elements reduced together.
 

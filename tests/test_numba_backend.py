@@ -323,13 +323,13 @@ def test_single_row_ops(call: str, out: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64", "i32", "bool"])
-@pytest.mark.parametrize("op", ["sum", "mean", "amax", "amin"])
+@pytest.mark.parametrize("op", ["sum", "mean", "amax", "amin", "var", "std"])
 @pytest.mark.parametrize("dims, keepdim", [("[0]", False), ("[1]", True), ("[-2]", False), ("[1, 2]", False),
-                                           ("[0, 1]", True), ("[0, 1, 2]", False)])
+                                           ("[0, 1]", True), ("[0, 1, 2]", False), ("[2]", False)])
 def test_reductions_over_any_dim_or_adjacent_dims(op: str, dtype: str, dims: str, keepdim: bool) -> None:
     """A reduction over a dim that is not the last walks the dims after it in its inner loop (a column
     reduction, numba_columns.py); adjacent dims are merged into one first."""
-    if dtype in ("i32", "bool") and op == "mean":
+    if dtype in ("i32", "bool") and op in ("mean", "var", "std"):
         return
     x = torch.randn(5, 7, 33) * 3
     x = x.to(torch.int32) if dtype == "i32" else x > 0.5 if dtype == "bool" else x.double() if dtype == "f64" else x
@@ -341,6 +341,18 @@ def test_reductions_over_any_dim_or_adjacent_dims(op: str, dtype: str, dims: str
     code = check(f"graph m(%x: {dtype}[5,7,33]) -> ({out}) {{\n  %0: {out} = {op}(%x) {{dims={dims}{keep}}}\n"
                  "  return %0\n}", [x], rtol=1e-5, atol=1e-5)
     assert ("for t in range(" in code) == (2 not in reduced)
+
+
+@pytest.mark.parametrize("op", ["var", "std"])
+@pytest.mark.parametrize("correction, dim", [(0, -1), (1, 0), (2, 1), (9, 1)])
+def test_variance_and_deviation_with_a_correction(op: str, correction: int, dim: int) -> None:
+    """Divided by max(0, n - correction), as torch.var: 9 of 6 values is inf (the squares are not 0)."""
+    x = torch.randn(6, 6, 5) * 3 + 100
+    out = [6, 6, 5]
+    out.pop(dim)
+    shape = f"[{','.join(map(str, out))}]"
+    check(f"graph m(%x: f32[6,6,5]) -> (f32{shape}) {{\n  %0: f32{shape} = {op}(%x) {{dims=[{dim}], "
+          f"correction={correction}.0}}\n  return %0\n}}", [x], rtol=1e-4, atol=1e-5)
 
 
 def test_column_max_and_min_propagate_nan_like_torch() -> None:
@@ -391,7 +403,7 @@ def test_column_reduction_region_with_prologue_epilogue_and_two_levels() -> None
 def test_operands_of_values_reduced_without_keepdim_broadcast_against_the_reduced_shape(dim: int,
                                                                                        reduced: str) -> None:
     """Masked mean pooling, sum(h * m, dim) / n with n [2, 1]: n meets the reduced [2, H] values, not [2, S, H]."""
-    check(region("reduction", f"%h: f32[2,3,5], %m: f32[2,3,5], %n: f32[2,1]", f"f32{reduced}", f"""
+    check(region("reduction", "%h: f32[2,3,5], %m: f32[2,3,5], %n: f32[2,1]", f"f32{reduced}", f"""
         %0: f32[2,3,5] = mul(%h, %m)
         %1: f32{reduced} = sum(%0) {{dims=[{dim}]}}
         %2: f32{reduced} = div(%1, %n)
