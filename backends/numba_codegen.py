@@ -400,7 +400,10 @@ class _Builder:
 
     def reduce(self, kind: str, x: Def, dtype: DType, flat: bool) -> Def:
         if not x.full:
-            raise Unsupported("a reduction over a value constant along the reduced dimension")
+            if self.space[self.inner_dim] != 1:
+                raise Unsupported("a reduction over a value constant along the reduced dimension")
+            # Over a size-1 dim (a global pool of a 1x1 feature map) a sum, max or min is the value itself.
+            return self.add(Def(self.fresh("t"), dtype, False, x.level, deps=[x], expr=x.name, flat=flat))
         return self.add(Def(self.fresh("acc"), dtype, False, x.level + 1, deps=[x], reduce=kind, flat=flat))
 
 

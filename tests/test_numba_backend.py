@@ -355,6 +355,18 @@ def test_variance_and_deviation_with_a_correction(op: str, correction: int, dim:
           f"correction={correction}.0}}\n  return %0\n}}", [x], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("op", ["sum", "mean", "amax", "var", "softmax"])
+def test_reductions_over_size_one_dims(op: str) -> None:
+    """A global average pool of a 1x1 feature map; softmax over one channel is 1 (NaN for NaN)."""
+    x = torch.randn(2, 8, 1, 1)
+    x[1, 3] = float("nan")
+    call = f"{op}(%x) {{dim=1}}" if op == "softmax" else f"{op}(%x) {{dims=[2, 3], keepdim=true}}"
+    shape = "[2,8,1,1]"
+    if op == "softmax":
+        x, shape = x.reshape(2, 1, 8), "[2,1,8]"
+    check(f"graph m(%x: f32{shape}) -> (f32{shape}) {{\n  %0: f32{shape} = {call}\n  return %0\n}}", [x])
+
+
 def test_column_max_and_min_propagate_nan_like_torch() -> None:
     x = torch.randn(6, 5, 9)
     x[1, 2, 3] = x[4, 0, 0] = float("nan")
