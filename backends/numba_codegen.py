@@ -47,7 +47,9 @@ NP_TYPE = {DType.f64: "np.float64", DType.f32: "np.float32", DType.i64: "np.int6
            DType.i16: "np.int16", DType.i8: "np.int8", DType.u8: "np.uint8", DType.bool: "np.bool_"}
 FLOATS = (DType.f32, DType.f64)
 INTS = (DType.i64, DType.i32, DType.i16, DType.i8, DType.u8)
-REDUCE_OPS = ("sum", "mean", "amax", "amin", "var", "std")
+REDUCE_OPS = ("sum", "mean", "amax", "amin", "var", "std", "prod", "any", "all")
+# Accumulators updated in place: the operator and the initial value (max and min select instead).
+ACCUMULATE = {"sum": ("+", 0), "prod": ("*", 1)}
 ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
 
 
@@ -301,7 +303,7 @@ class Def:
     level: int
     deps: list[Def] = field(default_factory=list)
     expr: str = ""  # Python expression over the deps' names (an elementwise value or a load)
-    reduce: str = ""  # "sum", "max" or "min": an accumulator over deps[0] along the inner dim
+    reduce: str = ""  # "sum", "prod", "max" or "min": an accumulator over deps[0] along the inner dim
     flat: bool = False  # a reduction without keepdim: shaped like the outer dims only
 
 
@@ -425,7 +427,8 @@ def _row_op(b: _Builder, node: Node, args: list[Def]) -> Def:
         var = b.expr(f"{squares.name} / {lit(max(0.0, k - attrs['correction']))}", out, [squares])
         return b.expr(f"np.sqrt({var.name})", out, [var]) if op == "std" else var
     if op in REDUCE_OPS:
-        kind = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min"}[op]
+        kind = {"sum": "sum", "mean": "sum", "prod": "prod", "amax": "max", "amin": "min", "any": "max",
+                "all": "min"}[op]
         if x.dtype is not out:
             x = b.expr(cast(x.name, x.dtype, out), out, [x])
         acc = b.reduce(kind, x, out, flat=not attrs["keepdim"])
@@ -726,15 +729,14 @@ def emit_kernel(spec: KernelSpec, ranged: bool = False) -> str:
         for red in reds:
             emit_full(red.deps[0], done, body, inner_indent)
             x = red.deps[0].name
-            if red.reduce == "sum":
-                body.append(f"{inner_indent}{red.name} += {x}")
+            if red.reduce in ACCUMULATE:
+                body.append(f"{inner_indent}{red.name} {ACCUMULATE[red.reduce][0]}= {x}")
             else:
                 keep = ">=" if red.reduce == "max" else "<="
                 body.append(f"{inner_indent}{red.name} = {red.name} if ({red.name} {keep} {x}) | "
                             f"({red.name} != {red.name}) else {x}")
         for red in reds:
-            init = 0 if red.reduce == "sum" else initial_extreme(red.dtype, red.reduce == "max")
-            lines.append(f"{indent}{red.name} = {literal(init, red.dtype)}")
+            lines.append(f"{indent}{red.name} = {initial_value(red)}")
         lines.append(f"{indent}for j in range({spec.inner}):")
         lines.extend(body)
         row_done.update(id(r) for r in reds)
@@ -764,7 +766,14 @@ def _rhs(d: Def, address: Callable[[str, bool], str], inner: bool) -> str:
     return d.expr
 
 
-def initial_extreme(dtype: DType, lowest: bool) -> float | int:
+def initial_value(red: Def) -> str:
+    """The literal accumulator `red` starts from: 0 for a sum, 1 for a product, the lowest value for a max."""
+    if red.reduce in ACCUMULATE:
+        return literal(ACCUMULATE[red.reduce][1], red.dtype)
+    return literal(_extreme(red.dtype, red.reduce == "max"), red.dtype)
+
+
+def _extreme(dtype: DType, lowest: bool) -> float | int:
     if dtype in FLOATS:
         return -math.inf if lowest else math.inf
     if dtype is DType.bool:

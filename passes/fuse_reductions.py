@@ -19,9 +19,9 @@ from .fusion_util import (
 
 
 class FuseReductionsPass(Pass):
-    """Replace each reduction of shape S over one dim (sum/mean/amax/amin/var/std over one dim, softmax/log_softmax,
-    layer_norm/rms_norm over the last dim), together with the elementwise work around it, by one `fused`
-    node of kind "reduction". Below, a "row" is the set of elements reduced together.
+    """Replace each reduction of shape S over one dim (sum/mean/amax/amin/var/std/prod/any/all over one dim,
+    softmax/log_softmax, layer_norm/rms_norm over the last dim), together with the elementwise work around
+    it, by one `fused` node of kind "reduction". Below, a "row" is the set of elements reduced together.
 
     Rules, seeds taken in topological order and every join keeping the set convex:
     - prologue: an elementwise producer of shape S joins when all its readers are in the region and

@@ -16,7 +16,7 @@ from ..ir.types import Dim
 
 GEMM_OPS = ("linear", "matmul", "conv")
 KINDS = ("elementwise", "reduction", "gemm", "generic")
-_ROW_REDUCTIONS = ("sum", "mean", "amax", "amin", "var", "std")
+_ROW_REDUCTIONS = ("sum", "mean", "amax", "amin", "var", "std", "prod", "any", "all")
 _ROW_NORMS = ("layer_norm", "rms_norm")
 _ROW_SOFTMAXES = ("softmax", "log_softmax")
 
@@ -34,7 +34,7 @@ def is_elementwise(node: Node) -> bool:
 
 def reduced_axis(node: Node) -> int | None:
     """The dimension of its first operand that `node` reduces over, if it is a reduction a "reduction"
-    region may hold: sum/mean/amax/amin/var/std over one dim, softmax/log_softmax, layer_norm/rms_norm over
+    region may hold: sum/mean/amax/amin/var/std/prod/any/all over one dim, softmax/log_softmax, layer_norm/rms_norm over
     the last dim. None for other nodes."""
     rank = node.inputs[0].type.rank if node.inputs else 0
     if rank == 0:

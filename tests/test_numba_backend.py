@@ -323,7 +323,7 @@ def test_single_row_ops(call: str, out: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64", "i32", "bool"])
-@pytest.mark.parametrize("op", ["sum", "mean", "amax", "amin", "var", "std"])
+@pytest.mark.parametrize("op", ["sum", "mean", "amax", "amin", "var", "std", "prod", "any", "all"])
 @pytest.mark.parametrize("dims, keepdim", [("[0]", False), ("[1]", True), ("[-2]", False), ("[1, 2]", False),
                                            ("[0, 1]", True), ("[0, 1, 2]", False), ("[2]", False)])
 def test_reductions_over_any_dim_or_adjacent_dims(op: str, dtype: str, dims: str, keepdim: bool) -> None:
@@ -331,11 +331,12 @@ def test_reductions_over_any_dim_or_adjacent_dims(op: str, dtype: str, dims: str
     reduction, numba_columns.py); adjacent dims are merged into one first."""
     if dtype in ("i32", "bool") and op in ("mean", "var", "std"):
         return
-    x = torch.randn(5, 7, 33) * 3
+    x = torch.randn(5, 7, 33) * 0.05 + 1 if op == "prod" else torch.randn(5, 7, 33) * 3
     x = x.to(torch.int32) if dtype == "i32" else x > 0.5 if dtype == "bool" else x.double() if dtype == "f64" else x
     reduced = {int(d) % 3 for d in dims.strip("[]").split(",")}
     out_shape = [1 if d in reduced else n for d, n in enumerate(x.shape) if keepdim or d not in reduced]
-    out_dtype = "i64" if op == "sum" and dtype in ("i32", "bool") else dtype
+    out_dtype = ("bool" if op in ("any", "all") else "i64" if op in ("sum", "prod") and dtype in ("i32", "bool")
+                 else dtype)
     out = f"{out_dtype}[{','.join(map(str, out_shape))}]"
     keep = ", keepdim=true" if keepdim else ""
     code = check(f"graph m(%x: {dtype}[5,7,33]) -> ({out}) {{\n  %0: {out} = {op}(%x) {{dims={dims}{keep}}}\n"

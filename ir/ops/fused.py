@@ -7,7 +7,7 @@ The kinds and what a body of each kind may contain:
 - "elementwise": only elementwise ops. Every body output has the region's iteration shape S
   (the broadcast of the operand shapes; dtypes may differ); operands broadcast to S.
 - "reduction": an elementwise prologue over S, reductions of S over one dimension d, the same
-  for all (sum/mean/amax/amin/var/std with dims=[d], softmax/log_softmax over d, layer_norm/rms_norm over
+  for all (sum/mean/amax/amin/var/std/prod/any/all with dims=[d], softmax/log_softmax over d, layer_norm/rms_norm over
   the last dim), then an elementwise epilogue over S or over the reduced shape (S with d 1 or
   dropped). One output element per index of the other dimensions.
 - "gemm": the first body node is linear, matmul or conv over body inputs; every other node is
