@@ -28,8 +28,12 @@ class RegionContractError(ValueError):
 
 
 # -- node classification ------------------------------------------------------------------------
+# Elementwise in shape, but an element's result depends on its position: kernels see values, not positions.
+_POSITIONAL = ("tril", "triu")
+
+
 def is_elementwise(node: Node) -> bool:
-    return get_op(node.op).kind == "elementwise"
+    return get_op(node.op).kind == "elementwise" and node.op not in _POSITIONAL
 
 
 def reduced_axis(node: Node) -> int | None:

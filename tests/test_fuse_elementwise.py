@@ -43,6 +43,30 @@ def test_fuses_a_chain_with_broadcast_operands_and_copies_small_constants() -> N
     assert result.stats == {"regions": 1, "nodes_fused": 3}
 
 
+def test_tril_and_triu_stay_out_of_regions() -> None:
+    """Their result depends on each element's position, which kernels do not see: a region holding one
+    would run whole on the reference backend."""
+    check("""
+    graph g(%x: f32[4,8]) -> (f32[4,8]) {
+      %0: f32[4,8] = mul(%x, %x)
+      %1: f32[4,8] = relu(%0)
+      %2: f32[4,8] = tril(%1)
+      %3: f32[4,8] = triu(%2) {diagonal=-1}
+      return %3
+    }""", """
+    graph g(%x: f32[4,8]) -> (f32[4,8]) {
+      %1: f32[4,8] = fused[mul, relu](%x) {kind="elementwise"}
+        graph r(%x: f32[4,8]) -> (f32[4,8]) {
+          %0: f32[4,8] = mul(%x, %x)
+          %1: f32[4,8] = relu(%0)
+          return %1
+        }
+      %2: f32[4,8] = tril(%1)
+      %3: f32[4,8] = triu(%2) {diagonal=-1}
+      return %3
+    }""")
+
+
 def test_a_value_read_outside_becomes_a_region_output_not_a_recomputation() -> None:
     check("""
     graph g(%x: f32[4,8], %w: f32[8,8]) -> (f32[4,8]) {
