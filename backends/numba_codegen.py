@@ -459,8 +459,6 @@ def _row_op(b: _Builder, node: Node, args: list[Def]) -> Def:
     var = row_mean(b.expr(f"{y.name} * {y.name}", out, [y]))
     rsqrt = f"nm.rsqrt_f32({var.name} + {lit(eps)})" if out is DType.f32 else \
         f"{lit(1)} / np.sqrt({var.name} + {lit(eps)})"
-    if op == "layer_norm":  # squares that overflow make PyTorch's layer_norm NaN (its rms_norm gives 0)
-        rsqrt = f"({rsqrt} if {var.name} != {lit(math.inf)} else {lit(math.nan)})"
     rstd = b.expr(rsqrt, out, [var])
     y = b.expr(f"{y.name} * {rstd.name}", out, [y, rstd])
     for i, extra in enumerate(args[1:]):

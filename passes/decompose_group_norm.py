@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import math
 
-from ..ir import Value
+from ..ir import DType, Value
 from .rewrite import Match, Pat, PatternPass, Rule, RuleSet
 
 
 def _check(m: Match) -> str | None:
     x = m["x"]
-    return None if x.type.is_static else f"%{x.name}: {x.type} is not static"
+    if not x.type.is_static:
+        return f"%{x.name}: {x.type} is not static"
+    if x.type.dtype in (DType.f16, DType.bf16):
+        return (f"%{x.name} is {x.type.dtype}: the decomposed form would round after the norm and after the "
+                "affine, group_norm rounds once")
+    shape = x.type.static_shape()
+    if shape[1] // m.node("norm").attrs["groups"] * math.prod(shape[2:]) == 1:
+        return "each group holds one value: the norm is the bias alone, which PyTorch computes inexactly"
+    return None
 
 
 def _channel_vector(m: Match, operand: Value, rank: int) -> Value:

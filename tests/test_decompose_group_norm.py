@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from heteropass.ir import DType, Graph, TensorType, parse_graph
 from heteropass.passes.decompose_group_norm import DecomposeGroupNormPass
 from heteropass.testing.assertions import assert_pass_preserves_semantics
 
-from .test_rewrite import check_pass
+from .test_rewrite import check_pass, unchanged
 
 
 def test_group_norm_with_constant_affine_becomes_a_layer_norm_over_groups() -> None:
@@ -53,6 +54,40 @@ def test_unbatched_channels_need_no_reshape_of_a_run_time_weight_and_no_affine_t
       %6: f32[3,8] = reshape(%5) {shape=[3, 8]}
       return %3, %6
     }""", atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_half_precision_and_one_value_groups_stay(dtype: str) -> None:
+    pass_ = unchanged(DecomposeGroupNormPass(), f"""
+    graph g(%x: {dtype}[2,8,3]) -> ({dtype}[2,8,3]) {{
+      %0: {dtype}[2,8,3] = group_norm(%x) {{groups=2}}
+      return %0
+    }}""")
+    assert f"is {dtype}: the decomposed form would round" in pass_.report.near_misses()[0]
+    pass_ = unchanged(DecomposeGroupNormPass(), """
+    graph g(%x: f32[2,8]) -> (f32[2,8]) {
+      %0: f32[2,8] = group_norm(%x) {groups=8}
+      return %0
+    }""")
+    assert "each group holds one value" in pass_.report.near_misses()[0]
+
+
+def test_check_each_passes_on_group_norm_models_of_every_precision() -> None:
+    """In half precision the decomposed affine would round twice more than group_norm (hundreds of elements
+    one ulp off, a drift check_each fails the pass for); groups of one value drift in float32."""
+    for dtype, groups, shape in ((torch.float32, 4, (2, 16, 5, 5)), (torch.float16, 4, (2, 16, 8, 8)),
+                                 (torch.bfloat16, 4, (2, 16, 8, 8)), (torch.float32, 16, (2, 16))):
+        model = torch.nn.GroupNorm(groups, 16).eval()
+        with torch.no_grad():
+            model.weight.normal_(generator=torch.Generator().manual_seed(0))
+            model.bias.normal_(generator=torch.Generator().manual_seed(1))
+        model = model.to(dtype)
+        x = (torch.randn(shape, generator=torch.Generator().manual_seed(2)) * 3 + 1).to(dtype)
+        compiled = hp.compile(model, (x,), check_each=True)
+        if dtype is torch.float32:
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        else:
+            assert torch.equal(compiled(x), model(x))
 
 
 def _group_norm_graph(shape: tuple[int, ...], groups: int, affine: int) -> Graph:
