@@ -627,11 +627,14 @@ def _check_shape(value: Value, d: Def, space: tuple[int, ...], axis: int) -> Non
 
 def split_extent(spec: KernelSpec) -> int | None:
     """The trip count of the loop a ranged kernel (`emit_kernel(spec, ranged=True)`) runs part of:
-    the outermost loop, or a flat elementwise loop (either way the first dimension of the iteration
-    space); None when there is no such loop (a reduction to one value, an elementwise kernel with a
-    scalar store)."""
+    the outermost loop, a column reduction's loop over the dims after the reduced one when it has no outer
+    loop (a channel softmax of batch 1), or a flat elementwise loop (each the first dimension of the
+    arrays' strides); None when there is no such loop (a row reduction to one value, an elementwise kernel
+    with a scalar store)."""
     if spec.outer:
         return spec.outer[0]
+    if spec.cols is not None:
+        return spec.cols
     if spec.reduction or any(not d.full for _, d in spec.stores):
         return None
     return spec.inner

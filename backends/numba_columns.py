@@ -44,15 +44,14 @@ UNROLL = 4
 
 def emit_column_kernel(spec: KernelSpec, ranged: bool = False) -> str:
     """The @njit source of reduction `spec` whose `cols` is set (see `KernelSpec.cols`); a ranged kernel
-    runs `count` iterations of the first outer loop."""
+    runs `count` iterations of the first outer loop, or without one, of the loop over t."""
     if spec.cols is None or not spec.reduction:
         raise ValueError(f"kernel {spec.name} is not a column reduction")
-    if ranged and not spec.outer:
-        raise ValueError(f"kernel {spec.name} has no loop to split")
     arrays = {a.name: a for a in spec.arrays}
     lines = kernel_header(spec, ranged)
     indent, bases = outer_loops(spec, ranged, lines)
-    loop_t = f"for t in range({spec.cols}):"
+    cols = "count" if ranged and not spec.outer else str(spec.cols)
+    loop_t = f"for t in range({cols}):"
     in_t, in_jt = indent + "    ", indent + "        "
     columns: dict[int, Def] = {}  # the Defs held in an array over t, in the order they are filled
     pairs: list[Def] = []  # max/min accumulators: two arrays over t, read from one and written to the other
@@ -172,6 +171,6 @@ def emit_column_kernel(spec: KernelSpec, ranged: bool = False) -> str:
             emit_full(d, done, body)
         lines += [f"{indent}for j in range({spec.inner}):", f"{in_t}{loop_t}", *body]
         lines += [f"{in_jt}{a.name}[{address(a.name, 'j')}] = {d.name}" for a, d in full_stores]
-    allocations = [f"    {d.name}_cc = np.empty((2, {spec.cols}), {NP_TYPE[d.dtype]})" if d in pairs else
-                   f"    {d.name}_c = np.empty({spec.cols}, {NP_TYPE[d.dtype]})" for d in columns.values()]
+    allocations = [f"    {d.name}_cc = np.empty((2, {cols}), {NP_TYPE[d.dtype]})" if d in pairs else
+                   f"    {d.name}_c = np.empty({cols}, {NP_TYPE[d.dtype]})" for d in columns.values()]
     return "\n".join([*lines[:2], *allocations, *lines[2:]]) + "\n"

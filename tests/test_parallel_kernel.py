@@ -65,6 +65,20 @@ def test_split_regions_match_the_reference(text: str) -> None:
         assert_outputs_close(executable(*inputs), run_graph(graph, *inputs), 1e-4, 1e-5, executable.code)
 
 
+def test_a_column_reduction_without_an_outer_loop_splits_its_inner_positions() -> None:
+    """A channel softmax of batch 1: the threads take parts of the positions after the channels."""
+    text = region("reduction", "%x: f32[1,6,4,50]", "f32[1,6,4,50], f32[1,1,4,50]", """
+        %0: f32[1,6,4,50] = softmax(%x) {dim=1}
+        %1: f32[1,1,4,50] = amax(%x) {dims=[1], keepdim=true}
+        return %0, %1
+    """)
+    with split_everything():
+        graph, executable = _compiled(text)
+        assert "splits its 200 elements across" in executable.code and "range(count)" in executable.code
+        x = torch.randn(1, 6, 4, 50) * 3
+        assert_outputs_close(executable(x), run_graph(graph, x), 1e-5, 1e-6, executable.code)
+
+
 def test_large_flat_kernel_splits_at_the_default_size_and_writes_over_its_input() -> None:
     n = (1 << 18) + 37  # a remainder after the last aligned cut
     graph = parse_graph(region("elementwise", f"%x: f32[{n}], %y: f32[{n}]", f"f32[{n}]", f"""
