@@ -1,4 +1,4 @@
-"""Source generation for Numba kernels: one @njit loop nest per elementwise or last-dim reduction region.
+"""Source generation for Numba kernels: one @njit loop nest per elementwise or reduction region.
 
 A region's iteration space is split into outer dimensions and one inner dimension. Every array
 (operand, constant, output) is flat and contiguous and is addressed through its strides over the
@@ -6,7 +6,8 @@ iteration space (0 where it broadcasts); adjacent outer dimensions that every ar
 contiguously are merged, so a plain elementwise region over contiguous tensors becomes one flat
 loop. Values that do not vary along the inner dimension ("row" values: broadcast loads,
 reduction results) are computed once per row outside the inner loop. A reduction region makes
-one pass over the row per reduction depth (softmax: max, then sum, then the outputs):
+one pass over the row per reduction depth (softmax: max, then sum, then the outputs). The reduced
+dim is the inner one; when it is not the last, numba_columns.py emits the loops instead:
 
     @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
     def k_softmax(a0, o0):
@@ -410,7 +411,8 @@ class _Builder:
 
 
 def _row_op(b: _Builder, node: Node, args: list[Def]) -> Def:
-    """Expand a last-dim reduction, softmax or normalization into loads, reductions and expressions."""
+    """Expand a reduction, softmax or normalization over the region's reduced dim into reductions and
+    expressions."""
     op, attrs = node.op, node.attrs
     x = args[0]
     out = node.outputs[0].type.dtype
