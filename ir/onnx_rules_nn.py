@@ -271,12 +271,13 @@ def lp_normalization(ctx: NodeContext) -> list[Value]:
 
 @rule("MeanVarianceNormalization")
 def mean_variance_normalization(ctx: NodeContext) -> list[Value]:
+    """(x - E[x]) / (sqrt(E[(x - E[x])^2]) + 1e-9): the variance of the centered values, where the spec's
+    function body takes E[x^2] - E[x]^2, which cancels in float32 for inputs with an offset (pixels)."""
     x = ctx.input(0)
     dims = tuple(sorted(normalize_axis(a, x.type.rank, ctx) for a in (ctx.attr("axes") or (0, 2, 3))))
-    mean = ctx.call("mean", x, dims=dims, keepdim=True)
-    mean_sq = ctx.call("mean", ctx.call("mul", x, x), dims=dims, keepdim=True)
-    std = ctx.call("sqrt", ctx.call("sub", mean_sq, ctx.call("mul", mean, mean)))
-    return [ctx.call("div", ctx.call("sub", x, mean), ctx.call("add", std, ctx.scalar(1e-9, x)))]
+    centered = ctx.call("sub", x, ctx.call("mean", x, dims=dims, keepdim=True))
+    std = ctx.call("sqrt", ctx.call("mean", ctx.call("mul", centered, centered), dims=dims, keepdim=True))
+    return [ctx.call("div", centered, ctx.call("add", std, ctx.scalar(1e-9, x)))]
 
 
 @rule("LRN")

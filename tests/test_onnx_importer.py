@@ -572,3 +572,26 @@ def test_pytorch_half_pixel_resize_to_one_element_reads_the_first() -> None:
     model = make_model([node], [("x", F32, [1, 1, 5, 6])], [("y", F32, [1, 1, 1, 1])],
                        {"scales": np.array([1, 1, 0.25, 0.25], np.float32)})
     assert_matches_onnxruntime(model)
+
+
+def test_mean_variance_normalization_of_offset_inputs_keeps_its_precision() -> None:
+    """The variance of the centered values: E[x^2] - E[x]^2 (the spec's function body) cancels in float32
+    for pixel-like inputs with an offset (0.1 off for values near 1000)."""
+    model = make_model([helper.make_node("MeanVarianceNormalization", ["x"], ["y"])], [("x", F32, [2, 3, 4, 5])],
+                       [("y", F32, [2, 3, 4, 5])], opset=13)
+    x = (1000 + 4 * np.random.default_rng(0).random((2, 3, 4, 5))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    centered = x64 - x64.mean(axis=(0, 2, 3), keepdims=True)
+    exact = centered / (np.sqrt((centered ** 2).mean(axis=(0, 2, 3), keepdims=True)) + 1e-9)
+    [got] = HeteropassBackend.prepare(model).run({"x": x})
+    np.testing.assert_allclose(got, exact, atol=2e-4)
+
+
+@pytest.mark.parametrize("op, attrs", [("InstanceNormalization", {}), ("GroupNormalization", {"num_groups": 6})])
+def test_norms_over_groups_of_one_value_import(op: str, attrs: dict[str, int]) -> None:
+    """A [1, C, 1] input: PyTorch's F.group_norm refuses one value per group (a training check)."""
+    model = make_model([helper.make_node(op, ["x", "s", "b"], ["y"], **attrs)], [("x", F32, [1, 6, 1])],
+                       [("y", F32, [1, 6, 1])], {"s": np.ones(6, np.float32), "b": np.arange(6, dtype=np.float32)})
+    [got] = HeteropassBackend.prepare(model).run({"x": np.random.default_rng(0).standard_normal((1, 6, 1),
+                                                                                          dtype=np.float32)})
+    np.testing.assert_allclose(got[0, :, 0], np.arange(6), atol=1e-3)

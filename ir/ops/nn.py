@@ -35,7 +35,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, *, normalized_
           kind="norm")
 def group_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
                groups: int, eps: float) -> torch.Tensor:
-    return F.group_norm(x, groups, weight, bias, eps)
+    """Normalized over each group of channels (and the dims after them), then scaled and shifted per channel.
+    torch.group_norm: F.group_norm refuses groups of one value, a check meant for training."""
+    return torch.group_norm(x, groups, weight, bias, eps)
 
 
 @register("softmax", ["x"], {"dim": Attr("int")}, kind="softmax")
