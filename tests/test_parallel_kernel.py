@@ -88,7 +88,9 @@ def test_large_flat_kernel_splits_at_the_default_size_and_writes_over_its_input(
     kernel = NumbaBackend().compile(graph)
     assert f"splits its {n} elements" in kernel.source
     x, y = torch.randn(n), torch.randn(n)
-    expected = run_graph(graph, x, y)
+    # The float32 product, then GELU in float64: PyTorch's float32 GELU is itself up to 1.1e-6 off near
+    # x = -3.5 with AVX-512 (1/2 + erf/2 cancels), as far as our kernel may be on the other side.
+    expected = [torch.nn.functional.gelu((x * y).double()).float()]
     threads = torch.get_num_threads()
     try:
         for count in (1, 2):
