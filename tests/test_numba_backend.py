@@ -65,7 +65,10 @@ def test_unary_ops_match_eager(op: str, dtype: str) -> None:
         x = x.abs() + 1e-3
     if op == "log1p":
         x = x.abs() - 0.9
-    check(unary(op, dtype), [x], rtol=1e-5 if dtype == "f64" else 2e-5, atol=1e-6)
+    # PyTorch's own float32 GELU is up to 1.1e-6 off float64 near x = -3.5 with AVX-512 (1/2 + erf/2 cancels);
+    # ours is within 8e-7 (tests/test_numba_math.py), so the two may differ by the sum.
+    atol = 2e-6 if (op, dtype) == ("gelu", "f32") else 1e-6
+    check(unary(op, dtype), [x], rtol=1e-5 if dtype == "f64" else 2e-5, atol=atol)
 
 
 _INF, _NAN = float("inf"), float("nan")
