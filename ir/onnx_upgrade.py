@@ -81,6 +81,36 @@ def _check_against(node: onnx.NodeProto, schema: onnx.defs.OpSchema) -> None:
                                            f"[min={schema.min_output}, max={schema.max_output}]")
 
 
+_FLATTENING = ("Softmax", "LogSoftmax", "Hardmax")
+
+
+def _empty_flattening_as_identity(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Before opset 13 Softmax, LogSoftmax and Hardmax flatten their input at `axis`; upgraded, they become
+    Flatten -> op -> Reshape to Shape(x), and for an empty x (a 0 in its shape) opset 13's Reshape reads
+    that 0 as "copy the input's dim", so the restored shape is wrong. The result of such a node on an
+    empty input is the empty input itself: nodes whose input has a 0 dim (by shape inference) become
+    Identity."""
+    if opset >= 13 or not any(n.op_type in _FLATTENING and n.domain in DEFAULT_DOMAINS for n in proto.graph.node):
+        return proto
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto).graph
+    except Exception:  # the converter and the importer report what is wrong with the model
+        return proto
+    empty = {info.name for info in [*inferred.input, *inferred.value_info]
+             if info.type.tensor_type.HasField("shape")
+             and any(d.HasField("dim_value") and d.dim_value == 0 for d in info.type.tensor_type.shape.dim)}
+    empty |= {t.name for t in proto.graph.initializer if 0 in t.dims}
+    if not any(n.op_type in _FLATTENING and n.domain in DEFAULT_DOMAINS and n.input[0] in empty
+               for n in proto.graph.node):
+        return proto
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type in _FLATTENING and node.domain in DEFAULT_DOMAINS and node.input[0] in empty:
+            proto.graph.node[i].CopyFrom(onnx.helper.make_node("Identity", [node.input[0]], [node.output[0]],
+                                                               name=node.name))
+    return proto
+
+
 def _hardmax_over_rows(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """Before opset 13 Hardmax flattens its input to 2-D at `axis` and takes one maximum per row; the
     version converter keeps the node as it is, which opset 13 reads as one maximum along `axis`. Each
@@ -119,9 +149,11 @@ def _asymmetric_linear_resize(graph: onnx.GraphProto) -> None:
 
 def upgrade(proto: onnx.ModelProto, opset: int, target: int) -> tuple[onnx.ModelProto, int]:
     """The model converted from default-domain `opset` to `target` by onnx's version converter, with the
-    two upgrades it gets wrong corrected (Hardmax before 13, linear Resize/Upsample before 11)."""
+    upgrades it gets wrong corrected (Hardmax before 13, Softmax/LogSoftmax/Hardmax of an empty input
+    before 13, linear Resize/Upsample before 11)."""
     try:
-        upgraded = onnx.version_converter.convert_version(_hardmax_over_rows(proto, opset), target)
+        upgraded = onnx.version_converter.convert_version(
+            _hardmax_over_rows(_empty_flattening_as_identity(proto, opset), opset), target)
     except Exception as exc:
         raise OnnxImportError(f"cannot upgrade the model from opset {opset} to {target}: {first_line(exc)}") from None
     if opset < 11:

@@ -379,6 +379,15 @@ def _old_model(node: onnx.NodeProto, x_shape: list[int], opset: int,
     return make_model([node], [("x", F32, x_shape)], [("y", F32, None)], initializers, opset=opset)
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_old_opset_row_normalizations_of_an_empty_input(op: str, axis: int) -> None:
+    """Upgraded, these become Flatten -> op -> Reshape, whose opset-13 Reshape reads the 0 of an empty
+    batch as "copy the input's dim": the import failed where ONNX Runtime returns the empty input."""
+    assert_matches_onnxruntime(_old_model(helper.make_node(op, ["x"], ["y"], axis=axis), [0, 3, 4], 11))
+    assert_matches_onnxruntime(_old_model(helper.make_node(op, ["x"], ["y"], axis=axis), [2, 0, 4], 11))
+
+
 def test_old_opset_hardmax_and_linear_resize_keep_their_meaning() -> None:
     """Before opset 13 Hardmax takes one maximum per row of the input flattened at `axis`; Resize-10 and
     Upsample map coordinates as x / scale. The version converter loses both."""
