@@ -83,19 +83,21 @@ class BoundRuns:
     than a small product's run (~40 µs against ~120 µs for [128, 128] x [128, 128]). Each concurrent
     caller takes a binding of its own. `make_session(threads)` makes the session at the first run on
     `torch.get_num_threads()` threads (planning lists options it never runs), and again when that
-    number changes, so `torch.set_num_threads` governs ONNX Runtime's threads as it governs PyTorch's."""
+    number changes, so `torch.set_num_threads` governs ONNX Runtime's threads as it governs PyTorch's.
+    Tensors are float32 unless `dtypes` gives the numpy type of each input and output."""
 
     def __init__(self, make_session: Callable[[int], Any], inputs: Sequence[tuple[str, tuple[int, ...]]],
-                 outputs: Sequence[tuple[str, tuple[int, ...]]]) -> None:
+                 outputs: Sequence[tuple[str, tuple[int, ...]]], dtypes: Sequence[type] | None = None) -> None:
         self._make_session = make_session
         self._sessions: dict[int, Any] = {}
         self._names = [name for name, _ in [*inputs, *outputs]]
         self._shapes = [list(shape) for _, shape in [*inputs, *outputs]]
+        self._dtypes = list(dtypes) if dtypes is not None else [np.float32] * len(self._names)
         self._inputs = len(inputs)
         self._idle: dict[int, list[tuple[list[Callable[..., None]], list[int]]]] = {}
 
     def run(self, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> None:
-        """Run with `inputs` read and `outputs` written in place (all contiguous, of the bound shapes)."""
+        """Run with `inputs` read and `outputs` written in place (all contiguous, of the bound shapes and types)."""
         threads = torch.get_num_threads()
         idle = self._idle.setdefault(threads, [])
         try:
@@ -106,7 +108,7 @@ class BoundRuns:
             for i, tensor in enumerate((*inputs, *outputs)):
                 address = tensor.data_ptr()
                 if address != addresses[i]:
-                    binders[i](self._names[i], np.float32, self._shapes[i], address)
+                    binders[i](self._names[i], self._dtypes[i], self._shapes[i], address)
                     addresses[i] = address
             binders[-1]()
         finally:

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from heteropass.backends import quant_gemm
+from heteropass.backends import ort_int8, quant_gemm
 from heteropass.backends.executable import build_executable
 from heteropass.backends.numba_backend import NumbaBackend
 from heteropass.backends.reference import ReferenceBackend
@@ -94,7 +94,7 @@ def assert_within_accumulation_error(actual: torch.Tensor, op: str, args: list[t
                          + [("linear_dynamic_int8", a) for a in DYNAMIC_ATTRS])
 def test_every_plan_matches_the_reference(op: str, attrs: dict, rows: int, bias: bool) -> None:
     args = operands(op, (rows, 160), 37, attrs, bias)
-    graph, _ = quant_node(op, args, attrs)
+    graph, _ = quant_node(op, args, attrs, constant_weights=True)  # every plan, ort-int included
     plans = quant_gemm.quant_plans(graph.nodes[0])
     assert len(plans) >= 2
     for plan in plans:
@@ -105,7 +105,7 @@ def test_every_plan_matches_the_reference(op: str, attrs: dict, rows: int, bias:
                                        ("linear_dynamic_int8", {"granularity": "row"})])
 def test_three_dimensional_x_and_out_buffers(op: str, attrs: dict) -> None:
     args = operands(op, (2, 5, 160), 37, attrs, bias=True)
-    graph, _ = quant_node(op, args, attrs)
+    graph, _ = quant_node(op, args, attrs, constant_weights=True)  # every plan, ort-int included
     for plan in quant_gemm.quant_plans(graph.nodes[0]):
         out = torch.full((2, 5, 37), float("nan"))
         assert plan.call(*args, out=out) is out
@@ -121,7 +121,7 @@ def test_plans_match_the_reference_on_random_shapes(rows: int, out: int, inner: 
     bits = (32, 16)[seed % 2]
     attrs = {"granularity": ("row", "tensor")[seed % 2]} if dynamic else {"block_size": block, "activation_bits": bits}
     args = operands(op, (rows, inner), out, attrs, bias, seed)
-    graph, _ = quant_node(op, args, attrs)
+    graph, _ = quant_node(op, args, attrs, constant_weights=True)  # every plan, ort-int included
     for plan in quant_gemm.quant_plans(graph.nodes[0]):
         assert_within_accumulation_error(plan.call(*args), op, args, attrs)
 
@@ -161,7 +161,7 @@ def test_a_nan_or_inf_in_x_makes_its_rows_results_nan_in_every_plan(op: str, att
     assert torch.equal(eager.isfinite().all(dim=1), ~rows_with)
     bad = rows_with if attrs.get("granularity") != "tensor" else torch.ones(4, dtype=torch.bool)
     assert expected[bad].isnan().all() and expected[~bad].isfinite().all()
-    graph, _ = quant_node(op, args, attrs)
+    graph, _ = quant_node(op, args, attrs, constant_weights=True)  # every plan, ort-int included
     for plan in quant_gemm.quant_plans(graph.nodes[0]):
         got = plan.call(*args)
         assert got[bad].isnan().all(), plan.name
@@ -281,6 +281,88 @@ def test_numba_backend_claims_and_compiles_quantized_linears(op: str, attrs: dic
     assert_within_accumulation_error(actual, op, args, attrs)
     assert_outputs_close([actual], [get_op(op).reference(*[a for a in args if a is not None], **attrs)],
                          rtol=1e-4, atol=1e-5)
+
+
+def _saturating_int_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """AVX2's u8 x s8 int8 GEMM: x shifted to u8 (+128), pairs of products summed in saturating int16
+    (vpmaddubsw), then the shift's compensation."""
+    shifted = a.long() + 128
+    products = shifted.unsqueeze(2) * b.long().unsqueeze(0)
+    if products.shape[1] % 2:
+        products = torch.cat([products, torch.zeros_like(products[:, :1])], dim=1)
+    pairs = (products[:, 0::2] + products[:, 1::2]).clamp(-32768, 32767)
+    return (pairs.sum(1) - 128 * b.long().sum(0)).to(torch.int32)
+
+
+def test_int_mm_is_offered_only_where_the_library_multiplies_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch._int_mm is exact on AVX-512 VNNI, saturates on AVX2 and returns garbage for an inner size of 1
+    (torch 2.13); a probe at the node's sizes decides whether the int-mm plan is listed."""
+    probe = quant_gemm.int_mm_is_exact.__wrapped__
+    real = torch._int_mm
+
+    def off_by_one(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        result = real(a, b)
+        result[-1, -1] += 1
+        return result
+
+    def refuses(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no int8 GEMM here")
+
+    for fake in (_saturating_int_mm, off_by_one, refuses):
+        monkeypatch.setattr(torch, "_int_mm", fake)
+        assert not probe(3, 160, 37), fake.__name__
+    monkeypatch.undo()
+    assert not probe(0, 160, 37) and not ort_int8.ort_int8_is_exact.__wrapped__(0, 160, 37)  # an empty batch
+    for rows, inner in ((3, 160), (64, 160), (5, 1)):
+        args = operands("linear_dynamic_int8", (rows, inner), 37, {"granularity": "row"}, bias=True)
+        graph, _ = quant_node("linear_dynamic_int8", args, {"granularity": "row"})
+        names = [plan.name for plan in quant_gemm.quant_plans(graph.nodes[0])]
+        assert ("int-mm" in names) == quant_gemm.int_mm_is_exact(rows, inner, 37)
+        assert ("int-mm" in names) == probe(rows, inner, 37)
+
+
+def test_ort_int_is_offered_only_where_onnx_runtime_multiplies_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLAS's u8 x s8 product is exact with VNNI and saturates on AVX2; a probe session at the node's sizes
+    decides whether the ort-int plan (which needs a constant weight) is listed."""
+    probe = ort_int8.ort_int8_is_exact.__wrapped__
+
+    class Saturating:
+        def __init__(self, weight: np.ndarray, rows: int, threads: int) -> None:
+            self.weight = torch.from_numpy(weight)
+
+        def run(self, outputs: object, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            q = torch.from_numpy(feed["x"].astype(np.int16) - ort_int8.ZERO_POINT).to(torch.int8)
+            return [_saturating_int_mm(q, self.weight.t()).numpy()]
+
+    if ort_int8.ort_available():
+        monkeypatch.setattr(ort_int8, "_session", Saturating)
+        assert not probe(3, 160, 37)
+        monkeypatch.undo()
+    for rows, constant in ((3, True), (64, True), (3, False)):
+        args = operands("linear_dynamic_int8", (rows, 160), 37, {"granularity": "row"}, bias=True)
+        graph, _ = quant_node("linear_dynamic_int8", args, {"granularity": "row"}, constant_weights=constant)
+        names = [plan.name for plan in quant_gemm.quant_plans(graph.nodes[0])]
+        assert ("ort-int" in names) == (constant and ort_int8.ort_int8_is_exact(rows, 160, 37))
+
+
+def test_the_int_mm_plan_rescales_exact_products() -> None:
+    """Where torch._int_mm is exact, the plan's result is the exact integer product scaled, to float32
+    rounding (three roundings: the int32 sum to float32 and two products), also for a row of 127s against
+    weight rows of 127s and -128s (beyond what the quantizer makes), where a saturating kernel is off by
+    thousands."""
+    if not quant_gemm.int_mm_is_exact(4, 1031, 7):
+        pytest.skip("torch._int_mm is not exact on this CPU")
+    shape = quant_gemm._Shape(4, 7, 1031, 1031)
+    x = torch.randn(4, 1031)
+    x[0] = 1.0  # quantizes to 127 everywhere
+    w = torch.randint(-127, 128, (7, 1031), dtype=torch.int8)
+    w[0], w[1] = 127, -128
+    ws, bias = torch.rand(7) + 0.5, torch.randn(7)
+    got = quant_gemm.int_mm(shape, per_row=True).call(x, w, ws, bias)
+    q, xs = quantize_rows_symmetric(x, "row")
+    scaled = (q.double() @ w.double().t()) * xs.double() * ws.double()  # integer sums below 2**31: exact
+    bound = 4 * EPS * (scaled.abs() + bias.abs().double())
+    assert ((got.double() - (scaled + bias.double())).abs() <= bound).all()
 
 
 def test_backend_declines_what_the_kernels_do_not_compute() -> None:
