@@ -60,6 +60,8 @@ from .timing import fastest_runs, memory_evict_bytes
 QUANT_LINEAR_OPS = ("linear_weight_int8", "linear_dynamic_int8")
 # reassoc lets the dot products vectorize; no arcp: quantizing x divides by its scale exactly as torch does.
 _JIT = {"fastmath": {"nsz", "contract", "reassoc"}, "error_model": "numpy", "nogil": True, "cache": True}
+# Scaling without reassoc: the product's order keeps it finite (see `_rescale`); integer sums need no flag.
+_JIT_ORDERED = {**_JIT, "fastmath": {"nsz", "contract"}}
 _CHUNK_BYTES = 1 << 20  # dequantized weight rows per library call: about L2-sized
 
 
@@ -74,6 +76,8 @@ def supports_quant_linear(node: Node) -> bool:
     floats = [x, scale, *bias, *node.outputs]
     if any(v.type.dtype is not DType.f32 for v in floats) or qweight.type.dtype is not DType.i8:
         return False
+    if x.type.shape[-1] == 0:
+        return False  # no inputs: the result is the bias, which the reference backend gives
     if node.op == "linear_weight_int8":
         return node.attrs["block_size"] >= 0
     # int32 sums of 127 * 127 products are exact up to 2**31 / 127**2 = 133,143 terms.
@@ -314,9 +318,9 @@ def _int_streams(q, w, xs, ws, bias, y, m, n, k, bs, chunk, xs_step):
             y[i * cols + j3] = a3 * xsi + bias[j3]
 
 
-@njit(**_JIT)
+@njit(**_JIT_ORDERED)
 def _int_rows(q, w, xs, ws, bias, y, m, n, k, xs_step):
-    """y[i, j] = (q[i, :] . w[j, :]) * xs[i] * ws[j] + bias[j] for int8-range q, with each weight row widened to
+    """y[i, j] = (q[i, :] . w[j, :]) * ws[j] * xs[i] + bias[j] for int8-range q, with each weight row widened to
     int16 once for all rows of x. Numba types the products int64; reading the sum back as int32 lets LLVM
     narrow the loop to pmaddwd (exact: |q|, |w| <= 127 and k < 2**17)."""
     inner, cols, step = uint64(k), uint64(n), uint64(xs_step)
@@ -330,18 +334,19 @@ def _int_rows(q, w, xs, ws, bias, y, m, n, k, xs_step):
             acc = np.int32(0)
             for kk in range(inner):
                 acc += np.int32(q[xr + kk]) * np.int32(row[kk])
-            y[i * cols + j] = np.float32(np.int32(acc)) * xs[i * step] * ws[j] + bias[j]
+            y[i * cols + j] = np.float32(np.int32(acc)) * ws[j] * xs[i * step] + bias[j]
 
 
-@njit(**_JIT)
+@njit(**_JIT_ORDERED)
 def _rescale(acc, xs, ws, bias, y, m, n, xs_step):
-    """y[i, j] = acc[i, j] * xs[i] * ws[j] + bias[j]: a library's exact int32 products scaled as `_int_rows`
-    scales its own."""
+    """y[i, j] = acc[i, j] * ws[j] * xs[i] + bias[j]: a library's exact int32 products scaled as `_int_rows`
+    scales its own. The weight scale comes first, as in `_int_streams`: x's scale is amax / 127, up to
+    2.7e36, and acc (up to 2e9) times it would overflow where the result does not."""
     cols, step = uint64(n), uint64(xs_step)
     for i in range(uint64(m)):
         scale = xs[i * step]
         for j in range(cols):
-            y[i * cols + j] = np.float32(acc[i * cols + j]) * scale * ws[j] + bias[j]
+            y[i * cols + j] = np.float32(acc[i * cols + j]) * ws[j] * scale + bias[j]
 
 
 # C entry points: the kernels on the arrays at the given addresses (ctypes calls cost less than

@@ -88,15 +88,21 @@ def _empty_flattening_as_identity(proto: onnx.ModelProto, opset: int) -> onnx.Mo
     """Before opset 13 Softmax, LogSoftmax and Hardmax flatten their input at `axis`; upgraded, they become
     Flatten -> op -> Reshape to Shape(x), and for an empty x (a 0 in its shape) opset 13's Reshape reads
     that 0 as "copy the input's dim", so the restored shape is wrong. The result of such a node on an
-    empty input is the empty input itself: nodes whose input has a 0 dim (by shape inference) become
-    Identity."""
+    empty input is the empty input itself: nodes whose input has a 0 dim become Identity. The dims are
+    those shape inference derives from the graph's inputs and initializers alone: a model's own
+    value_info or output shapes may be stale (ONNX Runtime only warns), and trusting a stale 0 would
+    skip a softmax that runs."""
     if opset >= 13 or not any(n.op_type in _FLATTENING and n.domain in DEFAULT_DOMAINS for n in proto.graph.node):
         return proto
+    bare = onnx.ModelProto.FromString(proto.SerializeToString())
+    del bare.graph.value_info[:]
+    for output in bare.graph.output:
+        output.type.tensor_type.ClearField("shape")
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto).graph
+        inferred = onnx.shape_inference.infer_shapes(bare).graph
     except Exception:  # the converter and the importer report what is wrong with the model
         return proto
-    empty = {info.name for info in [*inferred.input, *inferred.value_info]
+    empty = {info.name for info in [*inferred.input, *inferred.value_info, *inferred.output]
              if info.type.tensor_type.HasField("shape")
              and any(d.HasField("dim_value") and d.dim_value == 0 for d in info.type.tensor_type.shape.dim)}
     empty |= {t.name for t in proto.graph.initializer if 0 in t.dims}

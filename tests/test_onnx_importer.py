@@ -388,6 +388,25 @@ def test_old_opset_row_normalizations_of_an_empty_input(op: str, axis: int) -> N
     assert_matches_onnxruntime(_old_model(helper.make_node(op, ["x"], ["y"], axis=axis), [2, 0, 4], 11))
 
 
+@pytest.mark.parametrize("op", ["Softmax", "Hardmax"])
+def test_old_opset_row_normalizations_of_an_empty_intermediate_that_is_also_an_output(op: str) -> None:
+    """Shape inference records a graph output's shape among the outputs, not the value_infos."""
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["r"]),
+             helper.make_node(op, ["r"], ["y"], axis=2)]
+    slices = {"starts": np.array([0], np.int64), "ends": np.array([0], np.int64), "axes": np.array([1], np.int64)}
+    assert_matches_onnxruntime(make_model(nodes, [("x", F32, [2, 3, 3, 4])], [("r", F32, None), ("y", F32, None)],
+                                          slices, opset=11))
+
+
+def test_a_stale_empty_value_info_does_not_skip_an_old_softmax() -> None:
+    """ONNX Runtime only warns when a model's value_info disagrees with the shapes at run time: a declared 0
+    dim must not make the softmax an Identity."""
+    model = make_model([helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Softmax", ["r"], ["y"])],
+                       [("x", F32, [2, 3, 4])], [("y", F32, None)], {"shape": np.array([2, 3, 4], np.int64)}, opset=11)
+    model.graph.value_info.append(helper.make_tensor_value_info("r", F32, [2, 0, 4]))
+    assert_matches_onnxruntime(model)
+
+
 def test_old_opset_hardmax_and_linear_resize_keep_their_meaning() -> None:
     """Before opset 13 Hardmax takes one maximum per row of the input flattened at `axis`; Resize-10 and
     Upsample map coordinates as x / scale. The version converter loses both."""

@@ -260,7 +260,7 @@ def test_hot_loops_vectorize() -> None:
     asm = "".join(gemv.inspect_asm().values())
     assert re.search(r"vcvtdq2ps\t%ymm", asm) and re.search(r"vfmadd\d+ps\t.*%ymm", asm)
     assert re.search(r"vcvtdq2ps\t%xmm", asm) and re.search(r"vfmadd\d+ps\t.*%xmm", asm)
-    rows = njit(**jit)(quant_gemm._int_rows.py_func)
+    rows = njit(**{**quant_gemm._JIT_ORDERED, "cache": False})(quant_gemm._int_rows.py_func)
     rows(i16, i8, f32, f32, f32, f32, 1, 1, 64, 1)
     assert "vpmaddwd" in "".join(rows.inspect_asm().values())
 
@@ -365,6 +365,19 @@ def test_the_int_mm_plan_rescales_exact_products() -> None:
     assert ((got.double() - (scaled + bias.double())).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("attrs", DYNAMIC_ATTRS)
+def test_huge_finite_x_gives_finite_dynamic_results_in_every_plan(attrs: dict) -> None:
+    """x's scale is amax / 127 (here ~1e34); int32 sums (~1e5 here) times it overflow float32, the result
+    does not: every plan multiplies by the weight's scale first."""
+    op = "linear_dynamic_int8"
+    args = operands(op, (3, 4096), 8, attrs, bias=True)
+    args[0] = args[0] * 3e35
+    graph, _ = quant_node(op, args, attrs, constant_weights=True)
+    assert get_op(op).reference(*args, **attrs).isfinite().all()
+    for plan in quant_gemm.quant_plans(graph.nodes[0]):
+        assert_within_accumulation_error(plan.call(*args), op, args, attrs)
+
+
 def test_backend_declines_what_the_kernels_do_not_compute() -> None:
     x, weight, scale = torch.randn(2, 16), torch.ones(4, 16, dtype=torch.int8), torch.ones(4)
     half, _ = quant_node("linear_weight_int8", [x.half(), weight, scale.half(), None], {"block_size": 0})
@@ -372,7 +385,9 @@ def test_backend_declines_what_the_kernels_do_not_compute() -> None:
     value = symbolic.add_input("x", TensorType(("n", 16), DType.f32))
     constants = [symbolic.add_constant("w", weight), symbolic.add_constant("s", scale)]
     symbolic.add_node("linear_dynamic_int8", [value, *constants], output_types=[TensorType(("n", 4), DType.f32)])
-    for node in (half.nodes[0], symbolic.nodes[0]):
+    no_inputs, _ = quant_node("linear_dynamic_int8", [torch.randn(2, 0), torch.ones(4, 0, dtype=torch.int8), scale,
+                                                      torch.randn(4)], {"granularity": "row"})
+    for node in (half.nodes[0], symbolic.nodes[0], no_inputs.nodes[0]):
         assert not NUMBA.supports(node)
 
 

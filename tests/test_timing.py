@@ -35,3 +35,8 @@ def test_memory_eviction_writes_more_than_the_largest_cache() -> None:
     largest = max((int(text[:-1]) << {"K": 10, "M": 20}[text[-1]] for text in caches if text[-1] in "KM"),
                   default=32 << 20)
     assert timing.memory_evict_bytes() > largest
+
+
+def test_a_memory_sized_eviction_buffer_is_not_kept() -> None:
+    timing.fastest_runs({"noop": lambda: None}, budget_s=0.0, evict=True, evict_bytes=8 << 20)
+    assert (8 << 20) not in timing._evict_buffers
