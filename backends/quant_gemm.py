@@ -579,49 +579,43 @@ def int_mm_is_exact(rows: int, inner: int, out: int) -> bool:
     return torch.equal(got.double(), q.double() @ w.double().t())  # sums below 2**31: exact in float64
 
 
-def int_mm(shape: _Shape, per_row: bool) -> QuantPlan:
-    quantize, rescale = entry("quantize_rows8"), entry("rescale")
-    buffers = _thread_buffers(lambda: (torch.empty(shape.rows, shape.inner, dtype=torch.int8),
+def _library_int8(shape: _Shape, per_row: bool, q_dtype: torch.dtype, product: Callable[..., None], name: str,
+                  text: str) -> QuantPlan:
+    """x rounded to 8 bits into a `q_dtype` buffer (uint8 holds q + 128), `product(q, qweight, acc)` writing
+    the exact int32 products into `acc`, then `_rescale`."""
+    quantize, rescale = entry("quantize_rows8" if q_dtype == torch.int8 else "quantize_rows_u8"), entry("rescale")
+    buffers = _thread_buffers(lambda: (torch.empty(shape.rows, shape.inner, dtype=q_dtype),
                                        torch.empty(shape.rows if per_row else 1),
                                        torch.empty(shape.rows, shape.out, dtype=torch.int32)))
 
     def call(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
              out: torch.Tensor | None = None) -> torch.Tensor:
         q, xs, acc = buffers()
-        x, qweight, scale, b = x.contiguous(), qweight.contiguous(), scale.contiguous(), _bias(bias, shape)
+        x, scale, b = x.contiguous(), scale.contiguous(), _bias(bias, shape)
         quantize(x.data_ptr(), q.data_ptr(), xs.data_ptr(), shape.rows, shape.inner, int(per_row), _INT8_TOP)
-        torch._int_mm(q, qweight.t(), out=acc)
+        product(q, qweight, acc)
         y = _result(x, shape, out)
         rescale(acc.data_ptr(), xs.data_ptr(), scale.data_ptr(), b.data_ptr(), y.data_ptr(), shape.rows, shape.out,
                 int(per_row))
         return y
 
-    return QuantPlan("int-mm", call, "Numba quantize_rows to 8 bits, torch._int_mm (oneDNN, exact int32 products "
-                                     "on this CPU), Numba rescale")
+    return QuantPlan(name, call, text)
+
+
+def int_mm(shape: _Shape, per_row: bool) -> QuantPlan:
+    def product(q: torch.Tensor, qweight: torch.Tensor, acc: torch.Tensor) -> None:
+        torch._int_mm(q, qweight.contiguous().t(), out=acc)
+
+    return _library_int8(shape, per_row, torch.int8, product, "int-mm", "Numba quantize_rows to 8 bits, "
+                         "torch._int_mm (oneDNN, exact int32 products on this CPU), Numba rescale")
 
 
 def ort_int(shape: _Shape, per_row: bool, qweight: torch.Tensor) -> QuantPlan:
-    """x rounded to 8 bits (stored + 128 as uint8), ONNX Runtime's MatMulInteger on the constant `qweight`
-    (ort_int8.py), rescaled as `int_mm`."""
-    quantize, rescale = entry("quantize_rows_u8"), entry("rescale")
-    product = ort_int8_product(qweight, shape.rows)
-    buffers = _thread_buffers(lambda: (torch.empty(shape.rows, shape.inner, dtype=torch.uint8),
-                                       torch.empty(shape.rows if per_row else 1),
-                                       torch.empty(shape.rows, shape.out, dtype=torch.int32)))
-
-    def call(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-             out: torch.Tensor | None = None) -> torch.Tensor:
-        xu, xs, acc = buffers()
-        x, scale, b = x.contiguous(), scale.contiguous(), _bias(bias, shape)
-        quantize(x.data_ptr(), xu.data_ptr(), xs.data_ptr(), shape.rows, shape.inner, int(per_row), _INT8_TOP)
-        product(xu, acc)
-        y = _result(x, shape, out)
-        rescale(acc.data_ptr(), xs.data_ptr(), scale.data_ptr(), b.data_ptr(), y.data_ptr(), shape.rows, shape.out,
-                int(per_row))
-        return y
-
-    return QuantPlan("ort-int", call, "Numba quantize_rows to 8 bits (as uint8 + 128), onnxruntime MatMulInteger "
-                                      "(exact int32 products on this CPU), Numba rescale")
+    """ONNX Runtime's MatMulInteger on the constant `qweight` (ort_int8.py), x stored as uint8 q + 128."""
+    run = ort_int8_product(qweight, shape.rows)
+    return _library_int8(shape, per_row, torch.uint8, lambda q, qweight, acc: run(q, acc), "ort-int",
+                         "Numba quantize_rows to 8 bits (as uint8 + 128), onnxruntime MatMulInteger (exact int32 "
+                         "products on this CPU), Numba rescale")
 
 
 def dequant_mm(shape: _Shape, per_row: bool, top: int | None) -> QuantPlan:
