@@ -54,7 +54,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..ir import DType, Node
-from .ort_int8 import ort_int8_is_exact, ort_int8_product
+from .ort_int8 import ZERO_POINT, ort_int8_is_exact, ort_int8_product
 from .timing import fastest_runs, memory_evict_bytes
 
 QUANT_LINEAR_OPS = ("linear_weight_int8", "linear_dynamic_int8")
@@ -383,7 +383,7 @@ def _quantize_rows8_entry(px, pq, pxs, m, k, per_row, top):
 
 def _quantize_rows_u8_entry(px, pq, pxs, m, k, per_row, top):
     _quantize_rows(carray(px, (m * k,), np.float32), carray(pq, (m * k,), np.uint8),
-                   carray(pxs, (m if per_row else 1,), np.float32), m, k, per_row, top, 128)
+                   carray(pxs, (m if per_row else 1,), np.float32), m, k, per_row, top, ZERO_POINT)
 
 
 def _rescale_entry(pacc, pxs, pws, pb, py, m, n, xs_step):

@@ -30,10 +30,10 @@ def evict_caches(nbytes: int = _EVICT_BYTES) -> None:
 def memory_evict_bytes() -> int:
     """Bytes to write so that a call finds its operands in memory: 1.5x the largest cache the kernel lists
     for cpu0 (sysfs), or 48 MiB where none can be read."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     sizes = []
     for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
         text = entry.read_text().strip()
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
         if text[:-1].isdigit() and text[-1] in units:
             sizes.append(int(text[:-1]) * units[text[-1]])
     return 3 * max(sizes, default=32 << 20) // 2
